@@ -1,0 +1,79 @@
+"""Exceptions raised by streamflow.
+
+    StreamflowError
+     ├── ConfigError        a bad knob, path or input schema; reported in one line before work starts
+     ├── FlowError          a Flow built wrong (unknown step, duplicate name, bad edge)
+     ├── SetupError         an operator's ``setup()`` failed; the run aborts instead of hanging
+     ├── RunError           the run itself failed (an actor died, the ledger does not add up)
+     └── RowError           one row failed; it is written with ``status = error:<kind>``
+          └── SchemaError   a generated value does not match the declared column type
+
+Service errors (``streamflow.services.llm.LLMError``) are ``RowError`` subclasses too, so a
+failed LLM call marks only its row.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "ConfigError",
+    "FlowError",
+    "RowError",
+    "RunError",
+    "SchemaError",
+    "SetupError",
+    "StreamflowError",
+    "error_kind",
+]
+
+
+class StreamflowError(Exception):
+    """Base class of every error streamflow raises on purpose."""
+
+
+class ConfigError(StreamflowError):
+    """A configuration value, input path or input schema is unusable."""
+
+
+class FlowError(StreamflowError):
+    """A Flow was assembled wrong; raised while building, never mid-run."""
+
+
+class SetupError(StreamflowError):
+    """An operator could not start; the run stops with this message."""
+
+
+class RunError(StreamflowError):
+    """The run could not finish correctly (dead actor, broken ledger)."""
+
+
+class RowError(StreamflowError):
+    """One row failed; ``kind`` becomes its status ``error:<kind>``.
+
+    Raise it from an operator to choose the kind; any other exception gets a kind
+    derived from its class name (``ValueError`` -> ``value_error``).
+    """
+
+    kind: str = "row"
+
+    def __init__(self, message: str, *, kind: str | None = None) -> None:
+        super().__init__(message)
+        if kind is not None:
+            self.kind = kind
+
+
+class SchemaError(RowError):
+    """A value an operator produced does not fit the output schema."""
+
+    kind = "schema"
+
+
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
+def error_kind(exc: BaseException) -> str:
+    """The ``error:<kind>`` suffix for an exception: its ``kind`` or its snake-cased class name."""
+    if isinstance(exc, RowError):
+        return exc.kind
+    return _CAMEL_BOUNDARY.sub("_", type(exc).__name__).lower()

@@ -1,0 +1,97 @@
+"""How one step treats one row: call the operator, classify the outcome, address the result.
+
+Row mode, batch mode and ``streamflow.testing`` all call ``run_step``, so a row gets the
+same status, error text and next step whichever runtime carries it.
+"""
+
+from __future__ import annotations
+
+import traceback
+import zlib
+from fractions import Fraction
+
+import msgspec
+
+from streamflow.errors import RowError, error_kind
+from streamflow.flow import END, Flow
+from streamflow.message import Drop, Message
+from streamflow.operator import Context
+
+__all__ = ["fail", "finish", "row_seed", "run_step", "step_seed"]
+
+MAX_ERROR_CHARS = 8000
+
+
+async def run_step(flow: Flow, step: str, row: Message, ctx: Context) -> list[Message]:
+    """Run ``step`` on ``row``; return the rows that leave it.
+
+    Each returned row has ``state.step`` set to its next step, or to ``END`` with its
+    final status (``ok``, ``filtered:<reason>`` or ``error:<kind>``). Exceptions never
+    escape: they become the row's error.
+    """
+    operator = flow.steps[step].operator
+    try:
+        result = await operator(row, ctx)
+    except Exception as exc:
+        return [fail(row, exc)]
+    if isinstance(result, Drop):
+        return [finish(row.with_fields(**result.fields) if result.fields else row, f"filtered:{result.reason}")]
+    if isinstance(result, Message):
+        return [_address(flow, step, result)]
+    if isinstance(result, list) and all(isinstance(item, Message) for item in result):
+        if not result:
+            return [finish(row, "filtered:no_output")]
+        return [_address(flow, step, child) for child in _fan_out(row, result)]
+    msg = (
+        f"Operator {step!r} returned {type(result).__name__} for row {row.id!r}; "
+        "return the row, a list of rows or Drop(reason)."
+    )
+    return [fail(row, RowError(msg, kind="operator_contract"))]
+
+
+def finish(row: Message, status: str, error: str | None = None) -> Message:
+    """The row, finished with ``status``: it goes to the sink next."""
+    return msgspec.structs.replace(row, status=status, error=error, state=msgspec.structs.replace(row.state, step=END))
+
+
+def fail(row: Message, exc: BaseException) -> Message:
+    """The row, finished as ``error:<kind>`` with the message and traceback as its error text."""
+    text = "".join(traceback.format_exception(exc))
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[: MAX_ERROR_CHARS // 2] + "\n...\n" + text[-MAX_ERROR_CHARS // 2 :]
+    return finish(row, f"error:{error_kind(exc)}", f"{type(exc).__name__}: {exc}\n{text}")
+
+
+def _address(flow: Flow, step: str, row: Message) -> Message:
+    hops = row.state.hops + 1
+    if hops > flow.max_hops:
+        msg = f"row {row.id!r} made {hops} hops (max_hops={flow.max_hops}); a route probably loops forever."
+        return fail(row, RowError(msg, kind="too_many_hops"))
+    try:
+        target = flow.next_step(step, row)
+    except RowError as exc:
+        return fail(row, exc)
+    if target == END:
+        return finish(row.with_state(hops=hops), row.status)
+    return row.with_state(step=target, hops=hops)
+
+
+def _fan_out(parent: Message, children: list[Message]) -> list[Message]:
+    """Give each child its own id and an equal share of the parent's input row."""
+    share = Fraction(*parent.share) / len(children)
+    pair = (share.numerator, share.denominator)
+    root = parent.root_id
+    return [
+        msgspec.structs.replace(child, id=f"{parent.id}/{index}", root=root, share=pair)
+        for index, child in enumerate(children)
+    ]
+
+
+def row_seed(run_seed: int, row_id: str) -> int:
+    """The seed of one input row: stable across runs, modes and partitionings."""
+    return zlib.crc32(row_id.encode(), run_seed & 0xFFFFFFFF)
+
+
+def step_seed(row: Message, step: str) -> int:
+    """The seed a step's ``ctx.rng`` starts from for this row at this point of its path."""
+    return zlib.crc32(f"{step}#{row.state.hops}".encode(), row.state.seed & 0xFFFFFFFF)
