@@ -1,0 +1,34 @@
+"""The LLM service layer: an OpenAI-compatible client over a small transport contract."""
+
+from streamflow.services.llm.client import Completion, LLMClient, StepLLM
+from streamflow.services.llm.errors import (
+    LLMBadRequest,
+    LLMBadResponse,
+    LLMConnectionError,
+    LLMContextLength,
+    LLMError,
+    LLMRateLimited,
+    LLMServerError,
+    LLMTimeout,
+)
+from streamflow.services.llm.transport import HTTPTransport, Response, Transport
+from streamflow.services.llm.usage import Usage, merge_usage
+
+__all__ = [
+    "Completion",
+    "HTTPTransport",
+    "LLMBadRequest",
+    "LLMBadResponse",
+    "LLMClient",
+    "LLMConnectionError",
+    "LLMContextLength",
+    "LLMError",
+    "LLMRateLimited",
+    "LLMServerError",
+    "LLMTimeout",
+    "Response",
+    "StepLLM",
+    "Transport",
+    "Usage",
+    "merge_usage",
+]

@@ -1,0 +1,290 @@
+"""An async OpenAI-compatible client shared by every step in a process.
+
+One client per process (one connection pool), several replica URLs per model, least
+in-flight balancing, retries with exponential backoff and jitter on connection errors,
+timeouts, 5xx and 429 (``Retry-After`` respected), failover to another replica on retry.
+Errors that retrying cannot fix fail the row at once. Usage is counted per step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgspec
+
+from streamflow.errors import ConfigError
+from streamflow.services.llm.errors import (
+    LLMBadRequest,
+    LLMBadResponse,
+    LLMContextLength,
+    LLMError,
+    LLMRateLimited,
+    LLMServerError,
+)
+from streamflow.services.llm.transport import HTTPTransport, Response, Transport
+from streamflow.services.llm.usage import Usage
+
+__all__ = ["Completion", "LLMClient", "StepLLM"]
+
+
+class Completion(msgspec.Struct, frozen=True):
+    """One answer: its text, why it stopped, and what it cost."""
+
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    model: str
+    latency_s: float
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class _ReplyMessage(msgspec.Struct):
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class _Choice(msgspec.Struct):
+    message: _ReplyMessage | None = None
+    text: str | None = None
+    finish_reason: str | None = None
+
+
+class _ReplyUsage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class _Reply(msgspec.Struct):
+    choices: list[_Choice]
+    model: str = ""
+    usage: _ReplyUsage | None = None
+
+
+class _Replica:
+    __slots__ = ("inflight", "url")
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        self.inflight = 0
+
+
+_encode = msgspec.json.Encoder().encode
+_decode_reply = msgspec.json.Decoder(_Reply).decode
+_CONTEXT_HINTS = ("context length", "maximum context", "context_length", "too many tokens")
+
+
+class LLMClient:
+    """Sends chat and completion requests to the replicas of one model service.
+
+    ``endpoints`` are base URLs ending in ``/v1``. ``model`` is the default model name;
+    a step may ask for another one the same servers serve.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        model: str,
+        api_key: str | None = None,
+        timeout_s: float = 120.0,
+        max_retries: int = 4,
+        backoff_s: float = 0.25,
+        max_backoff_s: float = 10.0,
+        transport: Transport | None = None,
+    ) -> None:
+        if not endpoints:
+            msg = "LLMClient needs at least one endpoint URL (llm.base_url or llm.endpoints)."
+            raise ConfigError(msg)
+        self.model = model
+        self._replicas = [_Replica(url) for url in endpoints]
+        self._headers = {"content-type": "application/json"}
+        if api_key:
+            self._headers["authorization"] = f"Bearer {api_key}"
+        self._timeout_s = timeout_s
+        self._max_retries = max_retries
+        self._backoff_s = backoff_s
+        self._max_backoff_s = max_backoff_s
+        self._transport: Transport = transport or HTTPTransport()
+        self._usage: dict[str, Usage] = {}
+        self._jitter = random.Random()
+
+    # -- public API -------------------------------------------------------------------
+
+    async def chat(
+        self, messages: list[dict[str, Any]], *, model: str | None = None, step: str = "", **params: Any
+    ) -> Completion:
+        """A chat completion; ``params`` are OpenAI fields (max_tokens, temperature, seed, tools...)."""
+        payload = {"model": model or self.model, "messages": messages, **_without_none(params)}
+        return await self._call("/chat/completions", payload, step)
+
+    async def complete(self, prompt: str, *, model: str | None = None, step: str = "", **params: Any) -> Completion:
+        """A plain text completion (``/v1/completions``)."""
+        payload = {"model": model or self.model, "prompt": prompt, **_without_none(params)}
+        return await self._call("/completions", payload, step)
+
+    def for_step(self, step: str) -> StepLLM:
+        """A view of this client that books usage under ``step``."""
+        return StepLLM(self, step)
+
+    def usage(self) -> dict[str, Usage]:
+        """Usage so far, per step (a copy)."""
+        return {step: msgspec.structs.replace(usage) for step, usage in self._usage.items()}
+
+    async def check(self, timeout_s: float = 10.0) -> None:
+        """Fail fast, in one line, if a replica is unreachable or does not serve the model."""
+        for replica in self._replicas:
+            try:
+                reply = await self._transport.get(f"{replica.url}/models", self._headers, timeout_s)
+            except LLMError as exc:
+                msg = f"LLM endpoint {replica.url} is unreachable ({exc}); check llm.base_url / llm.endpoints."
+                raise ConfigError(msg) from exc
+            if reply.status in (401, 403):
+                msg = f"LLM endpoint {replica.url} refused the API key (HTTP {reply.status}); set llm.api_key_env."
+                raise ConfigError(msg)
+            if reply.status != 200:
+                continue  # some servers have no /models; the first call will tell
+            served = _served_models(reply.body)
+            if served and self.model not in served:
+                msg = f"LLM endpoint {replica.url} does not serve model {self.model!r}; it serves: {', '.join(served)}."
+                raise ConfigError(msg)
+
+    async def close(self) -> None:
+        await self._transport.close()
+
+    # -- internals --------------------------------------------------------------------
+
+    async def _call(self, path: str, payload: dict[str, Any], step: str) -> Completion:
+        usage = self._usage.setdefault(step, Usage())
+        usage.requests += 1
+        body = _encode(payload)
+        started = time.monotonic()
+        failed: set[_Replica] = set()
+        attempt = 0
+        while True:
+            replica = self._pick(failed)
+            replica.inflight += 1
+            try:
+                reply = await self._transport.post(replica.url + path, body, self._headers, self._timeout_s)
+                completion = self._parse(reply, replica.url, started)
+            except LLMError as exc:
+                if not exc.retryable or attempt >= self._max_retries:
+                    usage.failures += 1
+                    if exc.retryable:
+                        exc.args = (f"{exc} (gave up after {attempt + 1} attempts)",)
+                    raise
+                attempt += 1
+                usage.retries += 1
+                failed.add(replica)
+                await asyncio.sleep(self._delay(attempt, exc))
+                continue
+            finally:
+                replica.inflight -= 1
+            usage.prompt_tokens += completion.prompt_tokens
+            usage.completion_tokens += completion.completion_tokens
+            usage.latency_s += completion.latency_s
+            return completion
+
+    def _pick(self, failed: set[_Replica]) -> _Replica:
+        candidates = [r for r in self._replicas if r not in failed] or self._replicas
+        if len(candidates) == 1:
+            return candidates[0]
+        least = min(r.inflight for r in candidates)
+        return self._jitter.choice([r for r in candidates if r.inflight == least])
+
+    def _delay(self, attempt: int, exc: LLMError) -> float:
+        delay = min(self._max_backoff_s, self._backoff_s * 2 ** (attempt - 1)) * self._jitter.uniform(0.5, 1.5)
+        if isinstance(exc, LLMRateLimited) and exc.retry_after_s is not None:
+            delay = max(delay, exc.retry_after_s)
+        return delay
+
+    def _parse(self, reply: Response, url: str, started: float) -> Completion:
+        if reply.status == 200:
+            try:
+                parsed = _decode_reply(reply.body)
+                choice = parsed.choices[0]
+            except (msgspec.DecodeError, msgspec.ValidationError, IndexError) as exc:
+                msg = f"{url} answered 200 with a body that is not a completion: {reply.body[:200]!r}"
+                raise LLMBadResponse(msg) from exc
+            text = choice.message.content if choice.message is not None else choice.text
+            usage = parsed.usage or _ReplyUsage()
+            return Completion(
+                text=text or "",
+                finish_reason=choice.finish_reason,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                model=parsed.model,
+                latency_s=time.monotonic() - started,
+                tool_calls=choice.message.tool_calls if choice.message is not None else None,
+            )
+        detail = _error_text(reply.body)
+        if reply.status == 429:
+            msg = f"{url} is rate limiting (429): {detail}"
+            raise LLMRateLimited(msg, retry_after_s=_retry_after(reply.headers))
+        if reply.status >= 500:
+            msg = f"{url} failed with HTTP {reply.status}: {detail}"
+            raise LLMServerError(msg)
+        if any(hint in detail.lower() for hint in _CONTEXT_HINTS):
+            msg = f"prompt does not fit the model's context: {detail}"
+            raise LLMContextLength(msg)
+        msg = f"{url} rejected the request (HTTP {reply.status}): {detail}"
+        raise LLMBadRequest(msg)
+
+
+class StepLLM:
+    """The LLM as one step sees it (``ctx.llm``): usage is booked under the step's name."""
+
+    __slots__ = ("_client", "step")
+
+    def __init__(self, client: LLMClient, step: str) -> None:
+        self._client = client
+        self.step = step
+
+    @property
+    def model(self) -> str:
+        return self._client.model
+
+    async def chat(self, messages: list[dict[str, Any]], *, model: str | None = None, **params: Any) -> Completion:
+        """See ``LLMClient.chat``."""
+        return await self._client.chat(messages, model=model, step=self.step, **params)
+
+    async def complete(self, prompt: str, *, model: str | None = None, **params: Any) -> Completion:
+        """See ``LLMClient.complete``."""
+        return await self._client.complete(prompt, model=model, step=self.step, **params)
+
+
+def _without_none(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in params.items() if value is not None}
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        data = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return body[:300].decode("utf-8", "replace")
+    if isinstance(data, dict):
+        error = data.get("error", data)
+        if isinstance(error, dict):
+            return str(error.get("message") or error.get("detail") or error)[:500]
+        return str(error)[:500]
+    return str(data)[:500]
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _served_models(body: bytes) -> list[str]:
+    try:
+        data = msgspec.json.decode(body)
+        return [str(item["id"]) for item in data.get("data", [])]
+    except (msgspec.DecodeError, AttributeError, KeyError, TypeError):
+        return []
