@@ -1,0 +1,191 @@
+"""The run configuration: Hydra composes it, msgspec types and checks it.
+
+Layers, later wins: ``streamflow/conf/config.yaml`` (engine defaults, documented there),
+the pipeline's defaults (its input, its steps, its ``Params``), then command-line
+overrides. Hydra gives the familiar ``key=value`` grammar; converting the result into
+``RunConfig`` turns every type mistake into one line that names the key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from streamflow.errors import ConfigError
+from streamflow.services.sim.profile import PROFILES
+
+__all__ = [
+    "CONF_DIR",
+    "InputConfig",
+    "LLMConfig",
+    "OperatorConfig",
+    "OutputConfig",
+    "RayConfig",
+    "RunConfig",
+    "SimSettings",
+    "TransportConfig",
+    "compose",
+]
+
+CONF_DIR = Path(__file__).parent / "conf"
+
+
+class InputConfig(msgspec.Struct, forbid_unknown_fields=True):
+    path: str
+    format: Literal["auto", "parquet", "jsonl"] = "auto"
+    partitions: int = 4
+    id_column: str | None = None
+    storage_options: dict[str, Any] = {}
+
+
+class OutputConfig(msgspec.Struct, forbid_unknown_fields=True):
+    dir: str = "outputs"
+    part_rows: int = 50_000
+    sinks: int = 2
+
+
+class SimSettings(msgspec.Struct, forbid_unknown_fields=True):
+    profile: str = "llama-8b-h100"
+    replicas: int = 1
+    time_scale: float = 1.0
+    max_num_seqs: int | None = None
+
+
+class LLMConfig(msgspec.Struct, forbid_unknown_fields=True):
+    backend: Literal["auto", "sim", "openai"] = "auto"
+    base_url: str | None = None
+    endpoints: list[str] = []
+    model: str = "sim-8b"
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = 120.0
+    max_retries: int = 4
+    sim: SimSettings = msgspec.field(default_factory=SimSettings)
+
+    @property
+    def uses_sim(self) -> bool:
+        """True when streamflow must start its simulated server."""
+        if self.backend == "auto":
+            return not (self.base_url or self.endpoints)
+        return self.backend == "sim"
+
+    def urls(self) -> list[str]:
+        """The configured endpoint URLs of an external server."""
+        return list(self.endpoints) or ([self.base_url] if self.base_url else [])
+
+
+class OperatorConfig(msgspec.Struct, forbid_unknown_fields=True):
+    replicas: int = 1
+    concurrency: int | None = None
+    num_cpus: float = 0.0
+
+
+class TransportConfig(msgspec.Struct, forbid_unknown_fields=True):
+    flush_rows: int = 64
+    flush_ms: float = 1.0
+
+
+class RayConfig(msgspec.Struct, forbid_unknown_fields=True):
+    address: str | None = None
+    num_cpus: int | None = None
+
+
+class RunConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """Every knob of a run; see ``streamflow/conf/config.yaml`` for what each one does."""
+
+    input: InputConfig
+    pipeline: str = ""
+    run_id: str | None = None
+    seed: int = 0
+    limit: int | None = None
+    max_inflight: int = 1024
+    mode: Literal["row"] = "row"
+    progress: Literal["auto", "bar", "log", "off"] = "auto"
+    output: OutputConfig = msgspec.field(default_factory=OutputConfig)
+    llm: LLMConfig = msgspec.field(default_factory=LLMConfig)
+    operators: dict[str, OperatorConfig] = {}
+    params: dict[str, Any] = {}
+    transport: TransportConfig = msgspec.field(default_factory=TransportConfig)
+    ray: RayConfig = msgspec.field(default_factory=RayConfig)
+
+    def api_key(self) -> str | None:
+        """The LLM API key, read from the environment variable named in the config."""
+        return os.environ.get(self.llm.api_key_env) or None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain data (for the manifest); holds no secret, only the variable's name."""
+        return msgspec.to_builtins(self)
+
+
+def compose(defaults: Mapping[str, Any], overrides: Sequence[str] = ()) -> RunConfig:
+    """Compose engine defaults, the pipeline's ``defaults`` and ``overrides`` into a checked config."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    ConfigStore.instance().store(group="pipeline_defaults", name="current", package="_global_", node=dict(defaults))
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            composed = hydra_compose("config", overrides=["+pipeline_defaults=current", *overrides])
+        data = OmegaConf.to_container(composed, resolve=True, throw_on_missing=True)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(_one_line(exc)) from exc
+    finally:
+        GlobalHydra.instance().clear()
+    return check(data)
+
+
+def check(data: Any) -> RunConfig:
+    """Convert plain data into a ``RunConfig`` and check values that types cannot express."""
+    try:
+        cfg = msgspec.convert(data, RunConfig)
+    except msgspec.ValidationError as exc:
+        msg = f"config: {exc}"
+        raise ConfigError(msg) from exc
+    _positive("max_inflight", cfg.max_inflight)
+    _positive("input.partitions", cfg.input.partitions)
+    _positive("output.part_rows", cfg.output.part_rows)
+    _positive("output.sinks", cfg.output.sinks)
+    _positive("transport.flush_rows", cfg.transport.flush_rows)
+    if cfg.limit is not None and cfg.limit < 0:
+        msg = f"config: limit={cfg.limit}; use a number of rows >= 0 or null."
+        raise ConfigError(msg)
+    if cfg.llm.sim.time_scale < 0:
+        msg = f"config: llm.sim.time_scale={cfg.llm.sim.time_scale}; use 0 or more."
+        raise ConfigError(msg)
+    if cfg.llm.sim.profile not in PROFILES:
+        msg = f"config: llm.sim.profile={cfg.llm.sim.profile!r} is unknown; known profiles: {', '.join(PROFILES)}."
+        raise ConfigError(msg)
+    _positive("llm.sim.replicas", cfg.llm.sim.replicas)
+    if cfg.llm.sim.max_num_seqs is not None:
+        _positive("llm.sim.max_num_seqs", cfg.llm.sim.max_num_seqs)
+    if cfg.llm.backend == "openai" and not cfg.llm.urls():
+        msg = "config: llm.backend=openai needs llm.base_url=http://host:port/v1 or llm.endpoints=[...]."
+        raise ConfigError(msg)
+    for name, op in cfg.operators.items():
+        _positive(f"operators.{name}.replicas", op.replicas)
+        if op.concurrency is not None:
+            _positive(f"operators.{name}.concurrency", op.concurrency)
+    return cfg
+
+
+def _positive(key: str, value: int) -> None:
+    if value < 1:
+        msg = f"config: {key}={value}; use 1 or more."
+        raise ConfigError(msg)
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not line.strip().startswith("See ")]
+    if "MissingMandatoryValue" in type(exc).__name__ or "Missing mandatory value" in str(exc):
+        key = str(exc).split("full_key:")[-1].split()[0] if "full_key:" in str(exc) else "a key"
+        return f"config: {key} is required; pass {key}=..."
+    return "config: " + "; ".join(lines[:2])

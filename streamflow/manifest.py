@@ -1,0 +1,65 @@
+"""``manifest.json``: how a run's output was made (config, versions, commit, input, counts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from importlib import metadata
+from typing import Any
+
+from streamflow.config import RunConfig
+from streamflow.io.source import InputPlan
+from streamflow.result import RunResult
+
+__all__ = ["write_manifest"]
+
+_PACKAGES = ("streamflow-rows", "ray", "msgspec", "pyarrow", "polars", "aiohttp", "hydra-core")
+
+
+def write_manifest(run_dir: str, cfg: RunConfig, plan: InputPlan, result: RunResult, *, pipeline_source: str) -> str:
+    """Write the manifest atomically next to ``data/``; returns its path."""
+    manifest: dict[str, Any] = {
+        "pipeline": result.pipeline,
+        "pipeline_source": pipeline_source,
+        "run_id": result.run_id,
+        "config": cfg.to_dict(),
+        "input": {"files": len(plan.files), "rows": plan.total_rows, "fingerprint": plan.fingerprint},
+        "summary": result.summary(),
+        "statuses": result.statuses,
+        "usage": {step: {f: getattr(u, f) for f in u.__struct_fields__} for step, u in result.usage.items()},
+        "ledger_balanced": result.balanced,
+        "files": [os.path.relpath(path, run_dir) for path in result.files],
+        "versions": _versions(),
+        "git_commit": _git_commit(pipeline_source),
+    }
+    path = os.path.join(run_dir, "manifest.json")
+    temp = os.path.join(run_dir, ".manifest.json.tmp")
+    with open(temp, "w") as handle:
+        json.dump(manifest, handle, indent=2, default=str)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+    return path
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _git_commit(near: str) -> str | None:
+    where = os.path.dirname(os.path.abspath(near)) if near and os.path.exists(near) else os.getcwd()
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None

@@ -1,0 +1,89 @@
+"""What a run returns and prints: counts per status, tokens, throughput, where the output is."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import msgspec
+
+from streamflow.services.llm import Usage
+
+__all__ = ["RunResult"]
+
+
+class RunResult(msgspec.Struct, kw_only=True):
+    """The outcome of one run. ``statuses`` counts output rows by status."""
+
+    pipeline: str
+    run_id: str
+    run_dir: str
+    files: list[str]
+    rows_read: int
+    statuses: dict[str, int]
+    usage: dict[str, Usage]
+    wall_s: float
+
+    @property
+    def data_dir(self) -> str:
+        """The folder holding the Parquet parts (read it with ``polars.read_parquet(dir + '/*.parquet')``)."""
+        return f"{self.run_dir}/data"
+
+    @property
+    def ok(self) -> int:
+        return self.statuses.get("ok", 0)
+
+    @property
+    def filtered(self) -> dict[str, int]:
+        """Filtered rows per reason."""
+        return _by_prefix(self.statuses, "filtered:")
+
+    @property
+    def errors(self) -> dict[str, int]:
+        """Error rows per kind."""
+        return _by_prefix(self.statuses, "error:")
+
+    @property
+    def rows_out(self) -> int:
+        return sum(self.statuses.values())
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(u.prompt_tokens for u in self.usage.values())
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(u.completion_tokens for u in self.usage.values())
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows_read / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Output (completion) tokens per second of wall time."""
+        return self.completion_tokens / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def balanced(self) -> bool:
+        """The ledger invariant: every row read ended as ok, filtered or error."""
+        return self.rows_read == self.ok + sum(self.filtered.values()) + sum(self.errors.values())
+
+    def summary(self) -> dict[str, object]:
+        """The headline numbers as plain data (for the manifest and for notebooks)."""
+        return {
+            "rows_read": self.rows_read,
+            "ok": self.ok,
+            "filtered": self.filtered,
+            "errors": self.errors,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "wall_s": round(self.wall_s, 3),
+            "rows_per_s": round(self.rows_per_s, 2),
+            "tokens_per_s": round(self.tokens_per_s, 2),
+            "llm_requests": sum(u.requests for u in self.usage.values()),
+            "llm_retries": sum(u.retries for u in self.usage.values()),
+        }
+
+
+def _by_prefix(statuses: Mapping[str, int], prefix: str) -> dict[str, int]:
+    return {status[len(prefix) :]: n for status, n in sorted(statuses.items()) if status.startswith(prefix)}

@@ -1,0 +1,208 @@
+"""Run a pipeline: ``python -m streamflow.run PIPELINE.py [key=value ...]`` or ``streamflow.run(...)``.
+
+Everything that can be wrong with the config, the pipeline or the input is checked
+before Ray starts, and reported in one line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import msgspec
+
+from streamflow.config import RunConfig, compose
+from streamflow.errors import ConfigError, RunError, StreamflowError
+from streamflow.flow import Flow
+from streamflow.io.source import InputPlan, plan_input
+from streamflow.manifest import write_manifest
+from streamflow.pipeline import Pipeline, load_pipeline
+from streamflow.result import RunResult
+from streamflow.services.llm import LLMClient
+
+__all__ = ["main", "prepare", "run"]
+
+log = logging.getLogger("streamflow")
+
+USAGE = """\
+usage: python -m streamflow.run PIPELINE.py [key=value ...]
+
+Runs PIPELINE.py row by row on Ray and writes Parquet under
+<output.dir>/<pipeline>/<run_id>/data/, then prints a summary.
+
+Overrides use Hydra's syntax (key=value, lists as [a,b]). The main knobs:
+  input.path=URL            input: fsspec URL, directory or glob (Parquet, JSONL)
+  input.partitions=N        input readers in parallel (default 4)
+  limit=N                   only the first N rows
+  max_inflight=N            rows in the system at once (default 1024)
+  operators.STEP.replicas=N actors hosting STEP (default: the pipeline's)
+  operators.STEP.concurrency=N  rows one replica works on at once
+  llm.base_url=URL llm.model=NAME   use an OpenAI-compatible server instead of the simulator
+  llm.sim.time_scale=X      simulator speed (1.0 = real-time latencies)
+  output.dir=DIR            where runs are written (default outputs)
+  params.NAME=VALUE         the pipeline's own parameters
+  run_id=NAME seed=N progress=auto|bar|log|off ray.address=auto
+
+All knobs and their defaults: streamflow/conf/config.yaml and the pipeline's DEFAULTS.
+"""
+
+
+def prepare(
+    pipeline: str | Path | Flow | ModuleType, overrides: Sequence[str] | Mapping[str, Any] = ()
+) -> tuple[Flow, RunConfig, Any, InputPlan, Pipeline]:
+    """Compose the config, build the flow and plan the input, without starting anything."""
+    spec = load_pipeline(pipeline)
+    draft = spec.build(spec.default_params()).validate()
+    defaults: dict[str, Any] = {
+        **spec.defaults,
+        "pipeline": draft.name,
+        "operators": {
+            name: {"replicas": s.replicas, "concurrency": s.concurrency, "num_cpus": s.num_cpus}
+            for name, s in draft.steps.items()
+        },
+        "params": msgspec.to_builtins(spec.default_params()),
+    }
+    defaults["operators"].update(spec.defaults.get("operators", {}))
+    cfg = compose(defaults, _as_overrides(overrides))
+    params = spec.params(cfg.params)
+    flow = spec.build(params).validate()
+    unknown = sorted(set(cfg.operators) - set(flow.steps))
+    if unknown:
+        msg = f"config: operators.{unknown[0]} names no step of {flow.name!r}; its steps: {', '.join(flow.steps)}."
+        raise ConfigError(msg)
+    plan = plan_input(
+        cfg.input.path,
+        format=cfg.input.format,
+        partitions=cfg.input.partitions,
+        limit=cfg.limit,
+        requires=flow.requires,
+        id_column=cfg.input.id_column,
+        storage_options=cfg.input.storage_options,
+    )
+    return flow, cfg, params, plan, spec
+
+
+def run(pipeline: str | Path | Flow | ModuleType, overrides: Sequence[str] | Mapping[str, Any] = ()) -> RunResult:
+    """Run a pipeline (file path, module or Flow) with config overrides; returns the result.
+
+    >>> result = streamflow.run("pipelines/natural_reasoning.py", ["limit=100"])  # doctest: +SKIP
+    >>> polars.read_parquet(result.data_dir + "/*.parquet")                         # doctest: +SKIP
+    """
+    flow, cfg, params, plan, spec = prepare(pipeline, overrides)
+    run_id = cfg.run_id or time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
+    run_dir = os.path.abspath(os.path.join(cfg.output.dir, flow.name, run_id))
+    if os.path.exists(os.path.join(run_dir, "data")):
+        msg = f"run directory {run_dir} already holds data; choose another run_id or output.dir."
+        raise ConfigError(msg)
+    if not cfg.llm.uses_sim:
+        asyncio.run(_check_llm(cfg))
+    os.makedirs(os.path.join(run_dir, "data"), exist_ok=True)
+    started_ray = _ensure_ray(cfg)
+    try:
+        from streamflow.runtime.driver import run_rows
+
+        result = asyncio.run(run_rows(flow, spec.recipe(params), cfg, plan, run_dir))
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    write_manifest(run_dir, cfg, plan, result, pipeline_source=spec.source)
+    if not result.balanced:
+        msg = f"ledger does not add up: read {result.rows_read}, finished {result.rows_out} ({result.statuses})."
+        raise RunError(msg)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; returns the exit status (0 ok, 1 run failed, 2 bad config or input)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if args else 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    pipeline, overrides = args[0], args[1:]
+    try:
+        result = run(pipeline, overrides)
+    except ConfigError as exc:
+        print(f"streamflow: error: {exc}", file=sys.stderr)
+        return 2
+    except StreamflowError as exc:
+        print(f"streamflow: run failed: {exc}", file=sys.stderr)
+        return 1
+    from streamflow.summary import print_summary
+
+    print_summary(result)
+    return 0
+
+
+async def _check_llm(cfg: RunConfig) -> None:
+    """Reach every configured endpoint once, so a wrong URL fails before Ray starts."""
+    client = LLMClient(cfg.llm.urls(), model=cfg.llm.model, api_key=cfg.api_key())
+    try:
+        await client.check()
+    finally:
+        await client.close()
+
+
+def _ensure_ray(cfg: RunConfig) -> bool:
+    """Connect to Ray (or start a local runtime); True if this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    local = cfg.ray.address is None
+    ray.init(
+        address=cfg.ray.address,
+        num_cpus=cfg.ray.num_cpus if local else None,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+    )
+    return True
+
+
+def _as_overrides(overrides: Sequence[str] | Mapping[str, Any]) -> list[str]:
+    if isinstance(overrides, Mapping):
+        return [f"{key}={_hydra_value(value)}" for key, value in overrides.items()]
+    if isinstance(overrides, str):
+        return [overrides]
+    return list(overrides)
+
+
+def _hydra_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_hydra_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{k}:{_hydra_value(v)}" for k, v in value.items()) + "}"
+    text = str(value).replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{text}'"
+
+
+class _CallableModule(ModuleType):
+    """Makes ``streamflow.run(...)`` call ``run`` while ``python -m streamflow.run`` runs ``main``."""
+
+    def __call__(
+        self, pipeline: str | Path | Flow | ModuleType, overrides: Sequence[str] | Mapping[str, Any] = ()
+    ) -> RunResult:
+        return run(pipeline, overrides)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""The Ray actor hosting one replica of one step.
+
+It receives coalesced batches of rows, runs each row as its own asyncio task (so one
+slow LLM call never holds up the others), and sends every result straight to a replica
+of the next step, or to the sink shard of its input row when it is finished. No driver
+or dispatcher sits between two steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgspec
+
+from streamflow.errors import SetupError
+from streamflow.execution import run_step, step_seed
+from streamflow.flow import END
+from streamflow.message import Message, decode_batch
+from streamflow.operator import Context
+from streamflow.pipeline import Recipe
+from streamflow.runtime.transport import Outbox, Peer, Peers
+from streamflow.services.llm import LLMClient, Usage
+
+__all__ = ["StepActor", "StepStats", "sink_shard"]
+
+log = logging.getLogger(__name__)
+
+
+class StepStats(msgspec.Struct):
+    """What one replica has done so far; polled by the driver for progress and health."""
+
+    step: str
+    replica: int
+    rows_in: int = 0
+    rows_out: int = 0
+    inflight: int = 0
+    busy_s: float = 0.0
+    delivery_failures: int = 0
+    usage: dict[str, Usage] = {}
+
+
+def sink_shard(root_id: str, sinks: int) -> int:
+    """The sink that owns an input row: every piece of one row lands in the same shard."""
+    return zlib.crc32(root_id.encode()) % sinks
+
+
+class StepActor:
+    """Hosts one step's operator in one Ray actor process; the Flow is rebuilt here from ``recipe``."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        step: str,
+        replica: int,
+        *,
+        concurrency: int | None,
+        flush_rows: int,
+        flush_ms: float,
+    ) -> None:
+        logging.basicConfig(level=logging.WARNING)
+        flow, params = recipe.build()
+        self._flow = flow
+        self._step = step
+        self._operator = flow.steps[step].operator
+        self._params = params
+        self._replica = replica
+        self._client: LLMClient | None = None
+        self._ctx = Context(step=step, params=params, replica=replica)
+        self._limit = asyncio.Semaphore(concurrency) if concurrency else None
+        self._outbox = Outbox(flush_rows=flush_rows, flush_ms=flush_ms, on_failure=self._delivery_failed)
+        self._routes: dict[str, Peers] = {}
+        self._sinks: list[Peer] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stats = StepStats(step=step, replica=replica)
+
+    async def start(self, routes: Mapping[str, Sequence[Any]], sinks: Sequence[Any], llm: Mapping[str, Any]) -> None:
+        """Wire the peers, connect to the LLM service and run the operator's ``setup``.
+
+        ``llm`` holds ``LLMClient`` arguments; it arrives here rather than in the
+        constructor so actors can start while the LLM service is still starting.
+        """
+        self._client = LLMClient(**llm)
+        self._ctx = Context(step=self._step, llm=self._client.for_step(self._step), params=self._params, replica=self._replica)
+        self._routes = {
+            name: Peers([Peer(f"{name}[{i}]", handle) for i, handle in enumerate(handles)])
+            for name, handles in routes.items()
+        }
+        self._sinks = [Peer(f"sink[{i}]", handle) for i, handle in enumerate(sinks)]
+        try:
+            await self._operator.setup(self._ctx)
+        except Exception as exc:
+            msg = f"step {self._step!r}: setup() of {type(self._operator).__name__} failed: {type(exc).__name__}: {exc}"
+            raise SetupError(msg) from exc
+
+    async def push(self, payload: bytes) -> int:
+        """Accept a batch of rows; answers with how many rows this replica now holds."""
+        for row in decode_batch(payload):
+            task = asyncio.create_task(self._process(row))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return len(self._tasks)
+
+    async def stats(self) -> StepStats:
+        self._stats.inflight = len(self._tasks)
+        self._stats.usage = self._client.usage() if self._client is not None else {}
+        return self._stats
+
+    async def stop(self) -> StepStats:
+        """Close the operator and the LLM client after the last row has left."""
+        await self._outbox.drain([*self._sinks, *(p for peers in self._routes.values() for p in peers.replicas)])
+        try:
+            await self._operator.close()
+        finally:
+            if self._client is not None:
+                await self._client.close()
+        return await self.stats()
+
+    async def _process(self, row: Message) -> None:
+        self._stats.rows_in += 1
+        ctx = self._ctx.for_row(step_seed(row, self._step))
+        started = time.perf_counter()
+        if self._limit is None:
+            results = await run_step(self._flow, self._step, row, ctx)
+        else:
+            async with self._limit:
+                results = await run_step(self._flow, self._step, row, ctx)
+        self._stats.busy_s += time.perf_counter() - started
+        for result in results:
+            self._forward(result)
+
+    def _forward(self, row: Message) -> None:
+        self._stats.rows_out += 1
+        target = row.state.step
+        if target == END:
+            self._outbox.send(self._sinks[sink_shard(row.root_id, len(self._sinks))], row)
+        else:
+            self._outbox.send(self._routes[target].pick(), row)
+
+    def _delivery_failed(self, peer: Peer, batch: list[Message], exc: BaseException) -> None:
+        self._stats.delivery_failures += len(batch)

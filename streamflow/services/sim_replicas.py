@@ -1,0 +1,41 @@
+"""Simulated LLM replicas as Ray actors: each one a real HTTP server in its own process.
+
+A separate process keeps the simulator's event loop off the driver's and the operators'
+CPU time, as a real inference server would be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import ray
+
+from streamflow.services.sim import SimConfig, SimServer
+
+__all__ = ["SimReplica", "start_sim_replicas"]
+
+
+class SimReplica:
+    """Hosts one ``SimServer`` bound to 127.0.0.1 on a free port."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self._server = SimServer(config)
+
+    async def start(self) -> str:
+        """Start serving; returns the base URL (``http://127.0.0.1:PORT/v1``)."""
+        return await self._server.start(host="127.0.0.1", port=0)
+
+    async def stats(self) -> Any:
+        return self._server.stats()
+
+    async def stop(self) -> None:
+        await self._server.stop()
+
+
+async def start_sim_replicas(config: SimConfig, replicas: int = 1) -> tuple[list[str], list[Any]]:
+    """Start ``replicas`` simulator actors; returns their URLs and actor handles."""
+    remote = ray.remote(SimReplica)
+    handles = [remote.options(num_cpus=0, max_concurrency=10_000).remote(config) for _ in range(replicas)]
+    urls = await asyncio.gather(*(handle.start.remote() for handle in handles))
+    return list(urls), handles

@@ -1,0 +1,136 @@
+"""Run flows in-process, without Ray, and fake LLM answers: for tests and notebooks.
+
+``run_local`` walks every row through the flow with the same step semantics as the
+Ray runtime (``streamflow.execution.run_step``) and encodes each row between steps as
+the transport would, so a value that could not travel between actors fails here too.
+
+>>> rows = run_local(flow, [{"text": "hello"}], llm=fake_llm(lambda request: "Yes"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import msgspec
+
+from streamflow.execution import row_seed, run_step, step_seed
+from streamflow.flow import END, Flow
+from streamflow.message import Message, State, decode_batch, encode_batch
+from streamflow.operator import Context
+from streamflow.services.llm import LLMClient, Response
+
+__all__ = ["ScriptedTransport", "fake_llm", "run_local", "run_local_async"]
+
+
+def run_local(
+    flow: Flow,
+    rows: Iterable[Mapping[str, Any] | Message],
+    *,
+    llm: LLMClient | None = None,
+    params: Any = None,
+    seed: int = 0,
+    concurrency: int = 64,
+) -> list[Message]:
+    """Run ``rows`` through ``flow`` in this process; returns the finished rows in input order."""
+    return asyncio.run(run_local_async(flow, rows, llm=llm, params=params, seed=seed, concurrency=concurrency))
+
+
+async def run_local_async(
+    flow: Flow,
+    rows: Iterable[Mapping[str, Any] | Message],
+    *,
+    llm: LLMClient | None = None,
+    params: Any = None,
+    seed: int = 0,
+    concurrency: int = 64,
+) -> list[Message]:
+    """``run_local`` for code that already runs in an event loop."""
+    flow.validate()
+    contexts = {
+        name: Context(step=name, llm=llm.for_step(name) if llm else None, params=params) for name in flow.steps
+    }
+    for name, step in flow.steps.items():
+        await step.operator.setup(contexts[name])
+    limit = asyncio.Semaphore(concurrency)
+    first = flow.first
+
+    async def walk(row: Message) -> list[Message]:
+        async with limit:
+            pending, finished = [row], []
+            while pending:
+                current = pending.pop()
+                if current.state.step == END:
+                    finished.append(current)
+                    continue
+                ctx = contexts[current.state.step].for_row(step_seed(current, current.state.step))
+                results = await run_step(flow, current.state.step, current, ctx)
+                pending.extend(decode_batch(encode_batch(results)))
+            return sorted(finished, key=lambda m: m.id)
+
+    try:
+        walks = [walk(_admit(row, index, first, seed)) for index, row in enumerate(rows)]
+        done = await asyncio.gather(*walks)
+    finally:
+        for step in flow.steps.values():
+            await step.operator.close()
+        if llm is not None:
+            await llm.close()
+    return [message for finished in done for message in finished]
+
+
+def _admit(row: Mapping[str, Any] | Message, index: int, first: str, seed: int) -> Message:
+    if isinstance(row, Message):
+        return msgspec.structs.replace(row, state=msgspec.structs.replace(row.state, step=first))
+    row_id = f"0:{index}"
+    return Message(
+        id=row_id, fields=dict(row), state=State(step=first, seed=row_seed(seed, row_id)), admitted_at=time.time()
+    )
+
+
+Answer = Callable[[dict[str, Any]], "str | Response"]
+
+
+class ScriptedTransport:
+    """A transport whose answers come from a function of the request payload.
+
+    The function returns the reply text (wrapped as a chat or text completion with
+    token counts) or a full ``Response`` to script errors (429, 500, bad bodies).
+    """
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.requests: list[dict[str, Any]] = []
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> Response:
+        payload = msgspec.json.decode(body)
+        self.requests.append(payload)
+        reply = self.answer(payload)
+        if isinstance(reply, Response):
+            return reply
+        return Response(200, msgspec.json.encode(_completion(payload, reply)))
+
+    async def get(self, url: str, headers: Mapping[str, str], timeout_s: float) -> Response:
+        return Response(200, b'{"object": "list", "data": []}')
+
+    async def close(self) -> None:
+        return None
+
+
+def fake_llm(answer: Answer, *, model: str = "fake", **options: Any) -> LLMClient:
+    """An ``LLMClient`` answering through ``ScriptedTransport(answer)``; no server needed."""
+    options.setdefault("backoff_s", 0.0)
+    return LLMClient(["http://fake.invalid/v1"], model=model, transport=ScriptedTransport(answer), **options)
+
+
+def _completion(payload: Mapping[str, Any], text: str) -> dict[str, Any]:
+    prompt = payload.get("messages") or payload.get("prompt") or ""
+    usage = {"prompt_tokens": max(1, len(str(prompt)) // 4), "completion_tokens": max(1, len(text) // 4)}
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    if "messages" in payload:
+        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+    else:
+        choice = {"index": 0, "text": text, "finish_reason": "stop"}
+    return {"id": "fake", "object": "chat.completion", "model": payload.get("model", ""), "choices": [choice], "usage": usage}

@@ -1,0 +1,35 @@
+"""Filters before the LLM: language (with a shipped model) and length."""
+
+from operators import LanguageFilter, LengthFilter
+from streamflow import Flow
+from streamflow.testing import run_local
+
+ENGLISH = "The function returns zero on success; otherwise it returns minus one and sets errno to indicate the error."
+GERMAN = "Die Funktion gibt bei Erfolg null zurück; andernfalls gibt sie minus eins zurück und setzt errno."
+
+
+def language_flow():
+    return Flow("t").step("english", LanguageFilter("text", language="en", min_score=0.8))
+
+
+def test_english_is_kept_and_other_languages_are_filtered_as_not_english():
+    kept, dropped = run_local(language_flow(), [{"text": ENGLISH}, {"text": GERMAN}])
+    assert kept.status == "ok" and kept["language"] == "en" and kept["language_score"] >= 0.8
+    assert dropped.status == "filtered:not_english" and dropped["language"] == "de"
+
+
+def test_null_or_non_string_text_is_a_bad_input_error_not_a_filter():
+    null, number = run_local(language_flow(), [{"text": None}, {"text": 42}])
+    assert null.status == "error:bad_input" and "is null" in null.error
+    assert number.status == "error:bad_input" and "is int" in number.error
+
+
+def test_a_huge_document_is_classified_from_its_beginning():
+    [row] = run_local(language_flow(), [{"text": ENGLISH * 50_000}])  # ~5 MB
+    assert row.status == "ok"
+
+
+def test_length_filter_reasons():
+    flow = Flow("t").step("len", LengthFilter("text", min_chars=3, max_chars=5))
+    short, ok, long = run_local(flow, [{"text": "ab"}, {"text": "abcd"}, {"text": "abcdefg"}])
+    assert (short.status, ok.status, long.status) == ("filtered:too_short", "ok", "filtered:too_long")

@@ -1,0 +1,103 @@
+"""Coalesced transport: rows to the same actor leave together, never later than flush_ms."""
+
+import asyncio
+
+from streamflow.message import Message, decode_batch
+from streamflow.runtime.transport import Outbox, Peer, Peers
+
+
+class FakeActor:
+    """Stands in for a Ray actor handle: ``handle.push.remote(payload)`` is awaitable."""
+
+    def __init__(self, load=0, fail=False):
+        self.batches = []
+        self.load = load
+        self.fail = fail
+        self.push = self
+
+    def remote(self, payload):
+        async def deliver():
+            if self.fail:
+                raise ConnectionError("actor died")
+            self.batches.append(decode_batch(payload))
+            return self.load
+
+        return deliver()
+
+
+def rows(n):
+    return [Message(id=f"0:{i}", fields={"i": i}) for i in range(n)]
+
+
+def test_full_batches_leave_at_once_and_the_rest_after_flush_ms():
+    async def go():
+        actor = FakeActor()
+        peer = Peer("a", actor)
+        outbox = Outbox(flush_rows=4, flush_ms=20)
+        for row in rows(10):
+            outbox.send(peer, row)
+        await asyncio.sleep(0.005)
+        sizes_early = [len(b) for b in actor.batches]
+        await asyncio.sleep(0.05)
+        return sizes_early, [len(b) for b in actor.batches]
+
+    early, late = asyncio.run(go())
+    assert early == [4, 4]
+    assert late == [4, 4, 2]
+
+
+def test_a_lone_row_is_not_held_for_a_barrier():
+    async def go():
+        actor = FakeActor()
+        outbox = Outbox(flush_rows=64, flush_ms=1)
+        outbox.send(Peer("a", actor), rows(1)[0])
+        await asyncio.sleep(0.02)
+        return actor.batches
+
+    assert [len(b) for b in asyncio.run(go())] == [1]
+
+
+def test_drain_waits_for_delivery_and_counts_what_was_sent():
+    async def go():
+        actor = FakeActor()
+        peer = Peer("a", actor)
+        outbox = Outbox(flush_rows=64, flush_ms=1000)
+        for row in rows(3):
+            outbox.send(peer, row)
+        await outbox.drain([peer])
+        return outbox, actor
+
+    outbox, actor = asyncio.run(go())
+    assert sum(len(b) for b in actor.batches) == 3 and outbox.rows_sent == 3 and outbox.pending == 0
+
+
+def test_failed_delivery_is_reported_with_the_rows_it_carried():
+    failures = []
+
+    async def go():
+        peer = Peer("a", FakeActor(fail=True))
+        outbox = Outbox(flush_rows=2, flush_ms=1, on_failure=lambda p, batch, exc: failures.append((p.name, len(batch))))
+        for row in rows(2):
+            outbox.send(peer, row)
+        await outbox.drain()
+
+    asyncio.run(go())
+    assert failures == [("a", 2)]
+
+
+def test_reported_load_steers_rows_to_the_least_loaded_replica():
+    async def go():
+        busy, idle = FakeActor(load=100), FakeActor(load=0)
+        peers = Peers([Peer("busy", busy), Peer("idle", idle)])
+        outbox = Outbox(flush_rows=1, flush_ms=1)
+        for row in rows(2):  # first deliveries teach the outbox each replica's load
+            outbox.send(peers.replicas[0], row)
+            outbox.send(peers.replicas[1], row)
+        await outbox.drain()
+        for row in rows(10):
+            outbox.send(peers.pick(), row)
+        await outbox.drain()
+        return len(busy.batches), len(idle.batches)
+
+    busy_batches, idle_batches = asyncio.run(go())
+    assert busy_batches == 2 and idle_batches == 12
