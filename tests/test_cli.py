@@ -1,0 +1,43 @@
+"""The command line: help, exit codes, and one-line errors on stderr."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, timeout=120):
+    return subprocess.run(
+        [sys.executable, "-m", "streamflow.run", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_help_explains_the_main_knobs():
+    done = cli("--help")
+    assert done.returncode == 0
+    for knob in ("input.path", "max_inflight", "operators.STEP.replicas", "llm.base_url", "limit", "output.dir"):
+        assert knob in done.stdout
+
+
+def test_no_arguments_prints_usage_and_fails():
+    done = cli()
+    assert done.returncode == 2 and "usage:" in done.stdout
+
+
+def test_bad_override_exits_2_with_one_line_on_stderr():
+    done = cli("pipelines/natural_reasoning.py", "max_inflight=lots")
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines == ["streamflow: error: config: Expected `int`, got `str` - at `$.max_inflight`"]
+
+
+def test_missing_pipeline_file_is_named():
+    done = cli("pipelines/nope.py")
+    assert done.returncode == 2 and "pipelines/nope.py" in done.stderr and "does not exist" in done.stderr
+
+
+def test_unknown_step_in_operators_names_the_steps():
+    done = cli("pipelines/natural_reasoning.py", "+operators.nope.replicas=2")
+    assert done.returncode == 2
+    assert "operators.nope names no step" in done.stderr and "english, classify, score, question" in done.stderr
