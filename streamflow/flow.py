@@ -78,9 +78,7 @@ class Flow:
             msg = f"Flow {self.name!r}: step {name!r} is declared twice; give each step its own name."
             raise FlowError(msg)
         if not isinstance(operator, Operator):
-            if not inspect.iscoroutinefunction(operator) and not inspect.iscoroutinefunction(
-                getattr(operator, "__call__", None)
-            ):
+            if not (inspect.iscoroutinefunction(operator) or inspect.iscoroutinefunction(type(operator).__call__)):
                 msg = (
                     f"Flow {self.name!r}: step {name!r} got {operator!r}; pass an Operator instance "
                     "or an `async def step(row, ctx)` function."

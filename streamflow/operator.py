@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
+from streamflow.errors import SetupError
 from streamflow.message import Drop, Message
 
 if TYPE_CHECKING:
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Context", "FunctionOperator", "Operator", "StepResult"]
 
-StepResult = Union[Message, list[Message], Drop]
+StepResult = Message | list[Message] | Drop
 
 
 class Context:
@@ -29,7 +30,7 @@ class Context:
     mode alike) draws the same numbers for the same row.
     """
 
-    __slots__ = ("_rng", "llm", "log", "params", "replica", "seed", "step")
+    __slots__ = ("_llm", "_rng", "log", "params", "replica", "seed", "step")
 
     def __init__(
         self,
@@ -41,12 +42,20 @@ class Context:
         seed: int = 0,
     ) -> None:
         self.step = step
-        self.llm = llm
+        self._llm = llm
         self.params = params
         self.replica = replica
         self.seed = seed
         self.log = logging.getLogger(f"streamflow.step.{step}")
         self._rng: random.Random | None = None
+
+    @property
+    def llm(self) -> StepLLM:
+        """The LLM service, booking usage under this step."""
+        if self._llm is None:
+            msg = f"step {self.step!r} uses ctx.llm but no LLM service is configured (in tests: run_local(..., llm=...))"
+            raise SetupError(msg)
+        return self._llm
 
     @property
     def rng(self) -> random.Random:
@@ -57,7 +66,7 @@ class Context:
 
     def for_row(self, seed: int) -> Context:
         """A copy bound to one row's seed (cheap: the rng is created on first use)."""
-        ctx = Context(step=self.step, llm=self.llm, params=self.params, replica=self.replica, seed=seed)
+        ctx = Context(step=self.step, llm=self._llm, params=self.params, replica=self.replica, seed=seed)
         ctx.log = self.log
         return ctx
 

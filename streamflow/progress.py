@@ -62,7 +62,7 @@ class Progress:
             f"ok {snap.ok} · filtered {snap.filtered} · errors {snap.errors} · in flight {snap.inflight} · "
             f"{snap.done / elapsed:,.1f} rows/s · {snap.completion_tokens / elapsed:,.0f} tok/s"
         )
-        if self._bar is not None:
+        if self._bar is not None and self._task is not None:
             self._bar.update(self._task, completed=snap.done, detail=detail)
         elif self.mode == "log" and time.monotonic() - self._last_log >= self._log_every_s:
             self._last_log = time.monotonic()

@@ -107,7 +107,7 @@ def plan_input(
     for index, name in enumerate(names):
         if remaining == 0:
             break
-        file_format = _format_of(name, format)
+        file_format = _known_format(name, format)
         schema, groups = _inspect(fs, name, file_format, remaining)
         schemas.append(schema)
         offset = 0
@@ -210,13 +210,20 @@ def _list_files(fs: fsspec.AbstractFileSystem, root: str, path: str, wanted: str
         raise ConfigError(msg)
     if explicit:
         for name in files:
-            if _format_of(name, wanted) is None:
-                msg = (
-                    f"input file {name!r} has an unsupported extension; use {_EXTENSIONS_HINT}, "
-                    "or set input.format to parquet or jsonl."
-                )
-                raise ConfigError(msg)
+            _known_format(name, wanted)
     return sorted(files.items())
+
+
+def _known_format(name: str, wanted: str) -> str:
+    """The format of a file, or a ConfigError naming the file and the fix."""
+    found = _format_of(name, wanted)
+    if found is None:
+        msg = (
+            f"input file {name!r} has an unsupported extension; use {_EXTENSIONS_HINT}, "
+            "or set input.format to parquet or jsonl."
+        )
+        raise ConfigError(msg)
+    return found
 
 
 def _hidden(name: str) -> bool:
@@ -248,7 +255,9 @@ def _inspect(
             with fs.open(name, "rb") as handle:
                 meta = pq.ParquetFile(handle).metadata
                 schema = meta.schema.to_arrow_schema()
-                groups = [(index, meta.row_group(index).num_rows) for index in range(meta.num_row_groups)]
+                groups: list[tuple[int | None, int]] = [
+                    (index, meta.row_group(index).num_rows) for index in range(meta.num_row_groups)
+                ]
         except _READ_ERRORS as exc:
             msg = f"input file {name!r} is not a readable Parquet file ({exc}); replace or remove it."
             raise ConfigError(msg) from exc

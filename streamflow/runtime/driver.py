@@ -161,8 +161,9 @@ class _Driver:
             while not idle.done():
                 done, _ = await asyncio.wait([idle, *background], return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
-                    if task is not idle and task.exception() is not None:
-                        raise task.exception()  # type: ignore[misc]
+                    failure = None if task is idle else task.exception()
+                    if failure is not None:
+                        raise failure
                 background = [task for task in background if not task.done()]
         finally:
             for task in [*readers, *pollers, watcher, finished, idle]:

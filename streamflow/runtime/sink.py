@@ -50,7 +50,7 @@ class SinkActor:
         if not self._done:
             try:
                 await asyncio.wait_for(self._arrived.wait(), wait_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         done, self._done = self._done, []
         self._arrived.clear()

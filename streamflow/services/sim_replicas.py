@@ -36,6 +36,6 @@ class SimReplica:
 async def start_sim_replicas(config: SimConfig, replicas: int = 1) -> tuple[list[str], list[Any]]:
     """Start ``replicas`` simulator actors; returns their URLs and actor handles."""
     remote = ray.remote(SimReplica)
-    handles = [remote.options(num_cpus=0, max_concurrency=10_000).remote(config) for _ in range(replicas)]
+    handles: list[Any] = [remote.options(num_cpus=0, max_concurrency=10_000).remote(config) for _ in range(replicas)]
     urls = await asyncio.gather(*(handle.start.remote() for handle in handles))
     return list(urls), handles

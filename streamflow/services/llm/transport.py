@@ -6,7 +6,6 @@ pass any object with the same ``post`` method (see ``streamflow.testing.Scripted
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -66,7 +65,7 @@ class HTTPTransport:
             ) as reply:
                 payload = await reply.read()
                 return Response(reply.status, payload, {k.lower(): v for k, v in reply.headers.items()})
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             msg = f"{method} {url} got no answer within {timeout_s:g} s"
             raise LLMTimeout(msg) from exc
         except aiohttp.ClientError as exc:
