@@ -50,19 +50,29 @@ class OutputConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 class SimSettings(msgspec.Struct, forbid_unknown_fields=True):
     profile: str = "llama-8b-h100"
-    replicas: int = 1
     time_scale: float = 1.0
     max_num_seqs: int | None = None
 
 
+class CacheConfig(msgspec.Struct, forbid_unknown_fields=True):
+    enabled: bool = False
+    path: str = "~/.cache/streamflow/llm-responses.sqlite"
+
+
 class LLMConfig(msgspec.Struct, forbid_unknown_fields=True):
-    backend: Literal["auto", "sim", "openai"] = "auto"
+    backend: Literal["auto", "sim", "openai", "vllm", "sglang"] = "auto"
     base_url: str | None = None
     endpoints: list[str] = []
     model: str = "sim-8b"
+    replicas: int = 1
+    tensor_parallel: int = 1
+    engine_args: list[str] = []
     api_key_env: str = "OPENAI_API_KEY"
     timeout_s: float = 120.0
     max_retries: int = 4
+    circuit_failures: int = 5
+    circuit_cooldown_s: float = 2.0
+    cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
     sim: SimSettings = msgspec.field(default_factory=SimSettings)
 
     @property
@@ -164,7 +174,9 @@ def check(data: Any) -> RunConfig:
     if cfg.llm.sim.profile not in PROFILES:
         msg = f"config: llm.sim.profile={cfg.llm.sim.profile!r} is unknown; known profiles: {', '.join(PROFILES)}."
         raise ConfigError(msg)
-    _positive("llm.sim.replicas", cfg.llm.sim.replicas)
+    _positive("llm.replicas", cfg.llm.replicas)
+    _positive("llm.tensor_parallel", cfg.llm.tensor_parallel)
+    _positive("llm.circuit_failures", cfg.llm.circuit_failures)
     if cfg.llm.sim.max_num_seqs is not None:
         _positive("llm.sim.max_num_seqs", cfg.llm.sim.max_num_seqs)
     if cfg.llm.backend == "openai" and not cfg.llm.urls():

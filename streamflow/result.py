@@ -22,6 +22,8 @@ class RunResult(msgspec.Struct, kw_only=True):
     statuses: dict[str, int]
     usage: dict[str, Usage]
     wall_s: float
+    replica_usage: dict[str, Usage] = {}
+    lost_replicas: list[str] = []
 
     @property
     def data_dir(self) -> str:
@@ -82,6 +84,8 @@ class RunResult(msgspec.Struct, kw_only=True):
             "tokens_per_s": round(self.tokens_per_s, 2),
             "llm_requests": sum(u.requests for u in self.usage.values()),
             "llm_retries": sum(u.retries for u in self.usage.values()),
+            "llm_cache_hits": sum(u.cache_hits for u in self.usage.values()),
+            "llm_replicas_lost": len(self.lost_replicas),
         }
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from rich.console import Console
 from rich.table import Table
 
 from streamflow.result import RunResult
+from streamflow.services.llm import Usage
 
 __all__ = ["print_summary", "summary_tables"]
 
@@ -29,18 +32,26 @@ def summary_tables(result: RunResult) -> list[Table]:
     rows.add_row("output tokens/s", f"{result.tokens_per_s:,.1f}", "")
     rows.add_row("wall time", f"{result.wall_s:,.1f} s", "")
 
-    usage = Table(title="LLM calls per step", show_header=True, header_style="bold")
-    for column in ("step", "requests", "retries", "failures", "tokens in", "tokens out", "mean latency"):
-        usage.add_column(column, justify="left" if column == "step" else "right")
-    for step, u in sorted(result.usage.items()):
+    tables = [rows, _usage_table("LLM calls per step", "step", result.usage)]
+    if len(result.replica_usage) > 1 or result.lost_replicas:
+        tables.append(_usage_table("LLM calls per replica", "replica", result.replica_usage, result.lost_replicas))
+    return tables
+
+
+def _usage_table(title: str, key: str, usage: dict[str, Usage], lost: Sequence[str] = ()) -> Table:
+    table = Table(title=title, show_header=True, header_style="bold")
+    for column in (key, "requests", "retries", "failures", "cache hits", "tokens in", "tokens out", "mean latency"):
+        table.add_column(column, justify="left" if column == key else "right")
+    for name, u in sorted(usage.items()):
         if not u.requests:
             continue
-        mean = u.latency_s / max(u.requests - u.failures, 1)
-        usage.add_row(
-            step, f"{u.requests:,}", f"{u.retries:,}", f"{u.failures:,}",
+        mean = u.latency_s / max(u.requests - u.failures - u.cache_hits, 1)
+        label = f"{name} (died)" if name in lost else name
+        table.add_row(
+            label, f"{u.requests:,}", f"{u.retries:,}", f"{u.failures:,}", f"{u.cache_hits:,}",
             f"{u.prompt_tokens:,}", f"{u.completion_tokens:,}", f"{mean:.2f} s",
         )
-    return [rows, usage]
+    return table
 
 
 def print_summary(result: RunResult, console: Console | None = None) -> None:

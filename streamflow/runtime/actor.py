@@ -25,6 +25,7 @@ from streamflow.operator import Context
 from streamflow.pipeline import Recipe
 from streamflow.runtime.transport import Outbox, Peer, Peers
 from streamflow.services.llm import LLMClient, Usage
+from streamflow.services.llm_service import LLMAccess
 
 __all__ = ["StepActor", "StepStats", "sink_shard"]
 
@@ -42,6 +43,7 @@ class StepStats(msgspec.Struct):
     busy_s: float = 0.0
     delivery_failures: int = 0
     usage: dict[str, Usage] = {}
+    replica_usage: dict[str, Usage] = {}
 
 
 def sink_shard(root_id: str, sinks: int) -> int:
@@ -78,13 +80,13 @@ class StepActor:
         self._tasks: set[asyncio.Task[None]] = set()
         self._stats = StepStats(step=step, replica=replica)
 
-    async def start(self, routes: Mapping[str, Sequence[Any]], sinks: Sequence[Any], llm: Mapping[str, Any]) -> None:
+    async def start(self, routes: Mapping[str, Sequence[Any]], sinks: Sequence[Any], llm: LLMAccess) -> None:
         """Wire the peers, connect to the LLM service and run the operator's ``setup``.
 
-        ``llm`` holds ``LLMClient`` arguments; it arrives here rather than in the
-        constructor so actors can start while the LLM service is still starting.
+        ``llm`` arrives here rather than in the constructor so actors can start while
+        the LLM service is still starting.
         """
-        self._client = LLMClient(**llm)
+        self._client = llm.client()
         self._ctx = Context(step=self._step, llm=self._client.for_step(self._step), params=self._params, replica=self._replica)
         self._routes = {
             name: Peers([Peer(f"{name}[{i}]", handle) for i, handle in enumerate(handles)])
@@ -107,7 +109,9 @@ class StepActor:
 
     async def stats(self) -> StepStats:
         self._stats.inflight = len(self._tasks)
-        self._stats.usage = self._client.usage() if self._client is not None else {}
+        if self._client is not None:
+            self._stats.usage = self._client.usage()
+            self._stats.replica_usage = self._client.replica_usage()
         return self._stats
 
     async def stop(self) -> StepStats:

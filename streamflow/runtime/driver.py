@@ -19,7 +19,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import msgspec
 import ray
 
 from streamflow.config import RunConfig
@@ -36,9 +35,8 @@ from streamflow.runtime.ledger import Ledger
 from streamflow.runtime.sink import SinkActor
 from streamflow.runtime.transport import Outbox, Peer, Peers
 from streamflow.schema import output_schema
-from streamflow.services.llm import merge_usage
-from streamflow.services.sim import PROFILES, SimConfig
-from streamflow.services.sim_replicas import start_sim_replicas
+from streamflow.services.llm import Usage, merge_usage
+from streamflow.services.llm_service import LLMService
 
 __all__ = ["run_rows"]
 
@@ -57,7 +55,7 @@ async def run_rows(flow: Flow, recipe: Recipe, cfg: RunConfig, plan: InputPlan, 
     try:
         await driver.start()
         await driver.stream()
-        files, usage = await driver.finish()
+        files, usage, replicas = await driver.finish()
     finally:
         driver.kill()
     return RunResult(
@@ -68,6 +66,8 @@ async def run_rows(flow: Flow, recipe: Recipe, cfg: RunConfig, plan: InputPlan, 
         rows_read=driver.ledger.admitted,
         statuses=dict(driver.ledger.statuses),
         usage=usage,
+        replica_usage=replicas,
+        lost_replicas=driver.service.lost if driver.service is not None else [],
         wall_s=time.monotonic() - started,
     )
 
@@ -83,7 +83,7 @@ class _Driver:
         self.outbox = Outbox(flush_rows=cfg.transport.flush_rows, flush_ms=cfg.transport.flush_ms)
         self.steps: dict[str, list[Any]] = {}
         self.sinks: list[Any] = []
-        self.sim: list[Any] = []
+        self.service: LLMService | None = None
         self.stats: dict[tuple[str, int], StepStats] = {}
 
     # -- phase 1 and 2 ----------------------------------------------------------------
@@ -110,14 +110,8 @@ class _Driver:
                 )
                 for replica in range(op.replicas)
             ]
-        endpoints = await self._start_llm()
-        llm = {
-            "endpoints": endpoints,
-            "model": cfg.llm.model,
-            "api_key": cfg.api_key(),
-            "timeout_s": cfg.llm.timeout_s,
-            "max_retries": cfg.llm.max_retries,
-        }
+        self.service = await LLMService.start(cfg.llm, seed=cfg.seed, api_key=cfg.api_key())
+        llm = self.service.access()
         starts = [
             (name, replica, handle.start.remote(self.steps, self.sinks, llm))
             for name, handles in self.steps.items()
@@ -133,17 +127,6 @@ class _Driver:
                 msg = f"step {name!r} replica {replica} failed to start: {type(cause).__name__}: {cause}"
                 raise SetupError(msg) from None
         await asyncio.gather(*(sink.ping.remote() for sink in self.sinks))
-
-    async def _start_llm(self) -> list[str]:
-        llm = self.cfg.llm
-        if llm.uses_sim:
-            profile = PROFILES[llm.sim.profile]
-            if llm.sim.max_num_seqs is not None:
-                profile = msgspec.structs.replace(profile, max_num_seqs=llm.sim.max_num_seqs)
-            config = SimConfig(profile=profile, time_scale=llm.sim.time_scale, seed=self.cfg.seed, models=[llm.model])
-            urls, self.sim = await start_sim_replicas(config, llm.sim.replicas)
-            return urls
-        return llm.urls()
 
     # -- phase 3 and 4 ----------------------------------------------------------------
 
@@ -205,6 +188,8 @@ class _Driver:
         """Poll every replica's stats: progress numbers, and an error as soon as one dies."""
         while True:
             await asyncio.sleep(HEALTH_EVERY_S)
+            if self.service is not None:
+                await self.service.watch()
             await self._collect_stats()
             progress.update(self._snapshot())
 
@@ -240,14 +225,17 @@ class _Driver:
 
     # -- phase 5 ----------------------------------------------------------------------
 
-    async def finish(self) -> tuple[list[str], dict[str, Any]]:
+    async def finish(self) -> tuple[list[str], dict[str, Usage], dict[str, Usage]]:
         final = await asyncio.gather(*(h.stop.remote() for hs in self.steps.values() for h in hs))
         parts = await asyncio.gather(*(sink.close.remote() for sink in self.sinks))
         usage = merge_usage([s.usage for s in final])
-        return sorted(path for paths in parts for path in paths), usage
+        replicas = merge_usage([s.replica_usage for s in final])
+        return sorted(path for paths in parts for path in paths), usage, replicas
 
     def kill(self) -> None:
-        for handle in [*self.sinks, *self.sim, *(h for hs in self.steps.values() for h in hs)]:
+        if self.service is not None:
+            self.service.stop()
+        for handle in [*self.sinks, *(h for hs in self.steps.values() for h in hs)]:
             try:
                 ray.kill(handle)
             except Exception as exc:  # an actor that is already gone is fine

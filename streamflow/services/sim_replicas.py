@@ -7,6 +7,7 @@ CPU time, as a real inference server would be.
 from __future__ import annotations
 
 import asyncio
+import secrets
 from typing import Any
 
 import ray
@@ -34,8 +35,16 @@ class SimReplica:
 
 
 async def start_sim_replicas(config: SimConfig, replicas: int = 1) -> tuple[list[str], list[Any]]:
-    """Start ``replicas`` simulator actors; returns their URLs and actor handles."""
+    """Start ``replicas`` simulator actors; returns their URLs and actor handles.
+
+    The actors are named ``streamflow-sim-<run>-<index>`` so an operator (or a chaos
+    test) can find one with ``ray.util.list_named_actors()``.
+    """
     remote = ray.remote(SimReplica)
-    handles: list[Any] = [remote.options(num_cpus=0, max_concurrency=10_000).remote(config) for _ in range(replicas)]
+    run = secrets.token_hex(3)
+    handles: list[Any] = [
+        remote.options(num_cpus=0, max_concurrency=10_000, name=f"streamflow-sim-{run}-{index}").remote(config)
+        for index in range(replicas)
+    ]
     urls = await asyncio.gather(*(handle.start.remote() for handle in handles))
     return list(urls), handles

@@ -1,17 +1,20 @@
 """An async OpenAI-compatible client shared by every step in a process.
 
 One client per process (one connection pool), several replica URLs per model, least
-in-flight balancing, retries with exponential backoff and jitter on connection errors,
-timeouts, 5xx and 429 (``Retry-After`` respected), failover to another replica on retry.
-Errors that retrying cannot fix fail the row at once. Usage is counted per step.
+in-flight balancing with a circuit breaker per replica, retries with exponential backoff
+and jitter on connection errors, timeouts, 5xx and 429 (``Retry-After`` respected),
+failover to another replica on retry. Errors that retrying cannot fix fail the row at
+once. Usage is counted per step and per replica. The replica list is refreshed from a
+registry (``refresh``) every few seconds and whenever a replica's circuit opens.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -25,8 +28,14 @@ from streamflow.services.llm.errors import (
     LLMRateLimited,
     LLMServerError,
 )
+from streamflow.services.llm.cache import ResponseCache
+from streamflow.services.llm.replicas import Breaker, Replica, ReplicaSet
 from streamflow.services.llm.transport import HTTPTransport, Response, Transport
 from streamflow.services.llm.usage import Usage
+
+log = logging.getLogger(__name__)
+
+Refresh = Callable[[], Awaitable[Mapping[str, Sequence[str]]]]
 
 __all__ = ["Completion", "LLMClient", "StepLLM"]
 
@@ -65,14 +74,6 @@ class _Reply(msgspec.Struct):
     usage: _ReplyUsage | None = None
 
 
-class _Replica:
-    __slots__ = ("inflight", "url")
-
-    def __init__(self, url: str) -> None:
-        self.url = url.rstrip("/")
-        self.inflight = 0
-
-
 _encode = msgspec.json.Encoder().encode
 _decode_reply = msgspec.json.Decoder(_Reply).decode
 _CONTEXT_HINTS = ("context length", "maximum context", "context_length", "too many tokens")
@@ -87,7 +88,7 @@ class LLMClient:
 
     def __init__(
         self,
-        endpoints: Sequence[str],
+        endpoints: Sequence[str] | Mapping[str, Sequence[str]],
         *,
         model: str,
         api_key: str | None = None,
@@ -95,13 +96,18 @@ class LLMClient:
         max_retries: int = 4,
         backoff_s: float = 0.25,
         max_backoff_s: float = 10.0,
+        breaker: Breaker | None = None,
+        refresh: Refresh | None = None,
+        refresh_every_s: float = 5.0,
+        cache: ResponseCache | None = None,
         transport: Transport | None = None,
     ) -> None:
-        if not endpoints:
+        routes = {model: list(endpoints)} if not isinstance(endpoints, Mapping) else dict(endpoints)
+        if not any(routes.values()):
             msg = "LLMClient needs at least one endpoint URL (llm.base_url or llm.endpoints)."
             raise ConfigError(msg)
         self.model = model
-        self._replicas = [_Replica(url) for url in endpoints]
+        self._routes = {name: ReplicaSet(urls) for name, urls in routes.items() if urls}
         self._headers = {"content-type": "application/json"}
         if api_key:
             self._headers["authorization"] = f"Bearer {api_key}"
@@ -109,8 +115,15 @@ class LLMClient:
         self._max_retries = max_retries
         self._backoff_s = backoff_s
         self._max_backoff_s = max_backoff_s
+        self._breaker = breaker or Breaker()
+        self._refresh = refresh
+        self._refresh_every_s = refresh_every_s
+        self._refreshed_at = time.monotonic()
+        self._refreshing: asyncio.Task[None] | None = None
+        self._cache = cache
         self._transport: Transport = transport or HTTPTransport()
         self._usage: dict[str, Usage] = {}
+        self._replica_usage: dict[str, Usage] = {}
         self._jitter = random.Random()
 
     # -- public API -------------------------------------------------------------------
@@ -135,9 +148,17 @@ class LLMClient:
         """Usage so far, per step (a copy)."""
         return {step: msgspec.structs.replace(usage) for step, usage in self._usage.items()}
 
+    def replica_usage(self) -> dict[str, Usage]:
+        """Usage so far, per replica URL (a copy)."""
+        return {url: msgspec.structs.replace(usage) for url, usage in self._replica_usage.items()}
+
+    def endpoints(self) -> dict[str, list[str]]:
+        """The replica URLs this client currently knows, per model."""
+        return {model: replicas.urls for model, replicas in self._routes.items()}
+
     async def check(self, timeout_s: float = 10.0) -> None:
         """Fail fast, in one line, if a replica is unreachable or does not serve the model."""
-        for replica in self._replicas:
+        for replica in (r for replicas in self._routes.values() for r in replicas.replicas):
             try:
                 reply = await self._transport.get(f"{replica.url}/models", self._headers, timeout_s)
             except LLMError as exc:
@@ -154,7 +175,11 @@ class LLMClient:
                 raise ConfigError(msg)
 
     async def close(self) -> None:
+        if self._refreshing is not None:
+            self._refreshing.cancel()
         await self._transport.close()
+        if self._cache is not None:
+            self._cache.close()
 
     # -- internals --------------------------------------------------------------------
 
@@ -163,15 +188,32 @@ class LLMClient:
         usage.requests += 1
         body = _encode(payload)
         started = time.monotonic()
-        failed: set[_Replica] = set()
+        cache_key = ResponseCache.key(path, body) if self._cache is not None else None
+        if self._cache is not None and cache_key is not None:
+            hit = self._cache.get(cache_key)
+            if hit is not None:
+                usage.cache_hits += 1
+                return self._parse(Response(200, hit), "cache", started)
+        self._maybe_refresh(started)
+        replicas = self._replicas_for(payload["model"])
+        failed: set[Replica] = set()
         attempt = 0
         while True:
-            replica = self._pick(failed)
+            replica = replicas.pick(failed)
+            per_replica = self._replica_usage.setdefault(replica.url, Usage())
+            per_replica.requests += 1
             replica.inflight += 1
             try:
                 reply = await self._transport.post(replica.url + path, body, self._headers, self._timeout_s)
                 completion = self._parse(reply, replica.url, started)
             except LLMError as exc:
+                if exc.retryable:
+                    per_replica.failures += 1
+                    if replica.failed(self._breaker, time.monotonic()):
+                        log.warning("LLM replica %s failed %d times in a row; pausing it", replica.url, replica.failures)
+                        self._maybe_refresh(0.0)
+                else:
+                    replica.succeeded()  # it answered; the request was the problem
                 if not exc.retryable or attempt >= self._max_retries:
                     usage.failures += 1
                     if exc.retryable:
@@ -179,22 +221,46 @@ class LLMClient:
                     raise
                 attempt += 1
                 usage.retries += 1
+                per_replica.retries += 1
                 failed.add(replica)
                 await asyncio.sleep(self._delay(attempt, exc))
                 continue
             finally:
                 replica.inflight -= 1
-            usage.prompt_tokens += completion.prompt_tokens
-            usage.completion_tokens += completion.completion_tokens
-            usage.latency_s += completion.latency_s
+            replica.succeeded()
+            for counter in (usage, per_replica):
+                counter.prompt_tokens += completion.prompt_tokens
+                counter.completion_tokens += completion.completion_tokens
+                counter.latency_s += completion.latency_s
+            if cache_key is not None and self._cache is not None:
+                self._cache.put(cache_key, reply.body)
             return completion
 
-    def _pick(self, failed: set[_Replica]) -> _Replica:
-        candidates = [r for r in self._replicas if r not in failed] or self._replicas
-        if len(candidates) == 1:
-            return candidates[0]
-        least = min(r.inflight for r in candidates)
-        return self._jitter.choice([r for r in candidates if r.inflight == least])
+    def _replicas_for(self, model: str) -> ReplicaSet:
+        """The replicas serving ``model``; those of the default model if it has none of its own."""
+        return self._routes.get(model) or self._routes.get(self.model) or next(iter(self._routes.values()))
+
+    def _maybe_refresh(self, now: float) -> None:
+        """Start a background refresh of the replica lists if one is due and none is running."""
+        if self._refresh is None or (self._refreshing is not None and not self._refreshing.done()):
+            return
+        if now and now - self._refreshed_at < self._refresh_every_s:
+            return
+        self._refreshed_at = time.monotonic()
+        self._refreshing = asyncio.ensure_future(self._apply_refresh(self._refresh))
+
+    async def _apply_refresh(self, refresh: Refresh) -> None:
+        try:
+            endpoints = await refresh()
+        except Exception as exc:  # the registry being slow must not fail rows
+            log.warning("refreshing LLM endpoints failed: %s", exc)
+            return
+        for model, urls in endpoints.items():
+            if model in self._routes:
+                if self._routes[model].update(urls):
+                    log.info("LLM replicas of %s are now %s", model, list(urls))
+            elif urls:
+                self._routes[model] = ReplicaSet(urls)
 
     def _delay(self, attempt: int, exc: LLMError) -> float:
         delay = min(self._max_backoff_s, self._backoff_s * 2 ** (attempt - 1)) * self._jitter.uniform(0.5, 1.5)

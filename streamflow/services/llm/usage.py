@@ -13,6 +13,7 @@ class Usage(msgspec.Struct):
     requests: int = 0
     failures: int = 0
     retries: int = 0
+    cache_hits: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_s: float = 0.0
@@ -22,6 +23,7 @@ class Usage(msgspec.Struct):
         self.requests += other.requests
         self.failures += other.failures
         self.retries += other.retries
+        self.cache_hits += other.cache_hits
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
         self.latency_s += other.latency_s

@@ -1,0 +1,113 @@
+"""The LLM service of one run: replicas started here (simulator, vLLM, SGLang) or listed in
+the config, an endpoint registry that tracks them, and how a worker process connects.
+
+Row mode and batch mode both start it the same way, so a comparison of the two uses the
+same service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import ray
+
+from streamflow.config import LLMConfig
+from streamflow.services.llm import LLMClient
+from streamflow.services.llm.cache import ResponseCache
+from streamflow.services.llm.registry import EndpointRegistry
+from streamflow.services.llm.replicas import Breaker
+from streamflow.services.sim import PROFILES, SimConfig
+from streamflow.services.sim_replicas import start_sim_replicas
+
+__all__ = ["LLMAccess", "LLMService"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LLMAccess:
+    """What a worker needs to build its client: settings, the current endpoints, the registry."""
+
+    config: LLMConfig
+    endpoints: dict[str, list[str]]
+    registry: Any = None
+    api_key: str | None = field(default=None, repr=False)
+
+    def client(self) -> LLMClient:
+        """One client for this process, kept up to date by the registry."""
+        cfg = self.config
+        return LLMClient(
+            self.endpoints,
+            model=cfg.model,
+            api_key=self.api_key,
+            timeout_s=cfg.timeout_s,
+            max_retries=cfg.max_retries,
+            breaker=Breaker(cfg.circuit_failures, cfg.circuit_cooldown_s),
+            refresh=self._refresh if self.registry is not None else None,
+            cache=ResponseCache(cfg.cache.path) if cfg.cache.enabled else None,
+        )
+
+    async def _refresh(self) -> dict[str, list[str]]:
+        snapshot = await self.registry.snapshot.remote()
+        return snapshot.endpoints
+
+
+class LLMService:
+    """Starts, tracks and stops the replicas behind ``llm.model``."""
+
+    def __init__(self, config: LLMConfig, registry: Any, replicas: dict[str, Any], api_key: str | None) -> None:
+        self.config = config
+        self.registry = registry
+        self.replicas = replicas  # url -> actor handle, for replicas started by this run
+        self.api_key = api_key
+        self.lost: list[str] = []
+
+    @classmethod
+    async def start(cls, config: LLMConfig, *, seed: int, api_key: str | None) -> LLMService:
+        """Start the configured replicas (if streamflow runs them) and register every endpoint."""
+        registry = ray.remote(EndpointRegistry).options(num_cpus=0).remote()
+        handles: dict[str, Any] = {}
+        if config.uses_sim:
+            profile = PROFILES[config.sim.profile]
+            if config.sim.max_num_seqs is not None:
+                profile = msgspec.structs.replace(profile, max_num_seqs=config.sim.max_num_seqs)
+            sim = SimConfig(profile=profile, time_scale=config.sim.time_scale, seed=seed, models=[config.model])
+            urls, started = await start_sim_replicas(sim, config.replicas)
+            handles = dict(zip(urls, started))
+        else:
+            urls = config.urls()
+        await asyncio.gather(*(registry.register.remote(config.model, url) for url in urls))
+        return cls(config, registry, handles, api_key)
+
+    def access(self) -> LLMAccess:
+        """Connection details for workers (endpoints as of now; the registry keeps them current)."""
+        return LLMAccess(self.config, {self.config.model: list(self.urls)}, self.registry, self.api_key)
+
+    @property
+    def urls(self) -> list[str]:
+        return list(self.replicas) if self.replicas else self.config.urls()
+
+    async def watch(self) -> list[str]:
+        """Remove replicas whose process died from the registry; returns the URLs removed now."""
+        removed = []
+        for url, handle in list(self.replicas.items()):
+            try:
+                await handle.stats.remote()
+            except Exception as exc:  # a dead actor answers with a Ray error of some kind
+                log.warning("LLM replica %s died (%s); removing it from the registry", url, type(exc).__name__)
+                del self.replicas[url]
+                await self.registry.deregister.remote(url)
+                removed.append(url)
+        self.lost.extend(removed)
+        return removed
+
+    def stop(self) -> None:
+        for handle in [*self.replicas.values(), self.registry]:
+            try:
+                ray.kill(handle)
+            except Exception as exc:  # already gone is fine
+                log.debug("kill %s: %s", handle, exc)
