@@ -5,7 +5,7 @@ the only costs are HTTP, JSON and the client itself, then drives them from this 
 with N requests in flight. The official ``openai`` async client runs the same load in the
 same run as a reference. Run:
 
-    python -m bench.llm_client                      # 3 replicas, 20,000 requests, 256 in flight
+    python -m bench.llm_client                      # 3 replicas, 10,000 requests, 256 in flight
     python -m bench.llm_client --replicas 1 --inflight 64 --requests 5000 --json out.json
 """
 
@@ -127,21 +127,23 @@ def openai_client(urls: list[str]) -> Callable[[], tuple[Callable[[], Awaitable[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--replicas", type=int, default=3)
-    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--reference-requests", type=int, default=3_000,
+                        help="requests for the openai client, which is about 10x slower per request")
     parser.add_argument("--inflight", type=int, default=256)
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     urls, servers = start_replicas(args.replicas)
     try:
         results = [
-            asyncio.run(measure(name, make, args.requests, args.inflight, servers))
-            for name, make in (("streamflow LLMClient", streamflow_client(urls)), ("openai AsyncOpenAI", openai_client(urls)))
+            asyncio.run(measure("streamflow LLMClient", streamflow_client(urls), args.requests, args.inflight, servers)),
+            asyncio.run(measure("openai AsyncOpenAI", openai_client(urls), args.reference_requests, args.inflight, servers)),
         ]
     finally:
         for proc in servers:
             proc.terminate()
-    print(f"{args.replicas} zero-latency simulator replicas, {args.requests:,} requests, {args.inflight} in flight, "
-          f"{os.cpu_count()} cores")
+    print(f"{args.replicas} zero-latency simulator replicas, {args.inflight} in flight, {os.cpu_count()} cores; "
+          f"{args.requests:,} requests (openai: {args.reference_requests:,})")
     print(f"{'client':<22} {'req/s':>9} {'CPU us/req':>11} {'client cores':>13} {'client CPU share':>17}")
     for row in results:
         print(f"{row['client']:<22} {row['requests_per_s']:>9,.0f} {row['client_cpu_us_per_request']:>11,.0f} "
