@@ -1,0 +1,209 @@
+"""Capacity of the runtime itself: rows/s and inter-actor messages/s with operators that do nothing.
+
+A 3-step pipeline of no-op operators (and one of operators that sleep 10 ms) runs over
+generated rows at several ``max_inflight`` values, with transport coalescing on
+(flush at 64 rows or 1 ms) and off (one actor call per row). In the same run, a bare Ray
+chain of the same shape (3 async actors and a sink, batches coalesced the same way, no
+streamflow code) gives the reference for what Ray itself can carry on this machine.
+
+A message is one row crossing one actor boundary: driver -> step 1 -> step 2 -> step 3 ->
+sink is 4 messages per row. CPU per message is the whole machine's busy CPU time during
+the run divided by the messages, so it includes Ray's own processes. Run:
+
+    python -m bench.orchestration                    # about 3 minutes on 2 cores
+    python -m bench.orchestration --rows 20000 --inflight 1000 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import tempfile
+import time
+from typing import Any
+
+import msgspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+import streamflow
+from streamflow import Flow, Message, Operator
+
+STEPS = 3
+HOPS = STEPS + 1  # driver -> steps -> sink
+
+
+class Noop(Operator):
+    """Passes the row on untouched: all that remains is the runtime's cost."""
+
+    async def __call__(self, row: Message, ctx: Any) -> Message:
+        return row
+
+
+class Sleep(Operator):
+    """Waits 10 ms, like a very fast tool call."""
+
+    async def __call__(self, row: Message, ctx: Any) -> Message:
+        await asyncio.sleep(0.01)
+        return row
+
+
+def flow_of(operator: type[Operator]) -> Flow:
+    flow = Flow(f"bench_{operator.__name__.lower()}")
+    for index in range(STEPS):
+        flow.step(f"s{index}", operator())
+    return flow
+
+
+def busy_cpu_seconds() -> float:
+    """Busy CPU time of the whole machine so far (user + nice + system + irq + softirq)."""
+    with open("/proc/stat") as handle:
+        values = [int(v) for v in handle.readline().split()[1:8]]
+    user, nice, system, _idle, _iowait, irq, softirq = values
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def run_streamflow(data: str, out: str, operator: type[Operator], inflight: int, coalesce: bool) -> dict[str, Any]:
+    overrides = [
+        f"input.path={data}", f"output.dir={out}", f"max_inflight={inflight}", "progress=off", "llm.backend=none",
+        "output.sinks=1", "transport.flush_rows=" + ("64" if coalesce else "1"),
+    ]
+    cpu0 = busy_cpu_seconds()
+    result = streamflow.run(flow_of(operator), overrides)
+    cpu = busy_cpu_seconds() - cpu0
+    return {"rows": result.rows_read, "wall_s": result.wall_s, "cpu_s": cpu}
+
+
+# -- the bare Ray reference --------------------------------------------------------------
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(list[dict[str, Any]]).decode
+
+
+class _Hop:
+    """A bare async actor forwarding coalesced batches to the next one (or counting at the end)."""
+
+    def __init__(self, flush_rows: int) -> None:
+        self.next: Any = None
+        self.buffer: list[dict[str, Any]] = []
+        self.timer: asyncio.TimerHandle | None = None
+        self.flush_rows = flush_rows
+        self.done = 0
+        self.arrived = asyncio.Event()
+
+    def wire(self, next_hop: Any) -> None:
+        self.next = next_hop
+
+    async def push(self, payload: bytes) -> int:
+        rows = _decode(payload)
+        if self.next is None:
+            self.done += len(rows)
+            self.arrived.set()
+            return self.done
+        for row in rows:
+            await asyncio.sleep(0)  # each row is its own unit of work, as in streamflow
+            self.buffer.append(row)
+            if len(self.buffer) >= self.flush_rows:
+                self.flush()
+            elif self.timer is None:
+                self.timer = asyncio.get_running_loop().call_later(0.001, self.flush)
+        return 0
+
+    def flush(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.buffer:
+            batch, self.buffer = self.buffer, []
+            self.next.push.remote(_encode(batch))
+
+    async def completed(self, at_least: int) -> int:
+        while self.done < at_least:
+            self.arrived.clear()
+            try:
+                await asyncio.wait_for(self.arrived.wait(), 0.5)
+            except TimeoutError:
+                pass
+        return self.done
+
+
+def run_bare_ray(rows: int, inflight: int, flush_rows: int) -> dict[str, Any]:
+    hop = ray.remote(_Hop).options(num_cpus=0)
+    actors = [hop.remote(flush_rows) for _ in range(STEPS + 1)]
+    ray.get([a.wire.remote(b) for a, b in zip(actors, actors[1:])])
+    first, sink = actors[0], actors[-1]
+    cpu0 = busy_cpu_seconds()
+    started = time.perf_counter()
+    sent = 0
+    while sent < rows:
+        window = min(inflight, rows - sent)
+        for start in range(0, window, flush_rows):
+            count = min(flush_rows, window - start)
+            first.push.remote(_encode([{"i": sent + start + k} for k in range(count)]))
+        sent += window
+        ray.get(sink.completed.remote(sent))
+    wall = time.perf_counter() - started
+    cpu = busy_cpu_seconds() - cpu0
+    for actor in actors:
+        ray.kill(actor)
+    return {"rows": rows, "wall_s": wall, "cpu_s": cpu}
+
+
+def row(system: str, operator: str, inflight: int, coalesce: bool, measured: dict[str, Any]) -> dict[str, Any]:
+    messages = measured["rows"] * HOPS
+    return {
+        "system": system,
+        "operators": operator,
+        "max_inflight": inflight,
+        "coalescing": coalesce,
+        "rows": measured["rows"],
+        "wall_s": round(measured["wall_s"], 3),
+        "rows_per_s": round(measured["rows"] / measured["wall_s"], 1),
+        "messages_per_s": round(messages / measured["wall_s"], 1),
+        "cpu_us_per_message": round(measured["cpu_s"] / messages * 1e6, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=20_000, help="rows per no-op run")
+    parser.add_argument("--inflight", type=int, nargs="+", default=[1_000, 10_000])
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+    ray.init(include_dashboard=False, logging_level="WARNING")
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = os.path.join(tmp, "rows.parquet")
+        pq.write_table(pa.table({"i": list(range(args.rows))}), data, row_group_size=max(1, args.rows // 8))
+        small = os.path.join(tmp, "small.parquet")
+        pq.write_table(pa.table({"i": list(range(min(args.rows, 5_000)))}), small)
+        for inflight in args.inflight:
+            results.append(row("bare Ray chain", "noop", inflight, True, run_bare_ray(args.rows, inflight, 64)))
+            for coalesce in (True, False):
+                measured = run_streamflow(data, tmp, Noop, inflight, coalesce)
+                results.append(row("streamflow", "noop", inflight, coalesce, measured))
+            measured = run_streamflow(small, tmp, Sleep, inflight, True)
+            results.append(row("streamflow", "sleep 10 ms", inflight, True, measured))
+    ray.shutdown()
+    header = f"{'system':<16} {'operators':<12} {'inflight':>8} {'coalesce':>8} {'rows':>7} {'rows/s':>9} " \
+             f"{'msgs/s':>9} {'CPU us/msg':>10}"
+    print(header)
+    for r in results:
+        print(f"{r['system']:<16} {r['operators']:<12} {r['max_inflight']:>8,} {str(r['coalescing']):>8} "
+              f"{r['rows']:>7,} {r['rows_per_s']:>9,.0f} {r['messages_per_s']:>9,.0f} {r['cpu_us_per_message']:>10,.1f}")
+    for inflight in args.inflight:
+        bare = next(r for r in results if r["system"] == "bare Ray chain" and r["max_inflight"] == inflight)
+        ours = next(r for r in results if r["system"] == "streamflow" and r["operators"] == "noop"
+                    and r["coalescing"] and r["max_inflight"] == inflight)
+        print(f"max_inflight {inflight:,}: streamflow no-op = {ours['messages_per_s'] / bare['messages_per_s']:.0%} "
+              "of the bare Ray chain's messages/s")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"config": vars(args), "cores": os.cpu_count(), "results": results}, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
