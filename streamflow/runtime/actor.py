@@ -87,7 +87,8 @@ class StepActor:
         the LLM service is still starting.
         """
         self._client = llm.client()
-        self._ctx = Context(step=self._step, llm=self._client.for_step(self._step), params=self._params, replica=self._replica)
+        step_llm = self._client.for_step(self._step) if self._client is not None else None
+        self._ctx = Context(step=self._step, llm=step_llm, params=self._params, replica=self._replica)
         self._routes = {
             name: Peers([Peer(f"{name}[{i}]", handle) for i, handle in enumerate(handles)])
             for name, handles in routes.items()

@@ -57,7 +57,7 @@ async def run_rows(flow: Flow, recipe: Recipe, cfg: RunConfig, plan: InputPlan, 
         await driver.stream()
         files, usage, replicas = await driver.finish()
     finally:
-        driver.kill()
+        await driver.shutdown()
     return RunResult(
         pipeline=flow.name,
         run_id=os.path.basename(run_dir),
@@ -78,6 +78,7 @@ class _Driver:
         self.recipe = recipe
         self.cfg = cfg
         self.plan = plan
+        self.run_dir = run_dir
         self.data_dir = f"{run_dir}/data"
         self.ledger = Ledger(cfg.max_inflight)
         self.outbox = Outbox(flush_rows=cfg.transport.flush_rows, flush_ms=cfg.transport.flush_ms)
@@ -110,7 +111,9 @@ class _Driver:
                 )
                 for replica in range(op.replicas)
             ]
-        self.service = await LLMService.start(cfg.llm, seed=cfg.seed, api_key=cfg.api_key())
+        self.service = await LLMService.start(
+            cfg.llm, seed=cfg.seed, api_key=cfg.api_key(), log_dir=f"{self.run_dir}/logs"
+        )
         llm = self.service.access()
         starts = [
             (name, replica, handle.start.remote(self.steps, self.sinks, llm))
@@ -232,9 +235,10 @@ class _Driver:
         replicas = merge_usage([s.replica_usage for s in final])
         return sorted(path for paths in parts for path in paths), usage, replicas
 
-    def kill(self) -> None:
+    async def shutdown(self) -> None:
+        """Stop the LLM service and every actor, whether the run succeeded or not."""
         if self.service is not None:
-            self.service.stop()
+            await self.service.stop()
         for handle in [*self.sinks, *(h for hs in self.steps.values() for h in hs)]:
             try:
                 ray.kill(handle)

@@ -1,6 +1,7 @@
 """The LLM service of one run: replicas started here (simulator, vLLM, SGLang) or listed in
 the config, an endpoint registry that tracks them, and how a worker process connects.
 
+
 Row mode and batch mode both start it the same way, so a comparison of the two uses the
 same service.
 """
@@ -16,6 +17,7 @@ import msgspec
 import ray
 
 from streamflow.config import LLMConfig
+from streamflow.services.engines import ServerSpec, start_engine_replicas, stop_engine_replicas
 from streamflow.services.llm import LLMClient
 from streamflow.services.llm.cache import ResponseCache
 from streamflow.services.llm.registry import EndpointRegistry
@@ -37,9 +39,11 @@ class LLMAccess:
     registry: Any = None
     api_key: str | None = field(default=None, repr=False)
 
-    def client(self) -> LLMClient:
-        """One client for this process, kept up to date by the registry."""
+    def client(self) -> LLMClient | None:
+        """One client for this process, kept up to date by the registry; None with ``llm.backend=none``."""
         cfg = self.config
+        if cfg.backend == "none":
+            return None
         return LLMClient(
             self.endpoints,
             model=cfg.model,
@@ -59,17 +63,23 @@ class LLMAccess:
 class LLMService:
     """Starts, tracks and stops the replicas behind ``llm.model``."""
 
-    def __init__(self, config: LLMConfig, registry: Any, replicas: dict[str, Any], api_key: str | None) -> None:
+    def __init__(
+        self, config: LLMConfig, registry: Any, replicas: dict[str, Any], api_key: str | None, *, engines: bool = False
+    ) -> None:
         self.config = config
         self.registry = registry
         self.replicas = replicas  # url -> actor handle, for replicas started by this run
         self.api_key = api_key
+        self.engines = engines  # vLLM / SGLang servers, which deserve a graceful stop
         self.lost: list[str] = []
 
     @classmethod
-    async def start(cls, config: LLMConfig, *, seed: int, api_key: str | None) -> LLMService:
-        """Start the configured replicas (if streamflow runs them) and register every endpoint."""
-        registry = ray.remote(EndpointRegistry).options(num_cpus=0).remote()
+    async def start(cls, config: LLMConfig, *, seed: int, api_key: str | None, log_dir: str) -> LLMService:
+        """Start the configured replicas (if streamflow runs them) and register every endpoint.
+
+        ``log_dir`` receives the logs of vLLM / SGLang servers (on each GPU node).
+        """
+        registry: Any = ray.remote(EndpointRegistry).options(num_cpus=0).remote()
         handles: dict[str, Any] = {}
         if config.uses_sim:
             profile = PROFILES[config.sim.profile]
@@ -78,10 +88,21 @@ class LLMService:
             sim = SimConfig(profile=profile, time_scale=config.sim.time_scale, seed=seed, models=[config.model])
             urls, started = await start_sim_replicas(sim, config.replicas)
             handles = dict(zip(urls, started))
+        elif config.backend in ("vllm", "sglang"):
+            spec = ServerSpec(
+                engine=config.backend,
+                model=config.model,
+                tensor_parallel=config.tensor_parallel,
+                extra_args=list(config.engine_args),
+                seed=seed,
+                startup_timeout_s=config.startup_timeout_s,
+            )
+            urls, started = await start_engine_replicas(spec, config.replicas, log_dir=log_dir)
+            handles = dict(zip(urls, started))
         else:
-            urls = config.urls()
+            urls = config.urls()  # external servers; none at all with llm.backend=none
         await asyncio.gather(*(registry.register.remote(config.model, url) for url in urls))
-        return cls(config, registry, handles, api_key)
+        return cls(config, registry, handles, api_key, engines=config.backend in ("vllm", "sglang"))
 
     def access(self) -> LLMAccess:
         """Connection details for workers (endpoints as of now; the registry keeps them current)."""
@@ -96,16 +117,23 @@ class LLMService:
         removed = []
         for url, handle in list(self.replicas.items()):
             try:
-                await handle.stats.remote()
+                alive = await handle.alive.remote()
             except Exception as exc:  # a dead actor answers with a Ray error of some kind
-                log.warning("LLM replica %s died (%s); removing it from the registry", url, type(exc).__name__)
+                alive, why = False, type(exc).__name__
+            else:
+                why = "its server process exited"
+            if not alive:
+                log.warning("LLM replica %s died (%s); removing it from the registry", url, why)
                 del self.replicas[url]
                 await self.registry.deregister.remote(url)
                 removed.append(url)
         self.lost.extend(removed)
         return removed
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
+        """Stop the replicas this run started (engines gracefully) and the registry."""
+        if self.engines and self.replicas:
+            await stop_engine_replicas(list(self.replicas.values()))
         for handle in [*self.replicas.values(), self.registry]:
             try:
                 ray.kill(handle)

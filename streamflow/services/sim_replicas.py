@@ -30,6 +30,10 @@ class SimReplica:
     async def stats(self) -> Any:
         return self._server.stats()
 
+    async def alive(self) -> bool:
+        """Answering at all means alive: the server runs in this actor's event loop."""
+        return True
+
     async def stop(self) -> None:
         await self._server.stop()
 
