@@ -20,6 +20,7 @@ from streamflow.services.sim.profile import PROFILES
 
 __all__ = [
     "CONF_DIR",
+    "BatchConfig",
     "InputConfig",
     "LLMConfig",
     "OperatorConfig",
@@ -60,13 +61,14 @@ class CacheConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class LLMConfig(msgspec.Struct, forbid_unknown_fields=True):
-    backend: Literal["auto", "sim", "openai", "vllm", "sglang"] = "auto"
+    backend: Literal["auto", "sim", "openai", "vllm", "sglang", "none"] = "auto"
     base_url: str | None = None
     endpoints: list[str] = []
     model: str = "sim-8b"
     replicas: int = 1
     tensor_parallel: int = 1
     engine_args: list[str] = []
+    startup_timeout_s: float = 900.0
     api_key_env: str = "OPENAI_API_KEY"
     timeout_s: float = 120.0
     max_retries: int = 4
@@ -81,6 +83,11 @@ class LLMConfig(msgspec.Struct, forbid_unknown_fields=True):
         if self.backend == "auto":
             return not (self.base_url or self.endpoints)
         return self.backend == "sim"
+
+    @property
+    def uses_external(self) -> bool:
+        """True when the endpoints are servers started elsewhere (llm.base_url / llm.endpoints)."""
+        return self.backend == "openai" or (self.backend == "auto" and bool(self.urls()))
 
     def urls(self) -> list[str]:
         """The configured endpoint URLs of an external server."""
@@ -98,6 +105,15 @@ class TransportConfig(msgspec.Struct, forbid_unknown_fields=True):
     flush_ms: float = 1.0
 
 
+class BatchConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """Batch mode (``mode=batch``): at most ``actors * batches_per_actor * size`` rows in flight."""
+
+    size: int = 50
+    actors: int = 4
+    batches_per_actor: int = 5
+    num_cpus: float = 0.25
+
+
 class RayConfig(msgspec.Struct, forbid_unknown_fields=True):
     address: str | None = None
     num_cpus: int | None = None
@@ -112,13 +128,14 @@ class RunConfig(msgspec.Struct, forbid_unknown_fields=True):
     seed: int = 0
     limit: int | None = None
     max_inflight: int = 1024
-    mode: Literal["row"] = "row"
+    mode: Literal["row", "batch"] = "row"
     progress: Literal["auto", "bar", "log", "off"] = "auto"
     output: OutputConfig = msgspec.field(default_factory=OutputConfig)
     llm: LLMConfig = msgspec.field(default_factory=LLMConfig)
     operators: dict[str, OperatorConfig] = {}
     params: dict[str, Any] = {}
     transport: TransportConfig = msgspec.field(default_factory=TransportConfig)
+    batch: BatchConfig = msgspec.field(default_factory=BatchConfig)
     ray: RayConfig = msgspec.field(default_factory=RayConfig)
 
     def api_key(self) -> str | None:
@@ -165,6 +182,12 @@ def check(data: Any) -> RunConfig:
     _positive("output.part_rows", cfg.output.part_rows)
     _positive("output.sinks", cfg.output.sinks)
     _positive("transport.flush_rows", cfg.transport.flush_rows)
+    _positive("batch.size", cfg.batch.size)
+    _positive("batch.actors", cfg.batch.actors)
+    _positive("batch.batches_per_actor", cfg.batch.batches_per_actor)
+    if cfg.batch.num_cpus <= 0:
+        msg = f"config: batch.num_cpus={cfg.batch.num_cpus}; use a fraction of a CPU such as 0.25."
+        raise ConfigError(msg)
     if cfg.limit is not None and cfg.limit < 0:
         msg = f"config: limit={cfg.limit}; use a number of rows >= 0 or null."
         raise ConfigError(msg)

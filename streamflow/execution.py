@@ -1,23 +1,31 @@
 """How one step treats one row: call the operator, classify the outcome, address the result.
 
 Row mode, batch mode and ``streamflow.testing`` all call ``run_step``, so a row gets the
-same status, error text and next step whichever runtime carries it.
+same status, error text and next step whichever runtime carries it. Batch mode and
+``streamflow.testing`` carry a row's whole path in one process with ``run_row``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 import traceback
 import zlib
+from collections.abc import Mapping
 from fractions import Fraction
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from streamflow.errors import RowError, error_kind
 from streamflow.flow import END, Flow
-from streamflow.message import Drop, Message
+from streamflow.message import Drop, Message, State, decode_batch, encode_batch
 from streamflow.operator import Context
 
-__all__ = ["fail", "finish", "row_seed", "run_step", "step_seed"]
+if TYPE_CHECKING:
+    from streamflow.services.llm import LLMClient
+
+__all__ = ["fail", "finish", "new_row", "row_seed", "run_row", "run_step", "step_contexts", "step_seed"]
 
 MAX_ERROR_CHARS = 8000
 
@@ -47,6 +55,40 @@ async def run_step(flow: Flow, step: str, row: Message, ctx: Context) -> list[Me
         "return the row, a list of rows or Drop(reason)."
     )
     return [fail(row, RowError(msg, kind="operator_contract"))]
+
+
+async def run_row(flow: Flow, row: Message, contexts: Mapping[str, Context]) -> list[Message]:
+    """Carry ``row`` from its current step to ``END``; returns its finished rows, sorted by id.
+
+    Rows are encoded and decoded after every step, as the transport between row-mode actors
+    does, so each step (and the output) sees exactly the values it would see in row mode.
+    The pieces of a fan-out go on concurrently, as they would on separate actors.
+    """
+    current = row
+    while current.state.step != END:
+        step = current.state.step
+        ctx = contexts[step].for_row(step_seed(current, step))
+        results = decode_batch(encode_batch(await run_step(flow, step, current, ctx)))
+        if len(results) != 1:
+            pieces = await asyncio.gather(*(run_row(flow, piece, contexts) for piece in results))
+            return sorted((done for finished in pieces for done in finished), key=lambda m: m.id)
+        current = results[0]
+    return [current]
+
+
+def step_contexts(flow: Flow, llm: LLMClient | None = None, params: Any = None, replica: int = 0) -> dict[str, Context]:
+    """One ``Context`` per step of ``flow``, booking LLM usage under the step's name."""
+    return {
+        name: Context(step=name, llm=llm.for_step(name) if llm is not None else None, params=params, replica=replica)
+        for name in flow.steps
+    }
+
+
+def new_row(row_id: str, fields: dict[str, Any], first: str, run_seed: int) -> Message:
+    """An input row as it is admitted: at ``first``, with its row seed."""
+    return Message(
+        id=row_id, fields=fields, state=State(step=first, seed=row_seed(run_seed, row_id)), admitted_at=time.time()
+    )
 
 
 def finish(row: Message, status: str, error: str | None = None) -> Message:

@@ -43,6 +43,7 @@ Overrides use Hydra's syntax (key=value, lists as [a,b]). The main knobs:
   input.partitions=N        input readers in parallel (default 4)
   limit=N                   only the first N rows
   max_inflight=N            rows in the system at once (default 1024)
+  mode=batch batch.size=N   the Ray Data map_batches baseline instead of row mode
   operators.STEP.replicas=N actors hosting STEP (default: the pipeline's)
   operators.STEP.concurrency=N  rows one replica works on at once
   llm.base_url=URL llm.model=NAME   use an OpenAI-compatible server instead of the simulator
@@ -102,14 +103,17 @@ def run(pipeline: str | Path | Flow | ModuleType, overrides: Sequence[str] | Map
     if os.path.exists(os.path.join(run_dir, "data")):
         msg = f"run directory {run_dir} already holds data; choose another run_id or output.dir."
         raise ConfigError(msg)
-    if not cfg.llm.uses_sim:
+    if cfg.llm.uses_external:
         asyncio.run(_check_llm(cfg))
     os.makedirs(os.path.join(run_dir, "data"), exist_ok=True)
     started_ray = _ensure_ray(cfg)
     try:
-        from streamflow.runtime.driver import run_rows
+        if cfg.mode == "batch":
+            from streamflow.batch import run_batches as run_mode
+        else:
+            from streamflow.runtime.driver import run_rows as run_mode
 
-        result = asyncio.run(run_rows(flow, spec.recipe(params), cfg, plan, run_dir))
+        result = asyncio.run(run_mode(flow, spec.recipe(params), cfg, plan, run_dir))
     finally:
         if started_ray:
             import ray

@@ -10,16 +10,14 @@ the transport would, so a value that could not travel between actors fails here 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import msgspec
 
-from streamflow.execution import row_seed, run_step, step_seed
-from streamflow.flow import END, Flow
-from streamflow.message import Message, State, decode_batch, encode_batch
-from streamflow.operator import Context
+from streamflow.execution import new_row, run_row, step_contexts
+from streamflow.flow import Flow
+from streamflow.message import Message
 from streamflow.services.llm import LLMClient, Response
 
 __all__ = ["ScriptedTransport", "fake_llm", "run_local", "run_local_async"]
@@ -49,9 +47,7 @@ async def run_local_async(
 ) -> list[Message]:
     """``run_local`` for code that already runs in an event loop."""
     flow.validate()
-    contexts = {
-        name: Context(step=name, llm=llm.for_step(name) if llm else None, params=params) for name in flow.steps
-    }
+    contexts = step_contexts(flow, llm, params)
     for name, step in flow.steps.items():
         await step.operator.setup(contexts[name])
     limit = asyncio.Semaphore(concurrency)
@@ -59,16 +55,7 @@ async def run_local_async(
 
     async def walk(row: Message) -> list[Message]:
         async with limit:
-            pending, finished = [row], []
-            while pending:
-                current = pending.pop()
-                if current.state.step == END:
-                    finished.append(current)
-                    continue
-                ctx = contexts[current.state.step].for_row(step_seed(current, current.state.step))
-                results = await run_step(flow, current.state.step, current, ctx)
-                pending.extend(decode_batch(encode_batch(results)))
-            return sorted(finished, key=lambda m: m.id)
+            return await run_row(flow, row, contexts)
 
     try:
         walks = [walk(_admit(row, index, first, seed)) for index, row in enumerate(rows)]
@@ -84,10 +71,7 @@ async def run_local_async(
 def _admit(row: Mapping[str, Any] | Message, index: int, first: str, seed: int) -> Message:
     if isinstance(row, Message):
         return msgspec.structs.replace(row, state=msgspec.structs.replace(row.state, step=first))
-    row_id = f"0:{index}"
-    return Message(
-        id=row_id, fields=dict(row), state=State(step=first, seed=row_seed(seed, row_id)), admitted_at=time.time()
-    )
+    return new_row(f"0:{index}", dict(row), first, seed)
 
 
 Answer = Callable[[dict[str, Any]], "str | Response"]

@@ -1,0 +1,348 @@
+"""Batch mode: the Matrix paper's Ray Data baseline (Algorithm 2) running the same Flow.
+
+Phases, in order:
+1. start the LLM service exactly as row mode does (``LLMService``), so both modes talk to
+   the same servers with the same seeds;
+2. build the dataset: one Ray Data task per input partition reads its units with
+   ``read_unit`` (so row ids and row seeds are row mode's) and, through a streaming
+   repartition fused into the same task, cuts them into blocks of at most ``batch.size``
+   rows, so the batches spread over all actors instead of queueing behind one big block;
+3. ``map_batches`` on a fixed pool of async actors (``BatchWorker``): a batch runs its rows'
+   whole workflows concurrently with ``run_row`` and is done when its slowest row is done;
+   that wait is the cost of batch-level scheduling the comparison is about;
+4. the driver writes the finished rows with row mode's ``PartWriter`` as batches stream
+   out, and sums the last usage report of every actor.
+
+Rows in flight are at most ``batch.actors × batch.batches_per_actor × batch.size``. Ray Data
+alone would not make that exact: it runs up to ``max_concurrent_calls_per_actor`` tasks per
+actor and up to ``RAY_DATA_DEFAULT_ASYNC_BATCH_UDF_MAX_CONCURRENCY`` (4) batches of one task
+at once, and a task holds as many batches as its input blocks. So a block holds one batch
+at most, and every actor also guards its batches with a semaphore of ``batches_per_actor``.
+The paper ran one batch per actor; several batches per async actor keep the same batch
+semantics without one process per batch, which 2 cores cannot afford.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from typing import cast
+
+import msgspec
+import pyarrow as pa
+import ray
+
+from streamflow.config import BatchConfig, RunConfig
+from streamflow.errors import ConfigError, SetupError, StreamflowError
+from streamflow.execution import new_row, run_row, step_contexts
+from streamflow.flow import Flow
+from streamflow.io.sink import PartWriter
+from streamflow.io.source import InputPlan, read_unit
+from streamflow.message import Message
+from streamflow.operator import Context
+from streamflow.pipeline import Recipe
+from streamflow.progress import Progress, Snapshot
+from streamflow.result import RunResult
+from streamflow.schema import output_schema
+from streamflow.services.llm import LLMClient, Usage, merge_usage
+from streamflow.services.llm_service import LLMAccess, LLMService
+
+__all__ = ["BatchOutput", "BatchWorker", "WorkerReport", "rows_in_flight", "run_batches"]
+
+log = logging.getLogger(__name__)
+
+MESSAGE = "message"
+"""The one column of the input blocks: a msgpack-encoded ``Message`` per row."""
+RESULT = "result"
+"""The one column of the output blocks: a msgpack-encoded ``BatchOutput`` per batch."""
+WATCH_EVERY_S = 1.0
+CLOSE_TIMEOUT_S = 10.0
+_MAX_CAUSES = 8
+
+
+class WorkerReport(msgspec.Struct):
+    """One actor's LLM usage so far; the report with the highest ``sequence`` is its total."""
+
+    worker: str
+    sequence: int
+    usage: dict[str, Usage]
+    replica_usage: dict[str, Usage]
+
+
+class BatchOutput(msgspec.Struct):
+    """What one batch returns: its finished rows, how many input rows it took, and a report.
+
+    A whole batch travels as one binary value, so Ray Data never infers Arrow types from
+    the rows; the driver's ``PartWriter`` types them against the output schema, as in row mode.
+    """
+
+    rows: list[Message]
+    inputs: int
+    report: WorkerReport
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode_message = msgspec.msgpack.Decoder(Message).decode
+_decode_output = msgspec.msgpack.Decoder(BatchOutput).decode
+
+
+def rows_in_flight(batch: BatchConfig) -> int:
+    """The most rows batch mode works on at once: set row mode's ``max_inflight`` to this to compare."""
+    return batch.actors * batch.batches_per_actor * batch.size
+
+
+async def run_batches(flow: Flow, recipe: Recipe, cfg: RunConfig, plan: InputPlan, run_dir: str) -> RunResult:
+    """Run ``flow`` over ``plan`` with Ray Data ``map_batches``; returns when every batch is written.
+
+    ``recipe`` rebuilds the same flow inside each actor. Output, counts and usage have the
+    same form as ``run_rows``'s, so the two modes can be compared row for row.
+    """
+    started = time.monotonic()
+    schema = output_schema(plan.schema, flow.fields())
+    batch = msgspec.structs.replace(cfg.batch, actors=min(cfg.batch.actors, _most_batches(plan, cfg.batch.size)))
+    _check_cpus(batch)
+    log.info(
+        "batch mode: %d actors x %d batches x %d rows = %d rows in flight at most (max_inflight=%d in row mode)",
+        batch.actors, batch.batches_per_actor, batch.size, rows_in_flight(batch), cfg.max_inflight,
+    )  # fmt: skip
+    service = await LLMService.start(cfg.llm, seed=cfg.seed, api_key=cfg.api_key(), log_dir=f"{run_dir}/logs")
+    try:
+        writer = PartWriter(f"{run_dir}/data", schema, prefix="part-000", part_rows=cfg.output.part_rows)
+        collector = _Collector(writer, Progress(plan.total_rows, mode=cfg.progress), rows_in_flight(batch))
+        dataset = _dataset(flow, recipe, batch, cfg.seed, plan, service.access())
+        watcher = asyncio.create_task(_watch(service))
+        try:
+            await asyncio.to_thread(collector.consume, dataset)
+        except Exception as exc:
+            explained = _explain(exc)
+            if explained is exc:
+                raise
+            raise explained from None
+        finally:
+            watcher.cancel()
+            collector.progress.close()
+        files = writer.close()
+    finally:
+        await service.stop()
+    return RunResult(
+        pipeline=flow.name,
+        run_id=os.path.basename(run_dir),
+        run_dir=run_dir,
+        files=files,
+        rows_read=collector.rows_read,
+        statuses=dict(collector.statuses),
+        usage=merge_usage([r.usage for r in collector.reports.values()]),
+        replica_usage=merge_usage([r.replica_usage for r in collector.reports.values()]),
+        lost_replicas=list(service.lost),
+        wall_s=time.monotonic() - started,
+    )
+
+
+class BatchWorker:
+    """A Ray Data actor: rebuilds the Flow, owns one LLM client, runs whole batches of rows.
+
+    Operators are set up on the first batch rather than in ``__init__`` because Ray Data
+    runs async UDFs on an event loop of its own, and whatever ``setup`` opens (connection
+    pools, sandboxes) belongs to that loop.
+    """
+
+    def __init__(self, recipe: Recipe, llm: LLMAccess, batches_per_actor: int) -> None:
+        logging.basicConfig(level=logging.WARNING)
+        self._flow, self._params = recipe.build()
+        self._llm = llm
+        self._slots = asyncio.Semaphore(batches_per_actor)
+        self._starting = asyncio.Lock()
+        self._client: LLMClient | None = None  # None with llm.backend=none
+        self._contexts: dict[str, Context] = {}
+        self._ready = False
+        self._failure: SetupError | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._worker = uuid.uuid4().hex[:12]
+        self._reports = 0
+
+    async def __call__(self, batch: pa.Table) -> pa.Table:
+        await self._start()
+        rows = [_decode_message(raw) for raw in batch.column(MESSAGE).to_pylist()]
+        async with self._slots:
+            finished = await asyncio.gather(*(run_row(self._flow, row, self._contexts) for row in rows))
+        self._reports += 1
+        client = self._client
+        usage, replicas = (client.usage(), client.replica_usage()) if client is not None else ({}, {})
+        report = WorkerReport(self._worker, self._reports, usage, replicas)
+        output = BatchOutput(rows=[row for pieces in finished for row in pieces], inputs=len(rows), report=report)
+        return pa.table({RESULT: pa.array([_encode(output)], pa.binary())})
+
+    async def _start(self) -> None:
+        """Connect to the LLM service and set up every step, once per actor."""
+        async with self._starting:
+            if self._failure is not None:
+                raise self._failure
+            if self._ready:
+                return
+            client = self._llm.client()
+            contexts = step_contexts(self._flow, client, self._params)
+            for name, step in self._flow.steps.items():
+                try:
+                    await step.operator.setup(contexts[name])
+                except Exception as exc:
+                    operator = type(step.operator).__name__
+                    msg = f"step {name!r}: setup() of {operator} failed: {type(exc).__name__}: {exc}"
+                    self._failure = SetupError(msg)
+                    raise self._failure from exc
+            self._client, self._contexts, self._loop = client, contexts, asyncio.get_running_loop()
+            self._ready = True
+
+    async def _close(self) -> None:
+        try:
+            for step in self._flow.steps.values():
+                await step.operator.close()
+        finally:
+            if self._client is not None:
+                await self._client.close()
+
+    def __del__(self) -> None:
+        """Close the operators and the client when Ray Data shuts the actor down gracefully.
+
+        Best effort: Ray Data offers no teardown hook, and when Ray itself stops first
+        (the end of a command-line run) the actor process simply exits.
+        """
+        loop = self._loop
+        if loop is None or loop.is_closed() or not loop.is_running():
+            return
+        if _running_loop() is loop:  # collected on the loop's own thread: waiting there would deadlock
+            loop.create_task(self._close())
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._close(), loop).result(CLOSE_TIMEOUT_S)
+        except Exception as exc:  # an actor going away must not raise; say what was left open
+            log.warning("batch worker %s: closing operators failed: %s: %s", self._worker, type(exc).__name__, exc)
+
+
+class _Collector:
+    """The driver's end: writes finished rows, counts statuses, keeps each actor's last report."""
+
+    def __init__(self, writer: PartWriter, progress: Progress, capacity: int) -> None:
+        self.writer = writer
+        self.progress = progress
+        self.capacity = capacity
+        self.rows_read = 0
+        self.statuses: Counter[str] = Counter()
+        self.reports: dict[str, WorkerReport] = {}
+
+    def consume(self, dataset: ray.data.Dataset) -> None:
+        """Pull batches until the dataset is exhausted (blocking: run it in a thread)."""
+        for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for raw in cast("pa.Table", block).column(RESULT).to_pylist():
+                self.add(_decode_output(raw))
+            self.progress.update(self.snapshot())
+        self.progress.update(self.snapshot())
+
+    def add(self, output: BatchOutput) -> None:
+        written = self.writer.append(output.rows)
+        self.statuses.update(row.status for row in written)
+        self.rows_read += output.inputs
+        report = output.report
+        last = self.reports.get(report.worker)
+        if last is None or report.sequence > last.sequence:
+            self.reports[report.worker] = report
+
+    def snapshot(self) -> Snapshot:
+        statuses = self.statuses
+        usage = merge_usage([r.usage for r in self.reports.values()])
+        return Snapshot(
+            done=self.rows_read,
+            ok=statuses.get("ok", 0),
+            filtered=sum(n for s, n in statuses.items() if s.startswith("filtered:")),
+            errors=sum(n for s, n in statuses.items() if s.startswith("error:")),
+            inflight=min(self.capacity, self.progress.total - self.rows_read),  # an upper bound: Ray Data does not say
+            completion_tokens=sum(u.completion_tokens for u in usage.values()),
+        )
+
+
+def _dataset(
+    flow: Flow, recipe: Recipe, batch: BatchConfig, seed: int, plan: InputPlan, llm: LLMAccess
+) -> ray.data.Dataset:
+    partitions = [{"partition": index} for index in range(len(plan.partitions))]
+    read = functools.partial(_read_partitions, plan=plan, first=flow.first, seed=seed, batch_rows=batch.size)
+    rows = ray.data.from_items(partitions, override_num_blocks=len(partitions)).map_batches(
+        read, batch_size=1, batch_format="pyarrow"
+    )
+    pool = ray.data.ActorPoolStrategy(
+        size=batch.actors,
+        max_tasks_in_flight_per_actor=batch.batches_per_actor,
+        max_concurrent_calls_per_actor=batch.batches_per_actor,
+    )
+    dataset = rows.repartition(target_num_rows_per_block=batch.size).map_batches(
+        BatchWorker,
+        batch_size=batch.size,
+        batch_format="pyarrow",
+        compute=pool,
+        num_cpus=batch.num_cpus,
+        fn_constructor_kwargs={"recipe": recipe, "llm": llm, "batches_per_actor": batch.batches_per_actor},
+    )
+    dataset.context.enable_progress_bars = False  # streamflow's own progress reports rows and tokens
+    dataset.context.print_on_execution_start = False
+    dataset.context.raise_original_map_exception = True  # so a SetupError reaches the driver as itself
+    return dataset
+
+
+def _read_partitions(items: pa.Table, *, plan: InputPlan, first: str, seed: int, batch_rows: int) -> Iterator[pa.Table]:
+    """Read the given partitions of ``plan`` as blocks of encoded rows, admitted as row mode admits them."""
+    for index in items.column("partition").to_pylist():
+        for unit in plan.partitions[index]:
+            for ids, fields in read_unit(plan, unit, batch_rows=batch_rows):
+                encoded = [_encode(new_row(row_id, row, first, seed)) for row_id, row in zip(ids, fields, strict=True)]
+                yield pa.table({MESSAGE: pa.array(encoded, pa.binary())})
+
+
+def _most_batches(plan: InputPlan, size: int) -> int:
+    """How many batches the input can make at most: more actors than that would only idle."""
+    return sum(-(-unit.rows // size) for units in plan.partitions for unit in units)
+
+
+def _check_cpus(batch: BatchConfig) -> None:
+    """Refuse a pool that leaves Ray Data no CPU for its read tasks: it would wait forever."""
+    total = ray.cluster_resources().get("CPU", 0.0)
+    reserved = batch.actors * batch.num_cpus
+    if total - reserved < 1:
+        msg = (
+            f"config: batch.actors x batch.num_cpus = {reserved:g} of the cluster's {total:g} CPUs leaves less than "
+            "1 CPU for Ray Data's read tasks, so they would never run; lower batch.num_cpus or batch.actors."
+        )
+        raise ConfigError(msg)
+
+
+async def _watch(service: LLMService) -> None:
+    """Take LLM replicas that died out of rotation, as row mode does."""
+    while True:
+        await asyncio.sleep(WATCH_EVERY_S)
+        await service.watch()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _explain(exc: BaseException) -> BaseException:
+    """The streamflow error a Ray Data failure carries (a failed setup, say), else the failure itself."""
+    current: BaseException | None = exc
+    for _ in range(_MAX_CAUSES):
+        if current is None:
+            break
+        cause = getattr(current, "cause", None)  # a Ray task error holds the exception raised in the actor
+        if isinstance(cause, BaseException):
+            current = cause
+        elif isinstance(current, StreamflowError):
+            return type(current)(str(current))
+        else:
+            current = current.__cause__
+    return exc
