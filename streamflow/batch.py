@@ -42,6 +42,7 @@ from streamflow.config import BatchConfig, RunConfig
 from streamflow.errors import ConfigError, SetupError, StreamflowError
 from streamflow.execution import new_row, run_row, step_contexts
 from streamflow.flow import Flow
+from streamflow.histogram import LatencyHistogram
 from streamflow.io.sink import PartWriter
 from streamflow.io.source import InputPlan, read_unit
 from streamflow.message import Message
@@ -85,6 +86,7 @@ class BatchOutput(msgspec.Struct):
     rows: list[Message]
     inputs: int
     report: WorkerReport
+    latencies: list[float] = []
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -136,7 +138,9 @@ async def run_batches(flow: Flow, recipe: Recipe, cfg: RunConfig, plan: InputPla
         run_dir=run_dir,
         files=files,
         rows_read=collector.rows_read,
+        rows_done=collector.rows_read,
         statuses=dict(collector.statuses),
+        latency=collector.latency,
         usage=merge_usage([r.usage for r in collector.reports.values()]),
         replica_usage=merge_usage([r.replica_usage for r in collector.reports.values()]),
         lost_replicas=list(service.lost),
@@ -170,12 +174,21 @@ class BatchWorker:
         await self._start()
         rows = [_decode_message(raw) for raw in batch.column(MESSAGE).to_pylist()]
         async with self._slots:
+            started = time.time()
+            rows = [msgspec.structs.replace(row, admitted_at=started) for row in rows]
             finished = await asyncio.gather(*(run_row(self._flow, row, self._contexts) for row in rows))
+            # A row's result leaves with its batch: its latency ends when the slowest row does.
+            latency = time.time() - started
         self._reports += 1
         client = self._client
         usage, replicas = (client.usage(), client.replica_usage()) if client is not None else ({}, {})
         report = WorkerReport(self._worker, self._reports, usage, replicas)
-        output = BatchOutput(rows=[row for pieces in finished for row in pieces], inputs=len(rows), report=report)
+        output = BatchOutput(
+            rows=[row for pieces in finished for row in pieces],
+            inputs=len(rows),
+            report=report,
+            latencies=[latency] * len(rows),
+        )
         return pa.table({RESULT: pa.array([_encode(output)], pa.binary())})
 
     async def _start(self) -> None:
@@ -234,6 +247,7 @@ class _Collector:
         self.rows_read = 0
         self.statuses: Counter[str] = Counter()
         self.reports: dict[str, WorkerReport] = {}
+        self.latency = LatencyHistogram()
 
     def consume(self, dataset: ray.data.Dataset) -> None:
         """Pull batches until the dataset is exhausted (blocking: run it in a thread)."""
@@ -247,6 +261,8 @@ class _Collector:
         written = self.writer.append(output.rows)
         self.statuses.update(row.status for row in written)
         self.rows_read += output.inputs
+        for seconds in output.latencies:
+            self.latency.add(seconds)
         report = output.report
         last = self.reports.get(report.worker)
         if last is None or report.sequence > last.sequence:

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 import msgspec
 
+from streamflow.histogram import LatencyHistogram
 from streamflow.services.llm import Usage
 
 __all__ = ["RunResult"]
@@ -22,6 +23,8 @@ class RunResult(msgspec.Struct, kw_only=True):
     statuses: dict[str, int]
     usage: dict[str, Usage]
     wall_s: float
+    rows_done: int = 0
+    latency: LatencyHistogram = msgspec.field(default_factory=LatencyHistogram)
     replica_usage: dict[str, Usage] = {}
     lost_replicas: list[str] = []
 
@@ -67,8 +70,13 @@ class RunResult(msgspec.Struct, kw_only=True):
 
     @property
     def balanced(self) -> bool:
-        """The ledger invariant: every row read ended as ok, filtered or error."""
-        return self.rows_read == self.ok + sum(self.filtered.values()) + sum(self.errors.values())
+        """The ledger invariant: every row read was completed, each output row as ok, filtered or error.
+
+        Without fan-out this is ``read == ok + filtered + error``; a row that fanned out into
+        pieces is complete when all its pieces are, and each piece has its own status.
+        """
+        outcomes = self.ok + sum(self.filtered.values()) + sum(self.errors.values())
+        return self.rows_done == self.rows_read and outcomes == self.rows_out >= self.rows_read
 
     def summary(self) -> dict[str, object]:
         """The headline numbers as plain data (for the manifest and for notebooks)."""
@@ -80,7 +88,10 @@ class RunResult(msgspec.Struct, kw_only=True):
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "wall_s": round(self.wall_s, 3),
+            "rows_out": self.rows_out,
             "rows_per_s": round(self.rows_per_s, 2),
+            "latency_p50_s": round(self.latency.quantile(0.5), 3),
+            "latency_p99_s": round(self.latency.quantile(0.99), 3),
             "tokens_per_s": round(self.tokens_per_s, 2),
             "llm_requests": sum(u.requests for u in self.usage.values()),
             "llm_retries": sum(u.retries for u in self.usage.values()),

@@ -30,6 +30,7 @@ def summary_tables(result: RunResult) -> list[Table]:
     rows.add_row("LLM tokens in / out", f"{result.prompt_tokens:,} / {result.completion_tokens:,}", "")
     rows.add_row("rows/s", f"{result.rows_per_s:,.1f}", "")
     rows.add_row("output tokens/s", f"{result.tokens_per_s:,.1f}", "")
+    rows.add_row("row latency P50 / P99", f"{result.latency.quantile(0.5):,.1f} s / {result.latency.quantile(0.99):,.1f} s", "")
     rows.add_row("wall time", f"{result.wall_s:,.1f} s", "")
 
     tables = [rows, _usage_table("LLM calls per step", "step", result.usage)]

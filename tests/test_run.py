@@ -181,3 +181,24 @@ def test_wrongly_typed_value_is_a_schema_error_on_its_row(ray_runtime, tmp_path,
     assert result.statuses == {"error:schema": 1, "ok": 2}
     frame = read_output(result).sort("row_id")
     assert "column 'score' is str" in frame["error"][0]
+
+
+class Split(Operator):
+    fields = {"part": int}
+
+    async def __call__(self, row, ctx):
+        return [row.with_fields(part=k) for k in range(row["n"] % 3 + 1)]
+
+
+def test_fan_out_rows_complete_when_all_their_pieces_are_written(ray_runtime, tmp_path, fast_run):
+    path = write(tmp_path / "nums.parquet", pa.table({"n": list(range(30))}))
+    flow = Flow("split").step("split", Split()).step("check", FailsOnSome())
+    result = streamflow.run(flow, [f"input.path={path}", *fast_run])
+    assert result.rows_read == result.rows_done == 30
+    assert result.rows_out == sum(n % 3 + 1 for n in range(30)) == read_output(result).height
+    assert result.balanced
+
+
+def test_row_latency_percentiles_are_reported(nr_slice):
+    assert 0 < nr_slice.latency.quantile(0.5) <= nr_slice.latency.quantile(0.99) <= nr_slice.wall_s * 1.05
+    assert nr_slice.latency.total == 150

@@ -64,7 +64,9 @@ async def run_rows(flow: Flow, recipe: Recipe, cfg: RunConfig, plan: InputPlan, 
         run_dir=run_dir,
         files=files,
         rows_read=driver.ledger.admitted,
+        rows_done=driver.ledger.completed,
         statuses=dict(driver.ledger.statuses),
+        latency=driver.ledger.latency,
         usage=usage,
         replica_usage=replicas,
         lost_replicas=driver.service.lost if driver.service is not None else [],
@@ -184,8 +186,8 @@ class _Driver:
     async def _poll(self, sink: Any) -> None:
         ledger = self.ledger
         while True:
-            for root, numerator, denominator, status in await sink.completions.remote(0.5):
-                ledger.complete(root, numerator, denominator, status)
+            for completion in await sink.completions.remote(0.5):
+                ledger.complete(*completion)
 
     async def _watch(self, progress: Progress) -> None:
         """Poll every replica's stats: progress numbers, and an error as soon as one dies."""

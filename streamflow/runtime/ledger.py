@@ -11,6 +11,8 @@ import asyncio
 from collections import Counter
 from fractions import Fraction
 
+from streamflow.histogram import LatencyHistogram
+
 __all__ = ["Ledger"]
 
 
@@ -23,6 +25,7 @@ class Ledger:
         self.completed = 0
         self.rows_out = 0
         self.statuses: Counter[str] = Counter()
+        self.latency = LatencyHistogram()
         self._slots = asyncio.Semaphore(max_inflight)
         self._partial: dict[str, Fraction] = {}
         self._reading = True
@@ -34,10 +37,11 @@ class Ledger:
         self.admitted += 1
         self._idle.clear()
 
-    def complete(self, root: str, numerator: int, denominator: int, status: str) -> None:
+    def complete(self, root: str, numerator: int, denominator: int, status: str, latency_s: float = 0.0) -> None:
         """Record one finished output row; frees its input row's slot once all of it is done."""
         self.rows_out += 1
         self.statuses[status] += 1
+        self.latency.add(latency_s)
         if numerator == denominator:
             self._release()
             return

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import pyarrow as pa
@@ -20,8 +21,8 @@ __all__ = ["Completion", "SinkActor"]
 
 log = logging.getLogger(__name__)
 
-Completion = tuple[str, int, int, str]
-"""(input row id, share numerator, share denominator, status) of one finished row."""
+Completion = tuple[str, int, int, str, float]
+"""(input row id, share numerator, share denominator, status, seconds since admission) of one finished row."""
 
 
 class SinkActor:
@@ -41,7 +42,8 @@ class SinkActor:
         async with self._lock:
             written = await asyncio.to_thread(self._writer.append, rows)
         self.rows += len(written)
-        self._done.extend((row.root_id, row.share[0], row.share[1], row.status) for row in written)
+        now = time.time()
+        self._done.extend((row.root_id, row.share[0], row.share[1], row.status, now - row.admitted_at) for row in written)
         self._arrived.set()
         return len(self._done)
 
