@@ -130,6 +130,8 @@ class RunConfig(msgspec.Struct, forbid_unknown_fields=True):
     max_inflight: int = 1024
     mode: Literal["row", "batch"] = "row"
     progress: Literal["auto", "bar", "log", "off"] = "auto"
+    resume: str | None = None
+    retry_errors: bool = False
     output: OutputConfig = msgspec.field(default_factory=OutputConfig)
     llm: LLMConfig = msgspec.field(default_factory=LLMConfig)
     operators: dict[str, OperatorConfig] = {}
@@ -187,6 +189,9 @@ def check(data: Any) -> RunConfig:
     _positive("batch.batches_per_actor", cfg.batch.batches_per_actor)
     if cfg.batch.num_cpus <= 0:
         msg = f"config: batch.num_cpus={cfg.batch.num_cpus}; use a fraction of a CPU such as 0.25."
+        raise ConfigError(msg)
+    if cfg.retry_errors and cfg.resume is None:
+        msg = "config: retry_errors=true reruns the failed rows of an earlier run; add resume=<its run directory>."
         raise ConfigError(msg)
     if cfg.limit is not None and cfg.limit < 0:
         msg = f"config: limit={cfg.limit}; use a number of rows >= 0 or null."

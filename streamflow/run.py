@@ -26,6 +26,15 @@ from streamflow.io.source import InputPlan, plan_input
 from streamflow.manifest import write_manifest
 from streamflow.pipeline import Pipeline, load_pipeline
 from streamflow.result import RunResult
+from streamflow.resume import (
+    RUN_RECORD,
+    Committed,
+    check_resume,
+    drop_errors,
+    read_committed,
+    resume_dir,
+    write_run_record,
+)
 from streamflow.services.llm import LLMClient
 
 __all__ = ["main", "prepare", "run"]
@@ -51,6 +60,8 @@ Overrides use Hydra's syntax (key=value, lists as [a,b]). The main knobs:
   output.dir=DIR            where runs are written (default outputs)
   params.NAME=VALUE         the pipeline's own parameters
   run_id=NAME seed=N progress=auto|bar|log|off ray.address=auto
+  resume=RUN_DIR            continue a stopped run: skip rows already in RUN_DIR/data, add new parts
+  retry_errors=true         with resume: rerun only the rows whose status is error:*
 
 All knobs and their defaults: streamflow/conf/config.yaml and the pipeline's DEFAULTS.
 """
@@ -98,14 +109,31 @@ def run(pipeline: str | Path | Flow | ModuleType, overrides: Sequence[str] | Map
     >>> polars.read_parquet(result.data_dir + "/*.parquet")                         # doctest: +SKIP
     """
     flow, cfg, params, plan, spec = prepare(pipeline, overrides)
-    run_id = cfg.run_id or time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
-    run_dir = os.path.abspath(os.path.join(cfg.output.dir, flow.name, run_id))
-    if os.path.exists(os.path.join(run_dir, "data")):
-        msg = f"run directory {run_dir} already holds data; choose another run_id or output.dir."
-        raise ConfigError(msg)
+    if cfg.resume is not None:
+        run_dir = resume_dir(cfg.resume)
+        check_resume(run_dir, cfg, plan, flow.name)
+    else:
+        run_id = cfg.run_id or time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
+        run_dir = os.path.abspath(os.path.join(cfg.output.dir, flow.name, run_id))
+        if os.path.exists(os.path.join(run_dir, "data")):
+            msg = (
+                f"run directory {run_dir} already holds data; choose another run_id or output.dir, or resume={run_dir}."
+            )
+            raise ConfigError(msg)
     if cfg.llm.uses_external:
         asyncio.run(_check_llm(cfg))
-    os.makedirs(os.path.join(run_dir, "data"), exist_ok=True)
+    data_dir = os.path.join(run_dir, "data")
+    os.makedirs(data_dir, exist_ok=True)
+    if not os.path.exists(os.path.join(run_dir, RUN_RECORD)):  # a resume keeps the record of the first start
+        write_run_record(run_dir, cfg, plan, flow.name)
+    committed = Committed()
+    if cfg.resume is not None:
+        if cfg.retry_errors:
+            log.info(
+                "retry_errors: removed %d error rows from the committed parts", drop_errors(data_dir, plan.id_column)
+            )
+        committed = read_committed(data_dir, plan.id_column)
+        log.info("resume: %d input rows already committed in %s are skipped", len(committed.ids), data_dir)
     started_ray = _ensure_ray(cfg)
     try:
         if cfg.mode == "batch":
@@ -113,12 +141,13 @@ def run(pipeline: str | Path | Flow | ModuleType, overrides: Sequence[str] | Map
         else:
             from streamflow.runtime.driver import run_rows as run_mode
 
-        result = asyncio.run(run_mode(flow, spec.recipe(params), cfg, plan, run_dir))
+        result = asyncio.run(run_mode(flow, spec.recipe(params), cfg, plan, run_dir, skip=committed.ids))
     finally:
         if started_ray:
             import ray
 
             ray.shutdown()
+    result = committed.merged(result)
     write_manifest(run_dir, cfg, plan, result, pipeline_source=spec.source)
     if not result.balanced:
         msg = f"ledger does not add up: read {result.rows_read}, finished {result.rows_out} ({result.statuses})."

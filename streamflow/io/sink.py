@@ -25,7 +25,7 @@ from streamflow.errors import ConfigError, RunError
 from streamflow.message import Message
 from streamflow.schema import RESERVED_COLUMNS
 
-__all__ = ["PartWriter"]
+__all__ = ["PartWriter", "write_part"]
 
 _SCHEMA_ERROR = "error:schema"
 _CONVERT_ERRORS = (pa.ArrowException, OverflowError, TypeError, ValueError)
@@ -171,25 +171,30 @@ class PartWriter:
         return self._write(table.slice(0, count))
 
     def _write(self, table: pa.Table) -> str:
-        name = f"{self.prefix}-{self._sequence:05d}.parquet"
-        final = os.path.join(self.directory, name)
-        temporary = os.path.join(self.directory, f".{name}.tmp")
-        try:
-            pq.write_table(table, temporary, compression=self.compression)
-            _fsync(temporary, os.O_RDONLY)
-            os.replace(temporary, final)
-            _fsync(self.directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.remove(temporary)
-            msg = (
-                f"PartWriter could not write part {final!r} ({exc}); "
-                f"check free space and permissions of {self.directory!r}."
-            )
-            raise RunError(msg) from exc
+        final = os.path.join(self.directory, f"{self.prefix}-{self._sequence:05d}.parquet")
+        write_part(table, final, compression=self.compression)
         self._sequence += 1
         self._paths.append(final)
         return final
+
+
+def write_part(table: pa.Table, final: str, *, compression: str = "zstd") -> None:
+    """Write ``table`` to ``final`` atomically: a hidden temp file, fsync, rename, fsync the folder.
+
+    Readers and crashes see either the file that was there before or the complete new one.
+    """
+    directory, name = os.path.split(final)
+    temporary = os.path.join(directory, f".{name}.tmp")
+    try:
+        pq.write_table(table, temporary, compression=compression)
+        _fsync(temporary, os.O_RDONLY)
+        os.replace(temporary, final)
+        _fsync(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        msg = f"could not write part {final!r} ({exc}); check free space and permissions of {directory!r}."
+        raise RunError(msg) from exc
 
 
 def _check_config(schema: pa.Schema, prefix: str, part_rows: int, compression: str) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -136,19 +136,30 @@ def plan_input(
     )
 
 
-def read_unit(plan: InputPlan, unit: InputUnit, batch_rows: int = 1024) -> Iterator[tuple[list[str], list[dict]]]:
+def read_unit(
+    plan: InputPlan, unit: InputUnit, batch_rows: int = 1024, *, skip: Container[str] = frozenset()
+) -> Iterator[tuple[list[str], list[dict]]]:
     """Yield ``(row ids, rows)`` batches of one unit, aligned to ``plan.schema``.
 
     Synchronous on purpose: the driver runs it in a thread so that reading overlaps with
     admitting rows, and no event loop is needed to test it. Ids are ``"<file index>:<offset>"``
-    unless the plan has an ``id_column``, whose value (as ``str``) is then the id.
+    unless the plan has an ``id_column``, whose value (as ``str``) is then the id. Rows whose
+    id is in ``skip`` (already committed by the run being resumed) are left out, so both run
+    modes skip them in this one place; a batch may then come out shorter, never empty.
     """
     if batch_rows < 1:
         msg = f"read_unit batch_rows is {batch_rows}; set it to 1 or more."
         raise ConfigError(msg)
     batches = _parquet_batches if unit.format == "parquet" else _jsonl_batches
     for first, rows in batches(plan, unit, batch_rows):
-        yield _row_ids(plan, unit, first, rows), rows
+        ids = _row_ids(plan, unit, first, rows)
+        if skip:
+            kept = [index for index, row_id in enumerate(ids) if row_id not in skip]
+            if len(kept) < len(ids):
+                ids, rows = [ids[i] for i in kept], [rows[i] for i in kept]
+            if not ids:
+                continue
+        yield ids, rows
 
 
 # -- planning ---------------------------------------------------------------------------

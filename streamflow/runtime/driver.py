@@ -17,6 +17,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import ray
@@ -45,13 +46,17 @@ log = logging.getLogger(__name__)
 HEALTH_EVERY_S = 1.0
 
 
-async def run_rows(flow: Flow, recipe: Recipe, cfg: RunConfig, plan: InputPlan, run_dir: str) -> RunResult:
+async def run_rows(
+    flow: Flow, recipe: Recipe, cfg: RunConfig, plan: InputPlan, run_dir: str, *, skip: AbstractSet[str] = frozenset()
+) -> RunResult:
     """Run ``flow`` over ``plan`` in row mode; returns when every admitted row is written.
 
-    ``recipe`` rebuilds the same flow inside each actor.
+    ``recipe`` rebuilds the same flow inside each actor. ``skip`` holds the ids a resumed
+    run already committed; they are never admitted. The driver holds that set once: it
+    costs O(rows committed) ids, a few tens of bytes each, acceptable for the driver only.
     """
     started = time.monotonic()
-    driver = _Driver(flow, recipe, cfg, plan, run_dir)
+    driver = _Driver(flow, recipe, cfg, plan, run_dir, skip)
     try:
         await driver.start()
         await driver.stream()
@@ -75,8 +80,11 @@ async def run_rows(flow: Flow, recipe: Recipe, cfg: RunConfig, plan: InputPlan, 
 
 
 class _Driver:
-    def __init__(self, flow: Flow, recipe: Recipe, cfg: RunConfig, plan: InputPlan, run_dir: str) -> None:
+    def __init__(
+        self, flow: Flow, recipe: Recipe, cfg: RunConfig, plan: InputPlan, run_dir: str, skip: AbstractSet[str]
+    ) -> None:
         self.flow = flow
+        self.skip = skip
         self.recipe = recipe
         self.cfg = cfg
         self.plan = plan
@@ -138,7 +146,7 @@ class _Driver:
     async def stream(self) -> None:
         first = self.flow.first
         entry = Peers([Peer(f"{first}[{i}]", h) for i, h in enumerate(self.steps[first])])
-        progress = Progress(self.plan.total_rows, mode=self.cfg.progress)
+        progress = Progress(self.plan.total_rows - len(self.skip), mode=self.cfg.progress)
         readers = [asyncio.create_task(self._read(units, first, entry)) for units in self.plan.partitions]
         pollers = [asyncio.create_task(self._poll(sink)) for sink in self.sinks]
         watcher = asyncio.create_task(self._watch(progress))
@@ -167,7 +175,7 @@ class _Driver:
     async def _read(self, units: Sequence[Any], first: str, entry: Peers) -> None:
         seed = self.cfg.seed
         for unit in units:
-            batches = read_unit(self.plan, unit)
+            batches = read_unit(self.plan, unit, skip=self.skip)
             while True:
                 batch = await asyncio.to_thread(next, batches, None)
                 if batch is None:
