@@ -79,8 +79,10 @@ def run_streamflow(data: str, out: str, operator: type[Operator], inflight: int,
 
 # -- the bare Ray reference --------------------------------------------------------------
 
-_encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(list[dict[str, Any]]).decode
+# Module-level functions, not Encoder objects: this module runs as __main__, and codec
+# objects defined there cannot be pickled into the actors.
+_encode = msgspec.msgpack.encode
+_decode = msgspec.msgpack.decode
 
 
 class _Hop:
