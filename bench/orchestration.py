@@ -8,9 +8,10 @@ streamflow code) gives the reference for what Ray itself can carry on this machi
 
 A message is one row crossing one actor boundary: driver -> step 1 -> step 2 -> step 3 ->
 sink is 4 messages per row. CPU per message is the whole machine's busy CPU time during
-the run divided by the messages, so it includes Ray's own processes. Run:
+the run divided by the messages, so it includes Ray's own processes. streamflow's times
+include starting its actors (about 2-4 s), the bare chain's do not. Run:
 
-    python -m bench.orchestration                    # about 3 minutes on 2 cores
+    python -m bench.orchestration                    # about 5 minutes on 2 cores
     python -m bench.orchestration --rows 20000 --inflight 1000 --json out.json
 """
 
@@ -171,7 +172,9 @@ def row(system: str, operator: str, inflight: int, coalesce: bool, measured: dic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=20_000, help="rows per no-op run")
+    parser.add_argument("--rows", type=int, default=100_000,
+                        help="rows per coalesced no-op run (enough to amortize actor start-up, which the run's "
+                             "wall time includes); runs without coalescing and with 10 ms operators use 5,000")
     parser.add_argument("--inflight", type=int, nargs="+", default=[1_000, 10_000])
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
@@ -185,7 +188,7 @@ def main() -> None:
         for inflight in args.inflight:
             results.append(row("bare Ray chain", "noop", inflight, True, run_bare_ray(args.rows, inflight, 64)))
             for coalesce in (True, False):
-                measured = run_streamflow(data, tmp, Noop, inflight, coalesce)
+                measured = run_streamflow(data if coalesce else small, tmp, Noop, inflight, coalesce)
                 results.append(row("streamflow", "noop", inflight, coalesce, measured))
             measured = run_streamflow(small, tmp, Sleep, inflight, True)
             results.append(row("streamflow", "sleep 10 ms", inflight, True, measured))
