@@ -26,6 +26,7 @@ __all__ = [
     "OperatorConfig",
     "OutputConfig",
     "RayConfig",
+    "RecoveryConfig",
     "RunConfig",
     "SimSettings",
     "TransportConfig",
@@ -47,6 +48,15 @@ class OutputConfig(msgspec.Struct, forbid_unknown_fields=True):
     dir: str = "outputs"
     part_rows: int = 50_000
     sinks: int = 2
+    commit_s: float = 30.0
+
+
+class RecoveryConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """How a row-mode run survives dead actors (see docs/reliability.md)."""
+
+    max_restarts: int = -1
+    lease_s: float = 5.0
+    max_attempts: int = 3
 
 
 class SimSettings(msgspec.Struct, forbid_unknown_fields=True):
@@ -137,6 +147,7 @@ class RunConfig(msgspec.Struct, forbid_unknown_fields=True):
     operators: dict[str, OperatorConfig] = {}
     params: dict[str, Any] = {}
     transport: TransportConfig = msgspec.field(default_factory=TransportConfig)
+    recovery: RecoveryConfig = msgspec.field(default_factory=RecoveryConfig)
     batch: BatchConfig = msgspec.field(default_factory=BatchConfig)
     ray: RayConfig = msgspec.field(default_factory=RayConfig)
 
@@ -184,6 +195,13 @@ def check(data: Any) -> RunConfig:
     _positive("output.part_rows", cfg.output.part_rows)
     _positive("output.sinks", cfg.output.sinks)
     _positive("transport.flush_rows", cfg.transport.flush_rows)
+    _positive("recovery.max_attempts", cfg.recovery.max_attempts)
+    if cfg.output.commit_s <= 0 or cfg.recovery.lease_s <= 0:
+        msg = "config: output.commit_s and recovery.lease_s are seconds; use a number above 0."
+        raise ConfigError(msg)
+    if cfg.recovery.max_restarts < -1:
+        msg = f"config: recovery.max_restarts={cfg.recovery.max_restarts}; use -1 (no limit), 0 (off) or more."
+        raise ConfigError(msg)
     _positive("batch.size", cfg.batch.size)
     _positive("batch.actors", cfg.batch.actors)
     _positive("batch.batches_per_actor", cfg.batch.batches_per_actor)

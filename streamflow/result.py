@@ -27,6 +27,10 @@ class RunResult(msgspec.Struct, kw_only=True):
     latency: LatencyHistogram = msgspec.field(default_factory=LatencyHistogram)
     replica_usage: dict[str, Usage] = {}
     lost_replicas: list[str] = []
+    readmitted: int = 0
+    """Rows sent through the pipeline again because the actor holding them died."""
+    restarts: int = 0
+    """Operator and sink actors Ray restarted during the run."""
 
     @property
     def data_dir(self) -> str:
@@ -97,6 +101,8 @@ class RunResult(msgspec.Struct, kw_only=True):
             "llm_retries": sum(u.retries for u in self.usage.values()),
             "llm_cache_hits": sum(u.cache_hits for u in self.usage.values()),
             "llm_replicas_lost": len(self.lost_replicas),
+            "actor_restarts": self.restarts,
+            "rows_readmitted": self.readmitted,
         }
 
 

@@ -30,8 +30,12 @@ def summary_tables(result: RunResult) -> list[Table]:
     rows.add_row("LLM tokens in / out", f"{result.prompt_tokens:,} / {result.completion_tokens:,}", "")
     rows.add_row("rows/s", f"{result.rows_per_s:,.1f}", "")
     rows.add_row("output tokens/s", f"{result.tokens_per_s:,.1f}", "")
-    rows.add_row("row latency P50 / P99", f"{result.latency.quantile(0.5):,.1f} s / {result.latency.quantile(0.99):,.1f} s", "")
+    rows.add_row(
+        "row latency P50 / P99", f"{result.latency.quantile(0.5):,.1f} s / {result.latency.quantile(0.99):,.1f} s", ""
+    )
     rows.add_row("wall time", f"{result.wall_s:,.1f} s", "")
+    if result.restarts or result.readmitted:
+        rows.add_row("actors restarted / rows re-admitted", f"{result.restarts:,} / {result.readmitted:,}", "")
 
     tables = [rows, _usage_table("LLM calls per step", "step", result.usage)]
     if len(result.replica_usage) > 1 or result.lost_replicas:
@@ -49,8 +53,14 @@ def _usage_table(title: str, key: str, usage: dict[str, Usage], lost: Sequence[s
         mean = u.latency_s / max(u.requests - u.failures - u.cache_hits, 1)
         label = f"{name} (died)" if name in lost else name
         table.add_row(
-            label, f"{u.requests:,}", f"{u.retries:,}", f"{u.failures:,}", f"{u.cache_hits:,}",
-            f"{u.prompt_tokens:,}", f"{u.completion_tokens:,}", f"{mean:.2f} s",
+            label,
+            f"{u.requests:,}",
+            f"{u.retries:,}",
+            f"{u.failures:,}",
+            f"{u.cache_hits:,}",
+            f"{u.prompt_tokens:,}",
+            f"{u.completion_tokens:,}",
+            f"{mean:.2f} s",
         )
     return table
 

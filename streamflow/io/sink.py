@@ -25,7 +25,7 @@ from streamflow.errors import ConfigError, RunError
 from streamflow.message import Message
 from streamflow.schema import RESERVED_COLUMNS
 
-__all__ = ["PartWriter", "write_part"]
+__all__ = ["PartWriter", "part_row_ids", "write_part"]
 
 _SCHEMA_ERROR = "error:schema"
 _CONVERT_ERRORS = (pa.ArrowException, OverflowError, TypeError, ValueError)
@@ -67,6 +67,8 @@ class PartWriter:
         self._buffered = 0
         self._paths: list[str] = []
         self._closed = False
+        self.rows_committed = 0
+        """Rows in parts already written; rows are committed in the order they were appended."""
 
     def append(self, rows: list[Message]) -> list[Message]:
         """Buffer rows, writing a part each time ``part_rows`` are buffered.
@@ -173,6 +175,7 @@ class PartWriter:
     def _write(self, table: pa.Table) -> str:
         final = os.path.join(self.directory, f"{self.prefix}-{self._sequence:05d}.parquet")
         write_part(table, final, compression=self.compression)
+        self.rows_committed += table.num_rows
         self._sequence += 1
         self._paths.append(final)
         return final
@@ -195,6 +198,19 @@ def write_part(table: pa.Table, final: str, *, compression: str = "zstd") -> Non
             os.remove(temporary)
         msg = f"could not write part {final!r} ({exc}); check free space and permissions of {directory!r}."
         raise RunError(msg) from exc
+
+
+def part_row_ids(directory: str, prefix: str) -> set[str]:
+    """The ``row_id`` of every row in the committed parts ``{prefix}-*.parquet`` of ``directory``."""
+    pattern = re.compile(re.escape(prefix) + r"-(\d+)\.parquet")
+    ids: set[str] = set()
+    if not os.path.isdir(directory):
+        return ids
+    for name in sorted(os.listdir(directory)):
+        if pattern.fullmatch(name):
+            table = pq.read_table(os.path.join(directory, name), columns=["row_id"])
+            ids.update(table.column("row_id").to_pylist())
+    return ids
 
 
 def _check_config(schema: pa.Schema, prefix: str, part_rows: int, compression: str) -> None:

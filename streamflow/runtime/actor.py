@@ -4,6 +4,11 @@ It receives coalesced batches of rows, runs each row as its own asyncio task (so
 slow LLM call never holds up the others), and sends every result straight to a replica
 of the next step, or to the sink shard of its input row when it is finished. No driver
 or dispatcher sits between two steps.
+
+When the actor dies, Ray restarts it (``recovery.max_restarts``) as a blank incarnation:
+it holds rows sent to it until the driver has wired it again with ``start``, and the rows
+it held when it died are re-admitted by the driver once their lease runs out. Its stats
+report the rows it holds so the driver can renew their leases.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import zlib
+import uuid
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,11 +29,12 @@ from streamflow.flow import END
 from streamflow.message import Message, decode_batch
 from streamflow.operator import Context
 from streamflow.pipeline import Recipe
+from streamflow.runtime.sink import sink_shard
 from streamflow.runtime.transport import Outbox, Peer, Peers
 from streamflow.services.llm import LLMClient, Usage
 from streamflow.services.llm_service import LLMAccess
 
-__all__ = ["StepActor", "StepStats", "sink_shard"]
+__all__ = ["StepActor", "StepStats"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +44,9 @@ class StepStats(msgspec.Struct):
 
     step: str
     replica: int
+    incarnation: str = ""
+    ready: bool = False
+    held: list[str] = []
     rows_in: int = 0
     rows_out: int = 0
     inflight: int = 0
@@ -44,11 +54,6 @@ class StepStats(msgspec.Struct):
     delivery_failures: int = 0
     usage: dict[str, Usage] = {}
     replica_usage: dict[str, Usage] = {}
-
-
-def sink_shard(root_id: str, sinks: int) -> int:
-    """The sink that owns an input row: every piece of one row lands in the same shard."""
-    return zlib.crc32(root_id.encode()) % sinks
 
 
 class StepActor:
@@ -78,10 +83,12 @@ class StepActor:
         self._routes: dict[str, Peers] = {}
         self._sinks: list[Peer] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._stats = StepStats(step=step, replica=replica)
+        self._holding: Counter[str] = Counter()
+        self._ready = asyncio.Event()
+        self._stats = StepStats(step=step, replica=replica, incarnation=uuid.uuid4().hex)
 
-    async def start(self, routes: Mapping[str, Sequence[Any]], sinks: Sequence[Any], llm: LLMAccess) -> None:
-        """Wire the peers, connect to the LLM service and run the operator's ``setup``.
+    async def start(self, routes: Mapping[str, Sequence[Any]], sinks: Sequence[Any], llm: LLMAccess) -> str:
+        """Wire the peers, connect to the LLM service and run the operator's ``setup``; returns the incarnation.
 
         ``llm`` arrives here rather than in the constructor so actors can start while
         the LLM service is still starting.
@@ -99,17 +106,28 @@ class StepActor:
         except Exception as exc:
             msg = f"step {self._step!r}: setup() of {type(self._operator).__name__} failed: {type(exc).__name__}: {exc}"
             raise SetupError(msg) from exc
+        self._ready.set()
+        self._stats.ready = True
+        return self._stats.incarnation
 
     async def push(self, payload: bytes) -> int:
         """Accept a batch of rows; answers with how many rows this replica now holds."""
-        for row in decode_batch(payload):
+        rows = decode_batch(payload)
+        holding = self._holding
+        for row in rows:
+            holding[row.root_id] += 1
+        if not self._ready.is_set():  # restarted, not wired again yet
+            await self._ready.wait()
+        for row in rows:
             task = asyncio.create_task(self._process(row))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return len(self._tasks)
 
     async def stats(self) -> StepStats:
+        """Counters, usage and the input rows this replica holds (being processed or being sent)."""
         self._stats.inflight = len(self._tasks)
+        self._stats.held = [*self._holding, *self._outbox.held_roots()]
         if self._client is not None:
             self._stats.usage = self._client.usage()
             self._stats.replica_usage = self._client.replica_usage()
@@ -129,14 +147,22 @@ class StepActor:
         self._stats.rows_in += 1
         ctx = self._ctx.for_row(step_seed(row, self._step))
         started = time.perf_counter()
-        if self._limit is None:
-            results = await run_step(self._flow, self._step, row, ctx)
-        else:
-            async with self._limit:
+        try:
+            if self._limit is None:
                 results = await run_step(self._flow, self._step, row, ctx)
-        self._stats.busy_s += time.perf_counter() - started
-        for result in results:
-            self._forward(result)
+            else:
+                async with self._limit:
+                    results = await run_step(self._flow, self._step, row, ctx)
+            self._stats.busy_s += time.perf_counter() - started
+            for result in results:
+                self._forward(result)
+        finally:
+            root = row.root_id
+            left = self._holding[root] - 1
+            if left:
+                self._holding[root] = left
+            else:
+                del self._holding[root]
 
     def _forward(self, row: Message) -> None:
         self._stats.rows_out += 1
@@ -147,4 +173,5 @@ class StepActor:
             self._outbox.send(self._routes[target].pick(), row)
 
     def _delivery_failed(self, peer: Peer, batch: list[Message], exc: BaseException) -> None:
+        """The rows are lost with the dead peer; the driver re-admits them when their lease ends."""
         self._stats.delivery_failures += len(batch)

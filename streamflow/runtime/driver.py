@@ -6,8 +6,11 @@ Phases, in order:
 2. wire each step replica to its peers and the sinks, run every operator's ``setup``;
 3. read the input partitions in parallel and admit rows under the ``max_inflight``
    semaphore, straight to the first step's replicas;
-4. long-poll the sinks for finished rows, releasing slots, while watching actor health;
-5. when every admitted row has completed: drain, close the sinks, collect usage, stop.
+4. long-poll the sinks for accepted rows (releasing their slots) and committed rows, while
+   watching every actor: renewing the leases of the rows they report, re-wiring actors Ray
+   restarted, and re-admitting rows whose lease ran out (their actor died);
+5. when every admitted row was accepted, ask the sinks to commit; once every row is
+   committed: stop the actors, collect usage, stop.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import os
 import time
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
+from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -32,8 +37,8 @@ from streamflow.pipeline import Recipe
 from streamflow.progress import Progress, Snapshot
 from streamflow.result import RunResult
 from streamflow.runtime.actor import StepActor, StepStats
-from streamflow.runtime.ledger import Ledger
-from streamflow.runtime.sink import SinkActor
+from streamflow.runtime.ledger import Entry, Ledger
+from streamflow.runtime.sink import SinkActor, sink_shard
 from streamflow.runtime.transport import Outbox, Peer, Peers
 from streamflow.schema import output_schema
 from streamflow.services.llm import Usage, merge_usage
@@ -44,6 +49,7 @@ __all__ = ["run_rows"]
 log = logging.getLogger(__name__)
 
 HEALTH_EVERY_S = 1.0
+STATS_TIMEOUT_S = 1.0
 
 
 async def run_rows(
@@ -75,6 +81,8 @@ async def run_rows(
         usage=usage,
         replica_usage=replicas,
         lost_replicas=driver.service.lost if driver.service is not None else [],
+        readmitted=driver.ledger.readmitted,
+        restarts=driver.restarts,
         wall_s=time.monotonic() - started,
     )
 
@@ -94,24 +102,37 @@ class _Driver:
         self.outbox = Outbox(flush_rows=cfg.transport.flush_rows, flush_ms=cfg.transport.flush_ms)
         self.steps: dict[str, list[Any]] = {}
         self.sinks: list[Any] = []
+        self.entry = Peers([])
+        self.sink_peers: list[Peer] = []
         self.service: LLMService | None = None
         self.stats: dict[tuple[str, int], StepStats] = {}
+        self.earlier_usage: list[StepStats] = []
+        self.restarts = 0
+        self._retire: list[list[str]] = []
+        self._sink_incarnations: list[str] = []
+        self._rewiring: dict[tuple[str, int], asyncio.Task[None]] = {}
 
     # -- phase 1 and 2 ----------------------------------------------------------------
 
     async def start(self) -> None:
         cfg = self.cfg
+        run_id = os.path.basename(self.run_dir)
+        restarts = {"max_restarts": cfg.recovery.max_restarts, "max_task_retries": 0}
         schema = output_schema(self.plan.schema, self.flow.fields())
         sink_cls = ray.remote(SinkActor)
         self.sinks = [
-            sink_cls.options(num_cpus=0).remote(self.data_dir, schema, shard, cfg.output.part_rows)
+            sink_cls.options(num_cpus=0, name=f"streamflow-{run_id}-sink-{shard}", **restarts).remote(
+                self.data_dir, schema, shard, cfg.output.part_rows, cfg.output.commit_s
+            )
             for shard in range(cfg.output.sinks)
         ]
+        self.sink_peers = [Peer(f"sink[{i}]", handle) for i, handle in enumerate(self.sinks)]
+        self._retire = [[] for _ in self.sinks]
         step_cls = ray.remote(StepActor)
         for name in self.flow.steps:
             op = cfg.operators[name]
             self.steps[name] = [
-                step_cls.options(num_cpus=op.num_cpus).remote(
+                step_cls.options(num_cpus=op.num_cpus, name=f"streamflow-{run_id}-{name}-{replica}", **restarts).remote(
                     self.recipe,
                     name,
                     replica,
@@ -121,6 +142,8 @@ class _Driver:
                 )
                 for replica in range(op.replicas)
             ]
+        first = self.flow.first
+        self.entry = Peers([Peer(f"{first}[{i}]", h) for i, h in enumerate(self.steps[first])])
         self.service = await LLMService.start(
             cfg.llm, seed=cfg.seed, api_key=cfg.api_key(), log_dir=f"{self.run_dir}/logs"
         )
@@ -132,48 +155,53 @@ class _Driver:
         ]
         for name, replica, ref in starts:
             try:
-                await ref
+                self.stats[(name, replica)] = StepStats(step=name, replica=replica, incarnation=await ref)
             except Exception as exc:
                 cause = _root_cause(exc)
                 if isinstance(cause, StreamflowError):
                     raise type(cause)(str(cause)) from None
                 msg = f"step {name!r} replica {replica} failed to start: {type(cause).__name__}: {cause}"
                 raise SetupError(msg) from None
-        await asyncio.gather(*(sink.ping.remote() for sink in self.sinks))
+        self._sink_incarnations = list(await asyncio.gather(*(sink.ping.remote() for sink in self.sinks)))
 
     # -- phase 3 and 4 ----------------------------------------------------------------
 
     async def stream(self) -> None:
-        first = self.flow.first
-        entry = Peers([Peer(f"{first}[{i}]", h) for i, h in enumerate(self.steps[first])])
+        """Admit every input row and return once each one is committed."""
+        ledger = self.ledger
         progress = Progress(self.plan.total_rows - len(self.skip), mode=self.cfg.progress)
-        readers = [asyncio.create_task(self._read(units, first, entry)) for units in self.plan.partitions]
-        pollers = [asyncio.create_task(self._poll(sink)) for sink in self.sinks]
-        watcher = asyncio.create_task(self._watch(progress))
-        finished = asyncio.create_task(self._finish_reading(readers, entry))
-        idle = asyncio.create_task(self.ledger.wait_idle())
-        background = [watcher, finished, *pollers]
+        readers = [asyncio.create_task(self._read(units)) for units in self.plan.partitions]
+        background = [
+            asyncio.create_task(self._finish_reading(readers)),
+            asyncio.create_task(self._watch(progress)),
+            *(asyncio.create_task(self._poll(shard, sink)) for shard, sink in enumerate(self.sinks)),
+        ]
         try:
-            while not idle.done():
-                done, _ = await asyncio.wait([idle, *background], return_when=asyncio.FIRST_COMPLETED)
+            while not ledger.done:
+                ledger.changes.clear()
+                if ledger.all_accepted:
+                    # Nothing is in flight: commit what the sinks buffer instead of waiting commit_s.
+                    await asyncio.gather(*(sink.flush.remote() for sink in self.sinks), return_exceptions=True)
+                changed = asyncio.ensure_future(ledger.changes.wait())
+                done, _ = await asyncio.wait([changed, *background], return_when=asyncio.FIRST_COMPLETED)
+                changed.cancel()
                 for task in done:
-                    failure = None if task is idle else task.exception()
-                    if failure is not None:
-                        raise failure
+                    if task is not changed and task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
                 background = [task for task in background if not task.done()]
         finally:
-            for task in [*readers, *pollers, watcher, finished, idle]:
+            for task in [*readers, *background, *self._rewiring.values()]:
                 task.cancel()
             progress.update(self._snapshot())
             progress.close()
 
-    async def _finish_reading(self, readers: Sequence[asyncio.Task[None]], entry: Peers) -> None:
+    async def _finish_reading(self, readers: Sequence[asyncio.Task[None]]) -> None:
         await asyncio.gather(*readers)
-        await self.outbox.drain(entry.replicas)
+        await self.outbox.drain(self.entry.replicas)
         self.ledger.reading_finished()
 
-    async def _read(self, units: Sequence[Any], first: str, entry: Peers) -> None:
-        seed = self.cfg.seed
+    async def _read(self, units: Sequence[Any]) -> None:
+        seed, first = self.cfg.seed, self.flow.first
         for unit in units:
             batches = read_unit(self.plan, unit, skip=self.skip)
             while True:
@@ -182,53 +210,117 @@ class _Driver:
                     break
                 ids, rows = batch
                 for row_id, fields in zip(ids, rows):
-                    await self.ledger.admit()
                     message = Message(
                         id=row_id,
                         fields=fields,
                         state=State(step=first, seed=row_seed(seed, row_id)),
                         admitted_at=time.time(),
                     )
-                    self.outbox.send(entry.pick(), message)
+                    await self.ledger.admit(message)
+                    self.outbox.send(self.entry.pick(), message)
 
-    async def _poll(self, sink: Any) -> None:
+    async def _poll(self, shard: int, sink: Any) -> None:
+        """Collect one sink's accepted and committed rows; notice when it restarted."""
         ledger = self.ledger
+        incarnation = self._sink_incarnations[shard]
         while True:
-            for completion in await sink.completions.remote(0.5):
-                ledger.complete(*completion)
+            retire, self._retire[shard] = self._retire[shard], []
+            try:
+                current, accepted, committed = await sink.completions.remote(0.5, retire)
+            except ray.exceptions.ActorDiedError as exc:
+                raise RunError(_dead(f"sink {shard}", self.cfg.recovery.max_restarts, exc)) from None
+            except ray.exceptions.RayActorError:
+                await asyncio.sleep(0.2)  # restarting
+                continue
+            if current != incarnation:
+                self.restarts += 1
+                lost = ledger.uncommitted_in(lambda root: sink_shard(root, len(self.sinks)) == shard)
+                log.warning("sink %d restarted; re-admitting %d rows it had not committed", shard, len(lost))
+                self._readmit(lost)
+            incarnation = current
+            for completion in accepted:
+                ledger.accept(*completion)
+            for completion in committed:
+                if ledger.commit(*completion):
+                    self._retire[shard].append(completion[0])
 
     async def _watch(self, progress: Progress) -> None:
-        """Poll every replica's stats: progress numbers, and an error as soon as one dies."""
+        """Every second: LLM replica health, actor stats and leases, progress."""
+        lease_s = self.cfg.recovery.lease_s
         while True:
             await asyncio.sleep(HEALTH_EVERY_S)
             if self.service is not None:
                 await self.service.watch()
             await self._collect_stats()
+            self._readmit(self.ledger.expired(time.monotonic(), lease_s))
             progress.update(self._snapshot())
 
     async def _collect_stats(self) -> None:
-        calls = [(name, i, h.stats.remote()) for name, hs in self.steps.items() for i, h in enumerate(hs)]
-        for name, replica, ref in calls:
+        """Poll every replica: renew the leases of the rows it holds, re-wire it after a restart.
+
+        A replica that does not answer within ``STATS_TIMEOUT_S`` (dead, restarting) is skipped,
+        so one dead actor never delays the lease renewals of the live ones.
+        """
+        asked = time.monotonic()
+        calls = {
+            asyncio.wrap_future(h.stats.remote().future()): (name, i, h)
+            for name, hs in self.steps.items()
+            for i, h in enumerate(hs)
+        }
+        answered, _ = await asyncio.wait(calls, timeout=STATS_TIMEOUT_S)
+        for future in answered:
+            name, replica, handle = calls[future]
             try:
-                self.stats[(name, replica)] = await ref
-            except Exception as exc:
-                msg = (
-                    f"step {name!r} replica {replica} died ({type(_root_cause(exc)).__name__}); "
-                    f"{self.ledger.inflight} rows were in flight. Rerun; crash recovery is not enabled."
-                )
-                raise RunError(msg) from exc
-        lost = sum(s.delivery_failures for s in self.stats.values())
-        if lost:
-            msg = f"{lost} rows could not be delivered between actors; see the actor logs above."
-            raise RunError(msg)
+                stats: StepStats = future.result()
+            except ray.exceptions.ActorDiedError as exc:
+                raise RunError(_dead(f"step {name!r} replica {replica}", self.cfg.recovery.max_restarts, exc)) from None
+            except ray.exceptions.RayActorError:
+                continue  # restarting; its rows are recovered when their leases run out
+            previous = self.stats.get((name, replica))
+            if previous is not None and previous.incarnation != stats.incarnation:
+                self.restarts += 1
+                self.earlier_usage.append(previous)
+                log.warning("step %r replica %d restarted; wiring it again", name, replica)
+            self.stats[(name, replica)] = stats
+            self.ledger.renew(stats.held, asked)
+            if not stats.ready and (name, replica) not in self._rewiring:
+                self._rewiring[(name, replica)] = asyncio.create_task(self._rewire(name, replica, handle))
+
+    async def _rewire(self, name: str, replica: int, handle: Any) -> None:
+        """Give a restarted replica its peers, LLM access and operator setup again."""
+        assert self.service is not None
+        try:
+            await handle.start.remote(self.steps, self.sinks, self.service.access())
+        except ray.exceptions.RayActorError:
+            pass  # it died again; the next poll tries again
+        except Exception as exc:
+            cause = _root_cause(exc)
+            msg = f"step {name!r} replica {replica} restarted but could not start again: {cause}"
+            raise RunError(msg) from None
+        finally:
+            self._rewiring.pop((name, replica), None)
+
+    def _readmit(self, entries: Sequence[Entry]) -> None:
+        """Send lost rows through the pipeline again, or write them as ``error:lost`` after too many tries."""
+        now = time.monotonic()
+        for entry in entries:
+            if entry.attempts >= self.cfg.recovery.max_attempts:
+                message = _lost(entry)
+                self.outbox.send(self.sink_peers[sink_shard(entry.message.id, len(self.sinks))], message)
+            else:
+                message = entry.message
+                self.outbox.send(self.entry.pick(), message)
+            self.ledger.readmit(entry, now)
+        if entries:
+            log.warning("re-admitted %d rows whose actor died", len(entries))
 
     def _snapshot(self) -> Snapshot:
-        statuses = self.ledger.statuses
+        statuses = self.ledger.accepted_statuses
         filtered = sum(n for s, n in statuses.items() if s.startswith("filtered:"))
         errors = sum(n for s, n in statuses.items() if s.startswith("error:"))
-        tokens = sum(u.completion_tokens for s in self.stats.values() for u in s.usage.values())
+        tokens = sum(u.completion_tokens for s in [*self.stats.values(), *self.earlier_usage] for u in s.usage.values())
         return Snapshot(
-            done=self.ledger.completed,
+            done=self.ledger.accepted,
             ok=statuses.get("ok", 0),
             filtered=filtered,
             errors=errors,
@@ -239,11 +331,22 @@ class _Driver:
     # -- phase 5 ----------------------------------------------------------------------
 
     async def finish(self) -> tuple[list[str], dict[str, Usage], dict[str, Usage]]:
-        final = await asyncio.gather(*(h.stop.remote() for hs in self.steps.values() for h in hs))
-        parts = await asyncio.gather(*(sink.close.remote() for sink in self.sinks))
-        usage = merge_usage([s.usage for s in final])
-        replicas = merge_usage([s.replica_usage for s in final])
-        return sorted(path for paths in parts for path in paths), usage, replicas
+        """Stop the actors once every row is committed; an actor dying now costs only its last counters."""
+        handles = [((name, i), h) for name, hs in self.steps.items() for i, h in enumerate(hs)]
+        stopped = await asyncio.gather(*(h.stop.remote() for _, h in handles), return_exceptions=True)
+        final = [
+            result if isinstance(result, StepStats) else self.stats.get(key, StepStats(step=key[0], replica=key[1]))
+            for (key, _), result in zip(handles, stopped, strict=True)
+        ]
+        closed = await asyncio.gather(*(sink.close.remote() for sink in self.sinks), return_exceptions=True)
+        files: list[str] = []
+        for shard, paths in enumerate(closed):
+            if isinstance(paths, BaseException):  # restarted while closing: its parts are all committed
+                paths = [str(p) for p in Path(self.data_dir).glob(f"part-{shard:03d}-*.parquet")]
+            files.extend(paths)
+        usage = merge_usage([s.usage for s in [*final, *self.earlier_usage]])
+        replicas = merge_usage([s.replica_usage for s in [*final, *self.earlier_usage]])
+        return sorted(files), usage, replicas
 
     async def shutdown(self) -> None:
         """Stop the LLM service and every actor, whether the run succeeded or not."""
@@ -251,9 +354,37 @@ class _Driver:
             await self.service.stop()
         for handle in [*self.sinks, *(h for hs in self.steps.values() for h in hs)]:
             try:
-                ray.kill(handle)
+                ray.kill(handle, no_restart=True)
             except Exception as exc:  # an actor that is already gone is fine
                 log.debug("kill %s: %s", handle, exc)
+
+
+def _lost(entry: Entry) -> Message:
+    """The row written in place of one whose actors died ``attempts`` times: its input, ``error:lost``."""
+    original = entry.message
+    remaining = 1 - Fraction(entry.accepted)
+    error = (
+        f"the actors holding this row died {entry.attempts} times (recovery.max_attempts); "
+        "it was not retried again. Rerun it with resume=<run dir> retry_errors=true."
+    )
+    whole = remaining == 1
+    return Message(
+        id=original.id if whole else f"{original.id}/lost",
+        fields=original.fields,
+        status="error:lost",
+        error=error,
+        root="" if whole else original.id,
+        share=(remaining.numerator, remaining.denominator),
+        admitted_at=original.admitted_at,
+    )
+
+
+def _dead(what: str, max_restarts: int, exc: BaseException) -> str:
+    if max_restarts == 0:
+        return (
+            f"{what} died ({type(_root_cause(exc)).__name__}) and recovery.max_restarts=0; rerun with resume=<run dir>."
+        )
+    return f"{what} died and Ray could not restart it (recovery.max_restarts={max_restarts}): {_root_cause(exc)}"
 
 
 def _root_cause(exc: BaseException) -> BaseException:

@@ -1,75 +1,192 @@
-"""The driver's ledger of admitted rows and the global admission semaphore.
+"""The driver's ledger: every admitted input row from admission until its output is committed.
 
-Every input row is admitted once and completes once, even after a fan-out: each piece
-carries its share of the input row, and the row completes when its shares add up to 1.
-The invariant the run ends on is ``read == ok + filtered + error`` over input rows.
+A row moves through three states, tracked per input row (its *root*):
+
+* **in flight** from admission until a sink has *accepted* all of it. It holds one of the
+  ``max_inflight`` admission slots and a *lease* that live actors renew by reporting the
+  rows they hold; a row whose lease runs out was on an actor that died, and is re-admitted
+  from the input message kept here.
+* **accepted** by its sink shard but not yet in a committed Parquet part: its slot is free,
+  but a sink crash would lose it, so its input is still kept.
+* **committed**: counted in ``statuses`` and forgotten.
+
+After a fan-out each piece carries its share of the root; a root is accepted (committed)
+when its accepted (committed) shares add up to 1. Sinks drop duplicate pieces, so a root
+re-admitted while its first copy still lives completes once. The invariant the run ends on
+is ``read == ok + filtered + error`` over input rows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 
 from streamflow.histogram import LatencyHistogram
+from streamflow.message import Message
 
-__all__ = ["Ledger"]
+__all__ = ["Entry", "Ledger"]
+
+Share = int | Fraction
+
+
+class Entry:
+    """One admitted input row that is not committed yet."""
+
+    __slots__ = ("accepted", "attempts", "committed", "holds_slot", "lease", "message", "uncommitted")
+
+    def __init__(self, message: Message, now: float) -> None:
+        self.message = message
+        self.accepted: Share = 0
+        self.committed: Share = 0
+        self.uncommitted: list[str] = []
+        self.holds_slot = True
+        self.lease = now
+        self.attempts = 1
 
 
 class Ledger:
-    """Counts rows in and out and bounds how many are in flight (``max_inflight``)."""
+    """Counts rows in and out, bounds how many are in flight, and finds the ones to re-admit."""
 
     def __init__(self, max_inflight: int) -> None:
         self.max_inflight = max_inflight
         self.admitted = 0
         self.completed = 0
         self.rows_out = 0
+        self.readmitted = 0
         self.statuses: Counter[str] = Counter()
+        self.accepted_statuses: Counter[str] = Counter()
         self.latency = LatencyHistogram()
-        self._slots = asyncio.Semaphore(max_inflight)
-        self._partial: dict[str, Fraction] = {}
+        self.entries: dict[str, Entry] = {}
+        self._holding = 0
+        self._room = asyncio.Event()
         self._reading = True
-        self._idle = asyncio.Event()
+        self.changes = asyncio.Event()
+        """Set by the end of reading, a commit that finishes a row, a re-admission, the last release;
+        the driver clears it before it looks at the ledger and waits on it after."""
 
-    async def admit(self) -> None:
-        """Wait for a free slot and count one more input row."""
-        await self._slots.acquire()
+    # -- admission ------------------------------------------------------------------------
+
+    async def admit(self, message: Message) -> None:
+        """Wait for a free slot, then track ``message`` as a new in-flight input row."""
+        while self._holding >= self.max_inflight:
+            self._room.clear()
+            await self._room.wait()
+        self._holding += 1
         self.admitted += 1
-        self._idle.clear()
+        self.entries[message.id] = Entry(message, time.monotonic())
 
-    def complete(self, root: str, numerator: int, denominator: int, status: str, latency_s: float = 0.0) -> None:
-        """Record one finished output row; frees its input row's slot once all of it is done."""
+    def reading_finished(self) -> None:
+        """No new rows will be admitted; the run can end once every admitted row is committed."""
+        self._reading = False
+        self.changes.set()
+
+    # -- completions from the sinks -------------------------------------------------------
+
+    def accept(self, root: str, numerator: int, denominator: int, status: str, latency_s: float = 0.0) -> None:
+        """A sink took one output row; frees the root's slot once all of it was taken."""
+        entry = self.entries.get(root)
+        if entry is None:
+            return
+        entry.accepted = _add(entry.accepted, numerator, denominator)
+        entry.uncommitted.append(status)
+        self.accepted_statuses[status] += 1
+        if entry.accepted >= 1 and entry.holds_slot:
+            entry.holds_slot = False
+            self._release()
+
+    def commit(self, root: str, numerator: int, denominator: int, status: str, latency_s: float = 0.0) -> bool:
+        """An output row is in a committed part. True when its root is done and was never re-admitted,
+        so its sink may forget the root's ids (no second copy of it can arrive)."""
+        entry = self.entries.get(root)
+        if entry is None:
+            return False
         self.rows_out += 1
         self.statuses[status] += 1
         self.latency.add(latency_s)
-        if numerator == denominator:
+        if status in entry.uncommitted:
+            entry.uncommitted.remove(status)
+        entry.committed = _add(entry.committed, numerator, denominator)
+        if entry.committed < 1:
+            return False
+        del self.entries[root]
+        self.completed += 1
+        if entry.holds_slot:  # committed before its acceptance was reported
+            entry.holds_slot = False
             self._release()
-            return
-        done = self._partial.get(root, Fraction(0)) + Fraction(numerator, denominator)
-        if done >= 1:
-            self._partial.pop(root, None)
-            self._release()
-        else:
-            self._partial[root] = done
+        self.changes.set()
+        return entry.attempts == 1
 
-    def reading_finished(self) -> None:
-        """No more rows will be admitted; ``wait_idle`` returns once the last one completes."""
-        self._reading = False
-        self._check_idle()
+    # -- recovery -------------------------------------------------------------------------
 
-    async def wait_idle(self) -> None:
-        """Wait until reading is finished and every admitted row completed."""
-        await self._idle.wait()
+    def renew(self, roots: list[str], now: float) -> None:
+        """Live actors reported holding these roots."""
+        entries = self.entries
+        for root in roots:
+            entry = entries.get(root)
+            if entry is not None:
+                entry.lease = now
+
+    def expired(self, now: float, lease_s: float) -> list[Entry]:
+        """In-flight rows no live actor has reported for ``lease_s``: their copy died."""
+        deadline = now - lease_s
+        return [e for e in self.entries.values() if e.accepted < 1 and e.lease < deadline]
+
+    def uncommitted_in(self, owns: Callable[[str], bool]) -> list[Entry]:
+        """Accepted rows not yet committed by the sink shard that ``owns`` a root (it restarted)."""
+        lost = []
+        for root, entry in self.entries.items():
+            if entry.accepted > entry.committed and owns(root):
+                for status in entry.uncommitted:
+                    self.accepted_statuses[status] -= 1
+                entry.uncommitted.clear()
+                entry.accepted = entry.committed
+                lost.append(entry)
+        return lost
+
+    def readmit(self, entry: Entry, now: float) -> None:
+        """Count another attempt of ``entry``; it takes a slot again without waiting for one."""
+        entry.attempts += 1
+        entry.lease = now
+        self.readmitted += 1
+        if not entry.holds_slot:
+            entry.holds_slot = True
+            self._holding += 1
+        self.changes.set()
+
+    # -- end of run -----------------------------------------------------------------------
 
     @property
     def inflight(self) -> int:
-        return self.admitted - self.completed
+        """Rows holding an admission slot."""
+        return self._holding
+
+    @property
+    def accepted(self) -> int:
+        """Rows whose output every sink has taken (committed or about to be)."""
+        return self.admitted - self._holding
+
+    @property
+    def all_accepted(self) -> bool:
+        return not self._reading and self._holding == 0
+
+    @property
+    def done(self) -> bool:
+        return not self._reading and not self.entries
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self.entries.values())
 
     def _release(self) -> None:
-        self.completed += 1
-        self._slots.release()
-        self._check_idle()
+        self._holding -= 1
+        self._room.set()
+        if self._holding == 0:
+            self.changes.set()
 
-    def _check_idle(self) -> None:
-        if not self._reading and self.completed >= self.admitted:
-            self._idle.set()
+
+def _add(total: Share, numerator: int, denominator: int) -> Share:
+    if numerator == denominator:
+        return total + 1
+    return total + Fraction(numerator, denominator)

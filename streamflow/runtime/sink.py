@@ -1,67 +1,164 @@
-"""The sink actor: writes finished rows as Parquet parts and tells the driver which rows are done.
+"""The sink actor: writes finished rows as Parquet parts, exactly once, and reports them to the driver.
 
-Several sinks run side by side, each owning the input rows whose id hashes to it, so no
-single actor is a hot spot. The driver long-polls ``completions`` to release admission
-slots; a row counts as complete only once its writer has accepted it (type-checked).
+Several sinks run side by side, each owning the input rows whose id hashes to it, so every
+piece of one row (and every copy of a re-admitted row) reaches the same sink. A sink drops
+a piece whose id it has already taken, which makes the output exactly-once even when a row
+is re-admitted while its first copy still lives. It only keeps the ids the driver may still
+send twice: the driver tells it to forget a row once that row is committed and was never
+re-admitted (``retire``).
+
+The driver long-polls ``completions`` for two lists: rows *accepted* (their admission slots
+can be reused) and rows *committed* in a part on disk (they can no longer be lost). A part
+is committed every ``part_rows`` rows, when its oldest row has waited ``commit_s``, or on
+``flush``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from typing import Any
+import uuid
+import zlib
+from collections import deque
+from collections.abc import Sequence
 
 import pyarrow as pa
 
-from streamflow.io.sink import PartWriter
-from streamflow.message import decode_batch
+from streamflow.io.sink import PartWriter, part_row_ids
+from streamflow.message import Message, decode_batch
+from streamflow.runtime.restart import was_restarted
 
-__all__ = ["Completion", "SinkActor"]
+__all__ = ["Completion", "Completions", "SinkActor", "sink_shard"]
 
 log = logging.getLogger(__name__)
 
 Completion = tuple[str, int, int, str, float]
-"""(input row id, share numerator, share denominator, status, seconds since admission) of one finished row."""
+"""(input row id, share numerator, share denominator, status, seconds since admission) of one output row."""
+
+
+Completions = tuple[str, list[Completion], list[Completion]]
+"""``(incarnation, accepted, committed)``; a new incarnation means the sink restarted."""
+
+
+def sink_shard(root_id: str, sinks: int) -> int:
+    """The sink that owns an input row: every piece of one row lands in the same shard."""
+    return zlib.crc32(root_id.encode()) % sinks
 
 
 class SinkActor:
     """Owns one shard of the output."""
 
-    def __init__(self, directory: str, schema: pa.Schema, shard: int, part_rows: int) -> None:
+    def __init__(self, directory: str, schema: pa.Schema, shard: int, part_rows: int, commit_s: float = 30.0) -> None:
         logging.basicConfig(level=logging.WARNING)
-        self._writer = PartWriter(directory, schema, prefix=f"part-{shard:03d}", part_rows=part_rows)
+        prefix = f"part-{shard:03d}"
+        self.incarnation = uuid.uuid4().hex
+        self._writer = PartWriter(directory, schema, prefix=prefix, part_rows=part_rows)
+        self._commit_s = commit_s
         self._lock = asyncio.Lock()
-        self._done: list[Completion] = []
+        # After a restart the ids of this shard's committed parts are reloaded, so a row the
+        # driver re-admits because it never heard of its commit is still dropped as a duplicate.
+        self._seen: set[str] = part_row_ids(directory, prefix) if was_restarted() else set()
+        self._pieces: dict[str, list[str]] = {}
+        self._accepted: list[Completion] = []
+        self._committed: list[Completion] = []
+        self._buffered: deque[Completion] = deque()
+        self._oldest: float | None = None
         self._arrived = asyncio.Event()
+        self._timer: asyncio.Task[None] | None = None
+        self._moved = 0
         self.rows = 0
+        self.duplicates = 0
 
     async def push(self, payload: bytes) -> int:
         """Accept finished rows; answers with the number of completions not yet collected."""
-        rows = decode_batch(payload)
-        async with self._lock:
-            written = await asyncio.to_thread(self._writer.append, rows)
-        self.rows += len(written)
-        now = time.time()
-        self._done.extend((row.root_id, row.share[0], row.share[1], row.status, now - row.admitted_at) for row in written)
-        self._arrived.set()
-        return len(self._done)
+        rows = self._new(decode_batch(payload))
+        if rows:
+            async with self._lock:
+                written = await asyncio.to_thread(self._writer.append, rows)
+                now = time.time()
+                done = [(r.root_id, r.share[0], r.share[1], r.status, now - r.admitted_at) for r in written]
+                self._accepted.extend(done)
+                self._buffered.extend(done)
+                if self._oldest is None:
+                    self._oldest = time.monotonic()
+                self._move_committed()
+            self.rows += len(written)
+            self._arrived.set()
+            if self._timer is None:
+                self._timer = asyncio.create_task(self._commit_when_old())
+        return len(self._accepted)
 
-    async def completions(self, wait_s: float = 0.5) -> list[Completion]:
-        """Rows finished since the last call; waits up to ``wait_s`` for at least one."""
-        if not self._done:
-            try:
+    async def completions(self, wait_s: float = 0.5, retire: Sequence[str] = ()) -> Completions:
+        """Rows accepted and committed since the last call; waits up to ``wait_s`` for one.
+
+        ``retire`` names input rows the driver has seen committed and will never send again.
+        """
+        for root in retire:
+            self._seen.discard(root)
+            for piece in self._pieces.pop(root, ()):
+                self._seen.discard(piece)
+        if not self._accepted and not self._committed:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), wait_s)
-            except TimeoutError:
-                pass
-        done, self._done = self._done, []
+        accepted, self._accepted = self._accepted, []
+        committed, self._committed = self._committed, []
         self._arrived.clear()
-        return done
+        return self.incarnation, accepted, committed
+
+    async def flush(self) -> None:
+        """Commit whatever is buffered now (the driver calls this when every row was accepted)."""
+        async with self._lock:
+            await asyncio.to_thread(self._writer.flush)
+            self._move_committed()
 
     async def close(self) -> list[str]:
         """Write what is buffered; returns the paths of every part this sink wrote."""
+        if self._timer is not None:
+            self._timer.cancel()
         async with self._lock:
-            return await asyncio.to_thread(self._writer.close)
+            paths = await asyncio.to_thread(self._writer.close)
+            self._move_committed()
+            return paths
 
-    async def ping(self) -> Any:
-        return self.rows
+    async def ping(self) -> str:
+        return self.incarnation
+
+    async def held(self) -> int:
+        """How many ids this sink remembers for de-duplication (bounded by rows not yet retired)."""
+        return len(self._seen)
+
+    def _new(self, rows: list[Message]) -> list[Message]:
+        """The rows whose id this sink has not taken before; remembers them."""
+        seen = self._seen
+        fresh = []
+        for row in rows:
+            if row.id in seen:
+                self.duplicates += 1
+                continue
+            seen.add(row.id)
+            if row.root and row.root != row.id:
+                self._pieces.setdefault(row.root, []).append(row.id)
+            fresh.append(row)
+        return fresh
+
+    def _move_committed(self) -> None:
+        """Completions of rows the writer has put in parts move from buffered to committed."""
+        for _ in range(self._writer.rows_committed - self._moved):
+            self._committed.append(self._buffered.popleft())
+        self._moved = self._writer.rows_committed
+        if not self._buffered:
+            self._oldest = None
+        if self._committed:
+            self._arrived.set()
+
+    async def _commit_when_old(self) -> None:
+        tick = min(1.0, self._commit_s / 4)
+        while True:
+            await asyncio.sleep(tick)
+            if self._oldest is not None and time.monotonic() - self._oldest >= self._commit_s:
+                try:
+                    await self.flush()
+                except Exception:
+                    log.exception("sink could not commit its buffered rows; will try again")

@@ -7,7 +7,9 @@ the rows bound for the same actor and ships them as one encoded batch when
 first. It never waits for a barrier: a lone row leaves after at most ``flush_ms``.
 
 Each ``push`` answers with the receiver's current load, which ``Peers.pick`` uses to
-send the next row to the least-loaded replica.
+send the next row to the least-loaded replica. A replica whose delivery failed (it died
+and is restarting) is avoided for ``AVOID_FAILED_S``; the rows of that batch are reported
+to ``on_failure`` and recovered by the driver.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ __all__ = ["Outbox", "Peer", "Peers"]
 log = logging.getLogger(__name__)
 
 FailureHandler = Callable[["Peer", list[Message], BaseException], None]
+
+AVOID_FAILED_S = 2.0
+FAILED_LOAD = 1 << 30
 
 
 class Peer:
@@ -69,17 +74,22 @@ class Peers:
 class Outbox:
     """Coalesces rows per destination and ships them with ``handle.push.remote(payload)``."""
 
-    def __init__(self, *, flush_rows: int = 64, flush_ms: float = 1.0, on_failure: FailureHandler | None = None) -> None:
+    def __init__(
+        self, *, flush_rows: int = 64, flush_ms: float = 1.0, on_failure: FailureHandler | None = None
+    ) -> None:
         self.flush_rows = max(1, flush_rows)
         self.flush_s = max(0.0, flush_ms) / 1000.0
         self.on_failure = on_failure
         self.batches_sent = 0
         self.rows_sent = 0
         self.bytes_sent = 0
-        self._pending: set[asyncio.Future[Any]] = set()
+        self._pending: dict[asyncio.Future[Any], list[Message]] = {}
+        self._buffering: set[Peer] = set()
 
     def send(self, peer: Peer, message: Message) -> None:
         """Queue ``message`` for ``peer``; it leaves within ``flush_ms``."""
+        if not peer.buffer:
+            self._buffering.add(peer)
         peer.buffer.append(message)
         if len(peer.buffer) >= self.flush_rows:
             self.flush(peer)
@@ -91,6 +101,7 @@ class Outbox:
         if peer.timer is not None:
             peer.timer.cancel()
             peer.timer = None
+        self._buffering.discard(peer)
         if not peer.buffer:
             return
         batch, peer.buffer = peer.buffer, []
@@ -99,8 +110,8 @@ class Outbox:
         self.rows_sent += len(batch)
         self.bytes_sent += len(payload)
         future = asyncio.ensure_future(self._deliver(peer, batch, payload))
-        self._pending.add(future)
-        future.add_done_callback(self._pending.discard)
+        self._pending[future] = batch
+        future.add_done_callback(self._delivered)
 
     async def drain(self, peers: Sequence[Peer] = ()) -> None:
         """Flush ``peers`` and wait until every batch sent so far was delivered."""
@@ -108,6 +119,12 @@ class Outbox:
             self.flush(peer)
         while self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+    def held_roots(self) -> list[str]:
+        """Input row ids of every row buffered or being delivered (the driver renews their leases)."""
+        roots = [row.root_id for peer in self._buffering for row in peer.buffer]
+        roots.extend(row.root_id for batch in self._pending.values() for row in batch)
+        return roots
 
     @property
     def pending(self) -> int:
@@ -118,6 +135,17 @@ class Outbox:
         try:
             peer.load = await peer.handle.push.remote(payload)
         except Exception as exc:
-            log.error("delivery of %d rows to %s failed: %s", len(batch), peer.name, exc)
+            log.info("delivery of %d rows to %s failed: %s", len(batch), peer.name, type(exc).__name__)
+            peer.load = FAILED_LOAD
+            asyncio.get_running_loop().call_later(AVOID_FAILED_S, _forgive, peer)
             if self.on_failure is not None:
                 self.on_failure(peer, batch, exc)
+
+    def _delivered(self, future: asyncio.Future[Any]) -> None:
+        self._pending.pop(future, None)
+
+
+def _forgive(peer: Peer) -> None:
+    """Let ``pick`` try a failed replica again (Ray has restarted it by now, or it fails again)."""
+    if peer.load == FAILED_LOAD:
+        peer.load = 0

@@ -1,59 +1,106 @@
-"""The driver's ledger: admission slots, completions, fan-out shares."""
+"""The driver's ledger: admission slots, acceptance and commit, fan-out shares, leases."""
 
 import asyncio
 
+from streamflow.message import Message
 from streamflow.runtime.ledger import Ledger
 
 
-def test_admission_blocks_at_max_inflight_until_a_row_completes():
+def row(index):
+    return Message(id=f"0:{index}", fields={})
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_admission_blocks_at_max_inflight_until_a_row_is_accepted():
     async def go():
         ledger = Ledger(max_inflight=2)
-        await ledger.admit()
-        await ledger.admit()
-        third = asyncio.create_task(ledger.admit())
+        await ledger.admit(row(0))
+        await ledger.admit(row(1))
+        third = asyncio.create_task(ledger.admit(row(2)))
         await asyncio.sleep(0.01)
         assert not third.done()
-        ledger.complete("0:0", 1, 1, "ok")
+        ledger.accept("0:0", 1, 1, "ok")
         await asyncio.wait_for(third, 1)
         return ledger
 
-    ledger = asyncio.run(go())
-    assert ledger.admitted == 3 and ledger.completed == 1 and ledger.inflight == 2
+    ledger = run(go())
+    assert ledger.admitted == 3 and ledger.accepted == 1 and ledger.inflight == 2
+    assert ledger.completed == 0, "accepted is not committed"
+
+
+def test_a_row_is_counted_in_statuses_only_once_committed():
+    async def go():
+        ledger = Ledger(max_inflight=2)
+        await ledger.admit(row(0))
+        ledger.accept("0:0", 1, 1, "ok")
+        assert ledger.statuses == {} and not ledger.done
+        ledger.reading_finished()
+        assert ledger.all_accepted and not ledger.done
+        assert ledger.commit("0:0", 1, 1, "ok", 0.5) is True
+        return ledger
+
+    ledger = run(go())
+    assert ledger.done and ledger.completed == 1 and ledger.statuses == {"ok": 1}
 
 
 def test_fanned_out_row_completes_when_its_shares_add_up():
     async def go():
         ledger = Ledger(max_inflight=1)
-        await ledger.admit()
-        ledger.complete("0:0", 1, 2, "ok")
+        await ledger.admit(row(0))
+        for share, status in [((1, 2), "ok"), ((1, 4), "filtered:x"), ((1, 4), "ok")]:
+            ledger.accept("0:0", *share, status)
+        assert ledger.inflight == 0
+        ledger.commit("0:0", 1, 2, "ok")
         assert ledger.completed == 0
-        ledger.complete("0:0", 1, 4, "filtered:x")
-        ledger.complete("0:0", 1, 4, "ok")
+        ledger.commit("0:0", 1, 4, "filtered:x")
+        ledger.commit("0:0", 1, 4, "ok")
         return ledger
 
-    ledger = asyncio.run(go())
+    ledger = run(go())
     assert ledger.completed == 1 and ledger.rows_out == 3
     assert ledger.statuses == {"ok": 2, "filtered:x": 1}
 
 
-def test_idle_only_after_reading_finished_and_all_rows_completed():
+def test_a_row_no_actor_reports_expires_after_its_lease():
     async def go():
         ledger = Ledger(max_inflight=4)
-        await ledger.admit()
-        idle = asyncio.create_task(ledger.wait_idle())
-        ledger.reading_finished()
-        await asyncio.sleep(0.01)
-        assert not idle.done()
-        ledger.complete("0:0", 1, 1, "ok")
-        await asyncio.wait_for(idle, 1)
+        await ledger.admit(row(0))
+        await ledger.admit(row(1))
+        return ledger
 
-    asyncio.run(go())
+    ledger = run(go())
+    now = ledger.entries["0:0"].lease
+    ledger.renew(["0:1"], now + 10)
+    assert [e.message.id for e in ledger.expired(now + 12, lease_s=5)] == ["0:0"]
+    ledger.accept("0:0", 1, 1, "ok")
+    assert ledger.expired(now + 12, lease_s=5) == [], "an accepted row is the sink's, not leased"
 
 
-def test_empty_run_is_idle_at_once():
+def test_rows_a_restarted_sink_had_not_committed_come_back_holding_slots():
     async def go():
-        ledger = Ledger(max_inflight=4)
-        ledger.reading_finished()
-        await asyncio.wait_for(ledger.wait_idle(), 1)
+        ledger = Ledger(max_inflight=2)
+        for index in range(2):
+            await ledger.admit(row(index))
+            ledger.accept(f"0:{index}", 1, 1, "ok")
+        ledger.commit("0:1", 1, 1, "ok")
+        lost = ledger.uncommitted_in(lambda root: True)
+        assert [e.message.id for e in lost] == ["0:0"]
+        assert ledger.accepted_statuses == {"ok": 1}
+        ledger.readmit(lost[0], 0.0)
+        assert ledger.inflight == 1 and lost[0].attempts == 2
+        ledger.accept("0:0", 1, 1, "ok")
+        retire = ledger.commit("0:0", 1, 1, "ok")
+        return ledger, retire
 
-    asyncio.run(go())
+    ledger, retire = run(go())
+    assert ledger.completed == 2 and ledger.statuses == {"ok": 2} and ledger.inflight == 0
+    assert retire is False, "a re-admitted row may still have a copy in flight; its sink keeps its id"
+
+
+def test_empty_run_is_done_at_once():
+    ledger = Ledger(max_inflight=4)
+    ledger.reading_finished()
+    assert ledger.done and ledger.all_accepted

@@ -1,0 +1,101 @@
+"""Fault injection: killed operator actors, a killed sink and a killed driver lose and duplicate nothing.
+
+Each disturbed run must write exactly what an undisturbed run with the same seed writes:
+the same row ids, each once, with the same content.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+import streamflow
+from streamflow.chaos import ActorKiller
+
+pytestmark = pytest.mark.chaos
+
+ROOT = Path(__file__).resolve().parents[1]
+NR_PIPELINE = ROOT / "pipelines" / "natural_reasoning.py"
+ROWS = 300
+
+
+def settings(out):
+    """A NaturalReasoning run long enough (about 15 s) for several kills to land mid-run."""
+    return [
+        f"output.dir={out}",
+        f"limit={ROWS}",
+        "llm.sim.time_scale=0.5",
+        "progress=off",
+        "seed=7",
+        "max_inflight=128",
+        "output.part_rows=40",
+        "recovery.lease_s=3",
+        *(f"operators.{step}.replicas=2" for step in ("english", "classify", "score", "question")),
+    ]
+
+
+def output(run_dir):
+    return pl.read_parquet(f"{run_dir}/data/*.parquet").sort("row_id")
+
+
+@pytest.fixture(scope="module")
+def undisturbed(ray_runtime, tmp_path_factory):
+    result = streamflow.run(str(NR_PIPELINE), settings(tmp_path_factory.mktemp("calm")))
+    return output(result.run_dir)
+
+
+def run_while_killing(out, run_id, every_s, *, only=(), limit=None):
+    """Kills start once the run has committed its first part, so they land mid-run."""
+    data = Path(out, "natural_reasoning", run_id, "data")
+    with ActorKiller(run_id, every_s, only=only, limit=limit, when=lambda: any(data.glob("*.parquet"))) as killer:
+        result = streamflow.run(str(NR_PIPELINE), [*settings(out), f"run_id={run_id}"])
+    return result, killer.kills
+
+
+def assert_same_output(frame, undisturbed):
+    assert frame["row_id"].n_unique() == frame.height == ROWS, "rows lost or duplicated"
+    assert frame.equals(undisturbed)
+
+
+def test_killing_operator_actors_every_few_seconds_loses_and_duplicates_nothing(ray_runtime, tmp_path, undisturbed):
+    steps = ("english", "classify", "score", "question")
+    result, kills = run_while_killing(tmp_path, "ops", every_s=2.0, only=steps)
+    assert_same_output(output(result.run_dir), undisturbed)
+    assert result.balanced and result.restarts >= 1 and result.readmitted >= 1, (kills, result.restarts)
+
+
+def test_killing_a_sink_mid_run_loses_and_duplicates_nothing(ray_runtime, tmp_path, undisturbed):
+    result, kills = run_while_killing(tmp_path, "sink", every_s=1.0, only=("sink",), limit=1)
+    assert kills, "the run ended before the sink could be killed"
+    assert_same_output(output(result.run_dir), undisturbed)
+    assert result.balanced and result.restarts == 1
+
+
+def test_a_killed_driver_is_resumed_to_the_same_output(ray_runtime, tmp_path, undisturbed):
+    run_id = "driver"
+    data = tmp_path / "natural_reasoning" / run_id / "data"
+    command = [sys.executable, "-m", "streamflow.run", str(NR_PIPELINE), *settings(tmp_path), f"run_id={run_id}"]
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 120
+    try:
+        while len(list(data.glob("*.parquet"))) < 2:
+            assert process.poll() is None, process.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the run committed no part within 2 minutes"
+            time.sleep(0.2)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    committed = pl.read_parquet(f"{data}/*.parquet").height
+    assert 0 < committed < ROWS
+
+    resumed = streamflow.run(str(NR_PIPELINE), [*settings(tmp_path), f"resume={data.parent}"])
+    assert_same_output(output(resumed.run_dir), undisturbed)
+    assert resumed.balanced and resumed.rows_read == ROWS
