@@ -117,7 +117,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
             str(r["rows_lost"]),
             str(r["rows_duplicated"]),
         )
-    console = Console()
+    console = Console(width=120)
     console.print(table)
     console.print(
         f"throughput with kills / undisturbed: {results['throughput_ratio']:.3f}; "

@@ -56,7 +56,7 @@ class RecoveryConfig(msgspec.Struct, forbid_unknown_fields=True):
 
     max_restarts: int = -1
     lease_s: float = 5.0
-    max_attempts: int = 3
+    max_attempts: int = 5
 
 
 class SimSettings(msgspec.Struct, forbid_unknown_fields=True):

@@ -1,4 +1,4 @@
-"""Fault injection: killed operator actors, a killed sink and a killed driver lose and duplicate nothing.
+"""Fault injection: killed operator actors, a killed sink, a killed driver and a poison row.
 
 Each disturbed run must write exactly what an undisturbed run with the same seed writes:
 the same row ids, each once, with the same content.
@@ -12,9 +12,12 @@ import time
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import streamflow
+from streamflow import Flow, Operator, RunError
 from streamflow.chaos import ActorKiller
 
 pytestmark = pytest.mark.chaos
@@ -99,3 +102,42 @@ def test_a_killed_driver_is_resumed_to_the_same_output(ray_runtime, tmp_path, un
     resumed = streamflow.run(str(NR_PIPELINE), [*settings(tmp_path), f"resume={data.parent}"])
     assert_same_output(output(resumed.run_dir), undisturbed)
     assert resumed.balanced and resumed.rows_read == ROWS
+
+
+class CrashesOn(Operator):
+    """Kills its own actor process when it meets one particular row: a poison row."""
+
+    fields = {"seen": bool}
+
+    def __init__(self, poison: int) -> None:
+        self.poison = poison
+
+    async def __call__(self, row, ctx):
+        if row["n"] == self.poison:
+            os._exit(1)
+        return row.with_fields(seen=True)
+
+
+def numbers(tmp_path, count):
+    path = tmp_path / "numbers.parquet"
+    pq.write_table(pa.table({"n": list(range(count))}), path)
+    return str(path)
+
+
+def test_a_row_that_kills_its_actor_every_time_ends_as_error_lost(ray_runtime, tmp_path, fast_run):
+    flow = Flow("poison").step("crash", CrashesOn(poison=7))
+    overrides = [f"input.path={numbers(tmp_path, 12)}", "max_inflight=1", "recovery.max_attempts=3", *fast_run]
+    result = streamflow.run(flow, overrides)
+    frame = output(result.run_dir)
+    assert frame["row_id"].to_list() == sorted(f"0:{n}" for n in range(12))
+    poisoned = frame.filter(pl.col("n") == 7).row(0, named=True)
+    assert poisoned["status"] == "error:lost" and "recovery.max_attempts" in poisoned["error"]
+    assert frame.filter(pl.col("n") != 7)["status"].unique().to_list() == ["ok"]
+    assert result.balanced and result.readmitted == 3 and result.restarts >= 2
+
+
+def test_with_recovery_off_a_dead_actor_fails_the_run_naming_the_setting(ray_runtime, tmp_path, fast_run):
+    flow = Flow("poison").step("crash", CrashesOn(poison=3))
+    overrides = [f"input.path={numbers(tmp_path, 8)}", "recovery.max_restarts=0", *fast_run]
+    with pytest.raises(RunError, match=r"step 'crash' replica 0 died .*recovery.max_restarts=0"):
+        streamflow.run(flow, overrides)

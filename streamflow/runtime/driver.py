@@ -16,6 +16,7 @@ Phases, in order:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -49,7 +50,6 @@ __all__ = ["run_rows"]
 log = logging.getLogger(__name__)
 
 HEALTH_EVERY_S = 1.0
-STATS_TIMEOUT_S = 1.0
 
 
 async def run_rows(
@@ -111,6 +111,9 @@ class _Driver:
         self._retire: list[list[str]] = []
         self._sink_incarnations: list[str] = []
         self._rewiring: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._fatal: RunError | None = None
+        self._asking: dict[tuple[str, int], asyncio.Future[StepStats]] = {}
+        self._held_by: dict[tuple[str, int], tuple[float, list[str]]] = {}
 
     # -- phase 1 and 2 ----------------------------------------------------------------
 
@@ -174,6 +177,7 @@ class _Driver:
         background = [
             asyncio.create_task(self._finish_reading(readers)),
             asyncio.create_task(self._watch(progress)),
+            asyncio.create_task(self._watch_llm()),
             *(asyncio.create_task(self._poll(shard, sink)) for shard, sink in enumerate(self.sinks)),
         ]
         try:
@@ -190,7 +194,8 @@ class _Driver:
                         raise task.exception()  # type: ignore[misc]
                 background = [task for task in background if not task.done()]
         finally:
-            for task in [*readers, *background, *self._rewiring.values()]:
+            pending: list[asyncio.Future[Any]] = [*readers, *background, *self._rewiring.values()]
+            for task in [*pending, *self._asking.values()]:
                 task.cancel()
             progress.update(self._snapshot())
             progress.close()
@@ -245,46 +250,68 @@ class _Driver:
                     self._retire[shard].append(completion[0])
 
     async def _watch(self, progress: Progress) -> None:
-        """Every second: LLM replica health, actor stats and leases, progress."""
+        """Every second: ask every replica for its stats, re-admit rows whose lease ran out, show progress."""
         lease_s = self.cfg.recovery.lease_s
         while True:
             await asyncio.sleep(HEALTH_EVERY_S)
-            if self.service is not None:
-                await self.service.watch()
-            await self._collect_stats()
+            self._ask_stats()
+            if self._fatal is not None:
+                raise self._fatal
             self._readmit(self.ledger.expired(time.monotonic(), lease_s))
             progress.update(self._snapshot())
 
-    async def _collect_stats(self) -> None:
-        """Poll every replica: renew the leases of the rows it holds, re-wire it after a restart.
+    async def _watch_llm(self) -> None:
+        """Every second: drop LLM replicas whose server died from the registry."""
+        while self.service is not None:
+            await asyncio.sleep(HEALTH_EVERY_S)
+            await self.service.watch()
 
-        A replica that does not answer within ``STATS_TIMEOUT_S`` (dead, restarting) is skipped,
-        so one dead actor never delays the lease renewals of the live ones.
+    def _ask_stats(self) -> None:
+        """Ask each replica that has no question pending for its stats; answers are handled as they come.
+
+        Nothing waits for a slow or dead replica, so it never delays the lease renewals of the
+        others. A lease is renewed to the time the question was asked.
         """
         asked = time.monotonic()
-        calls = {
-            asyncio.wrap_future(h.stats.remote().future()): (name, i, h)
-            for name, hs in self.steps.items()
-            for i, h in enumerate(hs)
-        }
-        answered, _ = await asyncio.wait(calls, timeout=STATS_TIMEOUT_S)
-        for future in answered:
-            name, replica, handle = calls[future]
-            try:
-                stats: StepStats = future.result()
-            except ray.exceptions.ActorDiedError as exc:
-                raise RunError(_dead(f"step {name!r} replica {replica}", self.cfg.recovery.max_restarts, exc)) from None
-            except ray.exceptions.RayActorError:
-                continue  # restarting; its rows are recovered when their leases run out
-            previous = self.stats.get((name, replica))
-            if previous is not None and previous.incarnation != stats.incarnation:
-                self.restarts += 1
-                self.earlier_usage.append(previous)
-                log.warning("step %r replica %d restarted; wiring it again", name, replica)
-            self.stats[(name, replica)] = stats
-            self.ledger.renew(stats.held, asked)
-            if not stats.ready and (name, replica) not in self._rewiring:
-                self._rewiring[(name, replica)] = asyncio.create_task(self._rewire(name, replica, handle))
+        for name, handles in self.steps.items():
+            for replica, handle in enumerate(handles):
+                key = (name, replica)
+                if key in self._asking:
+                    continue
+                future = asyncio.wrap_future(handle.stats.remote().future())
+                self._asking[key] = future
+                future.add_done_callback(functools.partial(self._on_stats, key, handle, asked))
+
+    def _on_stats(self, key: tuple[str, int], handle: Any, asked: float, future: asyncio.Future[StepStats]) -> None:
+        """Renew the leases of the rows a replica holds; re-wire it if it is a new incarnation."""
+        del self._asking[key]
+        name, replica = key
+        try:
+            stats = future.result()
+        except ray.exceptions.ActorDiedError as exc:
+            self._fatal = RunError(_dead(f"step {name!r} replica {replica}", self.cfg.recovery.max_restarts, exc))
+            return
+        except (ray.exceptions.RayActorError, asyncio.CancelledError):
+            self._lost_holder(key)  # restarting: what it held is lost
+            return
+        previous = self.stats.get(key)
+        if previous is not None and previous.incarnation != stats.incarnation:
+            self._lost_holder(key)
+            self.restarts += 1
+            self.earlier_usage.append(previous)
+            log.warning("step %r replica %d restarted; wiring it again", name, replica)
+        self.stats[key] = stats
+        self._held_by[key] = (asked, stats.held)
+        self.ledger.renew(stats.held, asked)
+        if not stats.ready and key not in self._rewiring:
+            self._rewiring[key] = asyncio.create_task(self._rewire(name, replica, handle))
+
+    def _lost_holder(self, key: tuple[str, int]) -> None:
+        """Re-admit at once the rows a dead replica last reported, unless another replica has reported them since."""
+        asked, held = self._held_by.pop(key, (0.0, []))
+        entries = self.ledger.entries
+        lost = {root: entries[root] for root in held if root in entries}
+        self._readmit([e for e in lost.values() if e.accepted < 1 and e.lease <= asked])
 
     async def _rewire(self, name: str, replica: int, handle: Any) -> None:
         """Give a restarted replica its peers, LLM access and operator setup again."""
@@ -295,8 +322,7 @@ class _Driver:
             pass  # it died again; the next poll tries again
         except Exception as exc:
             cause = _root_cause(exc)
-            msg = f"step {name!r} replica {replica} restarted but could not start again: {cause}"
-            raise RunError(msg) from None
+            self._fatal = RunError(f"step {name!r} replica {replica} restarted but could not start again: {cause}")
         finally:
             self._rewiring.pop((name, replica), None)
 
