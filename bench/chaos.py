@@ -9,6 +9,7 @@ undisturbed one. Matrix reports a 5% throughput drop with one kill every 10 minu
 the target here is at most 5% with one kill every 10 s. Run:
 
     python -m bench.chaos                      # 2,000 sample rows, about 3 minutes
+    python -m bench.chaos --llm-cache          # re-admitted rows replay their finished LLM calls
     python -m bench.chaos --limit 500 --every-s 5 --json chaos.json
 """
 
@@ -43,6 +44,8 @@ def run_once(run_id: str, args: argparse.Namespace, out: str) -> tuple[RunResult
         "progress=off",
         *(f"operators.{step}.replicas={args.replicas}" for step in STEPS),
     ]
+    if args.llm_cache:  # each run its own fresh cache: re-admitted rows replay their finished calls
+        overrides += ["llm.cache.enabled=true", f"llm.cache.path={out}/{run_id}-llm-cache.sqlite"]
     if run_id == "calm":
         return streamflow.run(str(PIPELINE), overrides), []
     with ActorKiller(run_id, args.every_s, only=STEPS, seed=args.seed) as killer:
@@ -75,6 +78,9 @@ def main() -> None:
     parser.add_argument("--inflight", type=int, default=256)
     parser.add_argument("--time-scale", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--llm-cache", action="store_true", help="give each run a fresh LLM response cache (llm.cache.enabled)"
+    )
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args()
 
@@ -101,7 +107,9 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"NaturalReasoning, {args.limit} rows, a kill every {args.every_s:g} s", header_style="bold")
+    cache = ", LLM cache on" if args.llm_cache else ""
+    title = f"NaturalReasoning, {args.limit} rows, a kill every {args.every_s:g} s{cache}"
+    table = Table(title=title, header_style="bold")
     for column in ("run", "wall s", "rows/s", "out tok/s", "kills", "restarts", "re-admitted", "lost", "duplicated"):
         table.add_column(column, justify="left" if column == "run" else "right")
     for name in ("undisturbed", "chaos"):
