@@ -22,6 +22,7 @@ import msgspec
 from streamflow.config import RunConfig, compose
 from streamflow.errors import ConfigError, RunError, StreamflowError
 from streamflow.flow import Flow
+from streamflow.io.sink import claim_directory
 from streamflow.io.source import InputPlan, plan_input
 from streamflow.manifest import write_manifest
 from streamflow.pipeline import Pipeline, load_pipeline
@@ -61,7 +62,8 @@ Overrides use Hydra's syntax (key=value, lists as [a,b]). The main knobs:
   params.NAME=VALUE         the pipeline's own parameters
   run_id=NAME seed=N progress=auto|bar|log|off ray.address=auto
   resume=RUN_DIR            continue a stopped run: skip rows already in RUN_DIR/data, add new parts
-  retry_errors=true         with resume: rerun only the rows whose status is error:*
+                            (also --resume RUN_DIR)
+  retry_errors=true         with resume: rerun only the rows whose status is error:* (also --retry-errors)
 
 All knobs and their defaults: streamflow/conf/config.yaml and the pipeline's DEFAULTS.
 """
@@ -123,7 +125,7 @@ def run(pipeline: str | Path | Flow | ModuleType, overrides: Sequence[str] | Map
     if cfg.llm.uses_external:
         asyncio.run(_check_llm(cfg))
     data_dir = os.path.join(run_dir, "data")
-    os.makedirs(data_dir, exist_ok=True)
+    claim_directory(data_dir)  # before reading what is committed: writers of a killed run stop here
     if not os.path.exists(os.path.join(run_dir, RUN_RECORD)):  # a resume keeps the record of the first start
         write_run_record(run_dir, cfg, plan, flow.name)
     committed = Committed()
@@ -162,8 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE)
         return 0 if args else 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    pipeline, overrides = args[0], args[1:]
+    pipeline = args[0]
     try:
+        overrides = _flags_to_overrides(args[1:])
         result = run(pipeline, overrides)
     except ConfigError as exc:
         print(f"streamflow: error: {exc}", file=sys.stderr)
@@ -175,6 +178,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print_summary(result)
     return 0
+
+
+def _flags_to_overrides(args: Sequence[str]) -> list[str]:
+    """Accept ``--resume DIR``, ``--resume=DIR`` and ``--retry-errors`` beside Hydra's ``key=value``."""
+    overrides: list[str] = []
+    rest = iter(args)
+    for arg in rest:
+        if arg == "--resume":
+            value = next(rest, None)
+            if value is None:
+                raise ConfigError("config: --resume needs a run directory: --resume outputs/<pipeline>/<run_id>")
+            overrides.append(f"resume={value}")
+        elif arg.startswith("--resume="):
+            overrides.append(f"resume={arg.removeprefix('--resume=')}")
+        elif arg == "--retry-errors":
+            overrides.append("retry_errors=true")
+        elif arg.startswith("--"):
+            raise ConfigError(
+                f"config: unknown option {arg!r}; options are --resume DIR and --retry-errors, the rest is key=value"
+            )
+        else:
+            overrides.append(arg)
+    return overrides
 
 
 async def _check_llm(cfg: RunConfig) -> None:

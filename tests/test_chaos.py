@@ -62,7 +62,10 @@ def run_while_killing(out, run_id, every_s, *, only=(), limit=None):
 
 def assert_same_output(frame, undisturbed):
     assert frame["row_id"].n_unique() == frame.height == ROWS, "rows lost or duplicated"
-    assert frame.equals(undisturbed)
+    changed = frame.join(undisturbed, on="row_id", suffix="_calm").filter(
+        pl.any_horizontal(pl.col(c).ne_missing(pl.col(f"{c}_calm")) for c in frame.columns if c != "row_id")
+    )
+    assert changed.is_empty(), changed.select("row_id", "status", "status_calm", "error").to_dicts()[:5]
 
 
 def test_killing_operator_actors_every_few_seconds_loses_and_duplicates_nothing(ray_runtime, tmp_path, undisturbed):

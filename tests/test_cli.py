@@ -41,3 +41,18 @@ def test_unknown_step_in_operators_names_the_steps():
     done = cli("pipelines/natural_reasoning.py", "+operators.nope.replicas=2")
     assert done.returncode == 2
     assert "operators.nope names no step" in done.stderr and "english, classify, score, question" in done.stderr
+
+
+def test_resume_flag_is_the_same_as_the_override(tmp_path):
+    missing = tmp_path / "no-such-run"
+    flag, override = (
+        cli("pipelines/natural_reasoning.py", "--resume", str(missing)),
+        cli("pipelines/natural_reasoning.py", f"resume={missing}"),
+    )
+    assert flag.returncode == override.returncode == 2
+    assert flag.stderr == override.stderr and str(missing) in flag.stderr
+
+
+def test_unknown_option_is_named():
+    done = cli("pipelines/natural_reasoning.py", "--fast")
+    assert done.returncode == 2 and "'--fast'" in done.stderr and "--resume" in done.stderr

@@ -16,6 +16,8 @@ import contextlib
 import datetime
 import os
 import re
+import uuid
+from collections.abc import Callable
 
 import msgspec
 import pyarrow as pa
@@ -25,7 +27,9 @@ from streamflow.errors import ConfigError, RunError
 from streamflow.message import Message
 from streamflow.schema import RESERVED_COLUMNS
 
-__all__ = ["PartWriter", "part_row_ids", "write_part"]
+__all__ = ["PartWriter", "claim_directory", "part_row_ids", "write_part"]
+
+OWNER_FILE = ".writer"
 
 _SCHEMA_ERROR = "error:schema"
 _CONVERT_ERRORS = (pa.ArrowException, OverflowError, TypeError, ValueError)
@@ -52,9 +56,14 @@ class PartWriter:
         prefix: str,
         part_rows: int = 100_000,
         compression: str = "zstd",
+        fenced: bool = False,
     ) -> None:
         _check_config(schema, prefix, part_rows, compression)
         os.makedirs(directory, exist_ok=True)
+        # With ``fenced``, parts are committed only while the directory's claim is the one
+        # this writer started under: a writer left over from a killed run cannot add parts
+        # behind the back of the run that resumed it.
+        self._claim = _read_claim(directory) if fenced else None
         self.directory = directory
         self.schema = schema
         self.prefix = prefix
@@ -172,32 +181,71 @@ class PartWriter:
         self._buffered -= count
         return self._write(table.slice(0, count))
 
+    def _check_claim(self) -> None:
+        if self._claim is not None and _read_claim(self.directory) != self._claim:
+            msg = f"another run has claimed {self.directory!r} (it was resumed); this writer commits nothing more."
+            raise RunError(msg)
+
     def _write(self, table: pa.Table) -> str:
         final = os.path.join(self.directory, f"{self.prefix}-{self._sequence:05d}.parquet")
-        write_part(table, final, compression=self.compression)
+        write_part(table, final, compression=self.compression, before_rename=self._check_claim)
         self.rows_committed += table.num_rows
         self._sequence += 1
         self._paths.append(final)
         return final
 
 
-def write_part(table: pa.Table, final: str, *, compression: str = "zstd") -> None:
+def write_part(
+    table: pa.Table, final: str, *, compression: str = "zstd", before_rename: Callable[[], None] | None = None
+) -> None:
     """Write ``table`` to ``final`` atomically: a hidden temp file, fsync, rename, fsync the folder.
 
     Readers and crashes see either the file that was there before or the complete new one.
+    ``before_rename`` may raise to abandon the part at the last moment.
     """
     directory, name = os.path.split(final)
     temporary = os.path.join(directory, f".{name}.tmp")
     try:
         pq.write_table(table, temporary, compression=compression)
         _fsync(temporary, os.O_RDONLY)
+        if before_rename is not None:
+            before_rename()
         os.replace(temporary, final)
         _fsync(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except RunError:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.remove(temporary)
         msg = f"could not write part {final!r} ({exc}); check free space and permissions of {directory!r}."
         raise RunError(msg) from exc
+
+
+def claim_directory(directory: str) -> str:
+    """Make this run the only one allowed to commit parts in ``directory``; returns its claim.
+
+    Fenced writers of an earlier run (for example sink actors that outlived a killed driver)
+    find the claim changed and stop before committing another part.
+    """
+    os.makedirs(directory, exist_ok=True)
+    claim = uuid.uuid4().hex
+    path = os.path.join(directory, OWNER_FILE)
+    with open(path + ".tmp", "w") as handle:
+        handle.write(claim)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(path + ".tmp", path)
+    return claim
+
+
+def _read_claim(directory: str) -> str | None:
+    try:
+        with open(os.path.join(directory, OWNER_FILE)) as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
 
 
 def part_row_ids(directory: str, prefix: str) -> set[str]:

@@ -54,7 +54,7 @@ class SinkActor:
         logging.basicConfig(level=logging.WARNING)
         prefix = f"part-{shard:03d}"
         self.incarnation = uuid.uuid4().hex
-        self._writer = PartWriter(directory, schema, prefix=prefix, part_rows=part_rows)
+        self._writer = PartWriter(directory, schema, prefix=prefix, part_rows=part_rows, fenced=True)
         self._commit_s = commit_s
         self._lock = asyncio.Lock()
         # After a restart the ids of this shard's committed parts are reloaded, so a row the

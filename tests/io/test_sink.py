@@ -185,3 +185,15 @@ def test_append_after_close_is_a_run_error(tmp_path):
 def test_bad_writer_settings_are_config_errors(tmp_path, schema, knobs, match):
     with pytest.raises(ConfigError, match=match):
         PartWriter(str(tmp_path), schema, **{"prefix": "s0", **knobs})
+
+
+def test_a_fenced_writer_commits_nothing_once_another_run_claimed_the_directory(tmp_path):
+    from streamflow.io.sink import claim_directory
+
+    claim_directory(str(tmp_path))
+    writer = PartWriter(str(tmp_path), SCHEMA, prefix="s0", part_rows=1, fenced=True)
+    writer.append([row(0)])
+    claim_directory(str(tmp_path))  # a resumed run takes over
+    with pytest.raises(RunError, match="another run has claimed"):
+        writer.append([row(1)])
+    assert visible(tmp_path) == ["s0-00000.parquet"]
