@@ -4,6 +4,7 @@ Each disturbed run must write exactly what an undisturbed run with the same seed
 the same row ids, each once, with the same content.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -144,3 +145,14 @@ def test_with_recovery_off_a_dead_actor_fails_the_run_naming_the_setting(ray_run
     overrides = [f"input.path={numbers(tmp_path, 8)}", "recovery.max_restarts=0", *fast_run]
     with pytest.raises(RunError, match=r"step 'crash' replica 0 died .*recovery.max_restarts=0"):
         streamflow.run(flow, overrides)
+
+
+def test_losing_a_node_of_a_cluster_loses_and_duplicates_nothing(tmp_path, undisturbed):
+    script = ROOT / "tests" / "cluster_node_loss.py"
+    command = [sys.executable, "-P", str(script), str(NR_PIPELINE), "node", *settings(tmp_path), "llm.replicas=2"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["removed"], "the run ended before the node could be removed"
+    assert_same_output(output(report["run_dir"]), undisturbed)
+    assert report["restarts"] >= 1 and report["readmitted"] >= 1, report

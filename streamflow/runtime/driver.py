@@ -120,7 +120,8 @@ class _Driver:
     async def start(self) -> None:
         cfg = self.cfg
         run_id = os.path.basename(self.run_dir)
-        restarts = {"max_restarts": cfg.recovery.max_restarts, "max_task_retries": 0}
+        # SPREAD puts replicas on every node of a cluster, so losing one node loses a share of each step.
+        restarts = {"max_restarts": cfg.recovery.max_restarts, "max_task_retries": 0, "scheduling_strategy": "SPREAD"}
         schema = output_schema(self.plan.schema, self.flow.fields())
         sink_cls = ray.remote(SinkActor)
         self.sinks = [

@@ -22,6 +22,7 @@ from streamflow.services.llm import LLMClient
 from streamflow.services.llm.cache import ResponseCache
 from streamflow.services.llm.registry import EndpointRegistry
 from streamflow.services.llm.replicas import Breaker
+from streamflow.services.placement import on_this_node
 from streamflow.services.sim import PROFILES, SimConfig
 from streamflow.services.sim_replicas import start_sim_replicas
 
@@ -79,7 +80,8 @@ class LLMService:
 
         ``log_dir`` receives the logs of vLLM / SGLang servers (on each GPU node).
         """
-        registry: Any = ray.remote(EndpointRegistry).options(num_cpus=0).remote()
+        # The registry lives on the driver's node: it must outlive the loss of any other node.
+        registry: Any = ray.remote(EndpointRegistry).options(num_cpus=0, scheduling_strategy=on_this_node()).remote()
         handles: dict[str, Any] = {}
         if config.uses_sim:
             profile = PROFILES[config.sim.profile]

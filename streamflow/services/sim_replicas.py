@@ -12,13 +12,14 @@ from typing import Any
 
 import ray
 
+from streamflow.services.placement import on_this_node
 from streamflow.services.sim import SimConfig, SimServer
 
 __all__ = ["SimReplica", "start_sim_replicas"]
 
 
 class SimReplica:
-    """Hosts one ``SimServer`` bound to 127.0.0.1 on a free port."""
+    """Hosts one ``SimServer`` bound to 127.0.0.1 on a free port (on the driver's node, see ``start_sim_replicas``)."""
 
     def __init__(self, config: SimConfig) -> None:
         self._server = SimServer(config)
@@ -42,12 +43,16 @@ async def start_sim_replicas(config: SimConfig, replicas: int = 1) -> tuple[list
     """Start ``replicas`` simulator actors; returns their URLs and actor handles.
 
     The actors are named ``streamflow-sim-<run>-<index>`` so an operator (or a chaos
-    test) can find one with ``ray.util.list_named_actors()``.
+    test) can find one with ``ray.util.list_named_actors()``. They run on the driver's
+    node: they listen on 127.0.0.1, and the simulator stands in for a GPU service that
+    does not go away with a worker node.
     """
     remote = ray.remote(SimReplica)
     run = secrets.token_hex(3)
     handles: list[Any] = [
-        remote.options(num_cpus=0, max_concurrency=10_000, name=f"streamflow-sim-{run}-{index}").remote(config)
+        remote.options(
+            num_cpus=0, max_concurrency=10_000, name=f"streamflow-sim-{run}-{index}", scheduling_strategy=on_this_node()
+        ).remote(config)
         for index in range(replicas)
     ]
     urls = await asyncio.gather(*(handle.start.remote() for handle in handles))
