@@ -11,6 +11,7 @@ import json
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import ray
@@ -19,15 +20,23 @@ from ray.cluster_utils import Cluster
 import streamflow
 
 
-def remove_a_worker_once_rows_are_written(cluster, workers, data, removed):
+def remove_a_worker_once_rows_are_written(cluster, workers, data, run_id, removed):
+    """Once the first part is committed, remove the worker node hosting most of the run's actors."""
+    from ray._private import state  # GCS actor table: works without the dashboard
+
     deadline = time.monotonic() + 120
     while not any(data.glob("*.parquet")):
         if time.monotonic() > deadline:
             return
-        time.sleep(0.1)
-    node = workers[0]
+        time.sleep(0.05)
+    hosted = Counter(
+        actor["Address"]["NodeID"]
+        for actor in state.actors().values()
+        if actor["State"] == "ALIVE" and actor.get("Name", "").startswith(f"streamflow-{run_id}-")
+    )
+    node = max(workers, key=lambda worker: hosted[worker.node_id])
     cluster.remove_node(node)
-    removed.append(node.node_id)
+    removed.append({"node": node.node_id, "actors": hosted[node.node_id]})
 
 
 def main() -> None:
@@ -40,7 +49,7 @@ def main() -> None:
     data = Path(out, Path(pipeline).stem, run_id, "data")
     removed: list[str] = []
     killer = threading.Thread(
-        target=remove_a_worker_once_rows_are_written, args=(cluster, workers, data, removed), daemon=True
+        target=remove_a_worker_once_rows_are_written, args=(cluster, workers, data, run_id, removed), daemon=True
     )
     killer.start()
     try:

@@ -149,10 +149,11 @@ def test_with_recovery_off_a_dead_actor_fails_the_run_naming_the_setting(ray_run
 
 def test_losing_a_node_of_a_cluster_loses_and_duplicates_nothing(tmp_path, undisturbed):
     script = ROOT / "tests" / "cluster_node_loss.py"
-    command = [sys.executable, "-P", str(script), str(NR_PIPELINE), "node", *settings(tmp_path), "llm.replicas=2"]
+    overrides = [*settings(tmp_path), "llm.replicas=2", "output.part_rows=10"]
+    command = [sys.executable, "-P", str(script), str(NR_PIPELINE), "node", *overrides]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["removed"], "the run ended before the node could be removed"
+    assert report["removed"] and report["removed"][0]["actors"] > 0, report
     assert_same_output(output(report["run_dir"]), undisturbed)
     assert report["restarts"] >= 1 and report["readmitted"] >= 1, report

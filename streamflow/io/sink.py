@@ -248,16 +248,16 @@ def _read_claim(directory: str) -> str | None:
         return None
 
 
-def part_row_ids(directory: str, prefix: str) -> set[str]:
-    """The ``row_id`` of every row in the committed parts ``{prefix}-*.parquet`` of ``directory``."""
+def part_row_ids(directory: str, prefix: str) -> dict[str, str]:
+    """``row_id`` -> ``status`` of every row in the committed parts ``{prefix}-*.parquet`` of ``directory``."""
     pattern = re.compile(re.escape(prefix) + r"-(\d+)\.parquet")
-    ids: set[str] = set()
+    ids: dict[str, str] = {}
     if not os.path.isdir(directory):
         return ids
     for name in sorted(os.listdir(directory)):
         if pattern.fullmatch(name):
-            table = pq.read_table(os.path.join(directory, name), columns=["row_id"])
-            ids.update(table.column("row_id").to_pylist())
+            table = pq.read_table(os.path.join(directory, name), columns=["row_id", "status"])
+            ids.update(zip(table.column("row_id").to_pylist(), table.column("status").to_pylist(), strict=True))
     return ids
 
 

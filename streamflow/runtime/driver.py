@@ -248,7 +248,7 @@ class _Driver:
                 ledger.accept(*completion)
             for completion in committed:
                 if ledger.commit(*completion):
-                    self._retire[shard].append(completion[0])
+                    self._retire[shard].append(completion[1])
 
     async def _watch(self, progress: Progress) -> None:
         """Every second: ask every replica for its stats, re-admit rows whose lease ran out, show progress."""

@@ -11,8 +11,9 @@ A row moves through three states, tracked per input row (its *root*):
 * **committed**: counted in ``statuses`` and forgotten.
 
 After a fan-out each piece carries its share of the root; a root is accepted (committed)
-when its accepted (committed) shares add up to 1. Sinks drop duplicate pieces, so a root
-re-admitted while its first copy still lives completes once. The invariant the run ends on
+when its accepted (committed) shares add up to 1. Completions name their piece, and a
+piece counts once however often it is reported, so a root re-admitted while its first
+copy still lived, or whose commit a restarted sink reports again, completes once. The invariant the run ends on
 is ``read == ok + filtered + error`` over input rows.
 """
 
@@ -35,13 +36,15 @@ Share = int | Fraction
 class Entry:
     """One admitted input row that is not committed yet."""
 
-    __slots__ = ("accepted", "attempts", "committed", "holds_slot", "lease", "message", "uncommitted")
+    __slots__ = ("accepted", "attempts", "committed", "done_pieces", "holds_slot", "lease", "message", "uncommitted")
 
     def __init__(self, message: Message, now: float) -> None:
         self.message = message
         self.accepted: Share = 0
         self.committed: Share = 0
-        self.uncommitted: list[str] = []
+        self.uncommitted: dict[str, tuple[Share, str]] = {}
+        """Pieces accepted but not committed: their share and status."""
+        self.done_pieces: set[str] = set()
         self.holds_slot = True
         self.lease = now
         self.attempts = 1
@@ -85,30 +88,37 @@ class Ledger:
 
     # -- completions from the sinks -------------------------------------------------------
 
-    def accept(self, root: str, numerator: int, denominator: int, status: str, latency_s: float = 0.0) -> None:
+    def accept(
+        self, piece: str, root: str, numerator: int, denominator: int, status: str, latency_s: float = 0.0
+    ) -> None:
         """A sink took one output row; frees the root's slot once all of it was taken."""
         entry = self.entries.get(root)
-        if entry is None:
+        if entry is None or piece in entry.uncommitted or piece in entry.done_pieces:
             return
-        entry.accepted = _add(entry.accepted, numerator, denominator)
-        entry.uncommitted.append(status)
+        share = _share(numerator, denominator)
+        entry.accepted += share
+        entry.uncommitted[piece] = (share, status)
         self.accepted_statuses[status] += 1
         if entry.accepted >= 1 and entry.holds_slot:
             entry.holds_slot = False
             self._release()
 
-    def commit(self, root: str, numerator: int, denominator: int, status: str, latency_s: float = 0.0) -> bool:
+    def commit(
+        self, piece: str, root: str, numerator: int, denominator: int, status: str, latency_s: float = 0.0
+    ) -> bool:
         """An output row is in a committed part. True when its root is done and was never re-admitted,
         so its sink may forget the root's ids (no second copy of it can arrive)."""
         entry = self.entries.get(root)
-        if entry is None:
+        if entry is None or piece in entry.done_pieces:
             return False
+        if piece not in entry.uncommitted:  # its acceptance was never reported (a sink restarted)
+            self.accept(piece, root, numerator, denominator, status)
         self.rows_out += 1
         self.statuses[status] += 1
         self.latency.add(latency_s)
-        if status in entry.uncommitted:
-            entry.uncommitted.remove(status)
-        entry.committed = _add(entry.committed, numerator, denominator)
+        share, _ = entry.uncommitted.pop(piece)
+        entry.done_pieces.add(piece)
+        entry.committed += share
         if entry.committed < 1:
             return False
         del self.entries[root]
@@ -138,8 +148,8 @@ class Ledger:
         """Accepted rows not yet committed by the sink shard that ``owns`` a root (it restarted)."""
         lost = []
         for root, entry in self.entries.items():
-            if entry.accepted > entry.committed and owns(root):
-                for status in entry.uncommitted:
+            if entry.uncommitted and owns(root):
+                for _, status in entry.uncommitted.values():
                     self.accepted_statuses[status] -= 1
                 entry.uncommitted.clear()
                 entry.accepted = entry.committed
@@ -186,7 +196,5 @@ class Ledger:
             self.changes.set()
 
 
-def _add(total: Share, numerator: int, denominator: int) -> Share:
-    if numerator == denominator:
-        return total + 1
-    return total + Fraction(numerator, denominator)
+def _share(numerator: int, denominator: int) -> Share:
+    return 1 if numerator == denominator else Fraction(numerator, denominator)

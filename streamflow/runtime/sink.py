@@ -34,8 +34,8 @@ __all__ = ["Completion", "Completions", "SinkActor", "sink_shard"]
 
 log = logging.getLogger(__name__)
 
-Completion = tuple[str, int, int, str, float]
-"""(input row id, share numerator, share denominator, status, seconds since admission) of one output row."""
+Completion = tuple[str, str, int, int, str, float]
+"""(row id, input row id, share numerator, share denominator, status, seconds since admission) of one output row."""
 
 
 Completions = tuple[str, list[Completion], list[Completion]]
@@ -57,9 +57,10 @@ class SinkActor:
         self._writer = PartWriter(directory, schema, prefix=prefix, part_rows=part_rows, fenced=True)
         self._commit_s = commit_s
         self._lock = asyncio.Lock()
-        # After a restart the ids of this shard's committed parts are reloaded, so a row the
-        # driver re-admits because it never heard of its commit is still dropped as a duplicate.
-        self._seen: set[str] = part_row_ids(directory, prefix) if was_restarted() else set()
+        # After a restart the ids of this shard's committed parts are reloaded: a row the driver
+        # re-admits because it never heard of its commit is dropped, and reported as committed.
+        self._recovered: dict[str, str] = part_row_ids(directory, prefix) if was_restarted() else {}
+        self._seen: set[str] = set(self._recovered)
         self._pieces: dict[str, list[str]] = {}
         self._accepted: list[Completion] = []
         self._committed: list[Completion] = []
@@ -78,7 +79,7 @@ class SinkActor:
             async with self._lock:
                 written = await asyncio.to_thread(self._writer.append, rows)
                 now = time.time()
-                done = [(r.root_id, r.share[0], r.share[1], r.status, now - r.admitted_at) for r in written]
+                done = [(r.id, r.root_id, r.share[0], r.share[1], r.status, now - r.admitted_at) for r in written]
                 self._accepted.extend(done)
                 self._buffered.extend(done)
                 if self._oldest is None:
@@ -97,8 +98,10 @@ class SinkActor:
         """
         for root in retire:
             self._seen.discard(root)
+            self._recovered.pop(root, None)
             for piece in self._pieces.pop(root, ()):
                 self._seen.discard(piece)
+                self._recovered.pop(piece, None)
         if not self._accepted and not self._committed:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), wait_s)
@@ -136,6 +139,10 @@ class SinkActor:
         for row in rows:
             if row.id in seen:
                 self.duplicates += 1
+                status = self._recovered.get(row.id)
+                if status is not None:  # committed by an earlier incarnation: the driver may not know
+                    self._committed.append((row.id, row.root_id, row.share[0], row.share[1], status, 0.0))
+                    self._arrived.set()
                 continue
             seen.add(row.id)
             if row.root and row.root != row.id:

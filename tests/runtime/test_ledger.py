@@ -22,7 +22,7 @@ def test_admission_blocks_at_max_inflight_until_a_row_is_accepted():
         third = asyncio.create_task(ledger.admit(row(2)))
         await asyncio.sleep(0.01)
         assert not third.done()
-        ledger.accept("0:0", 1, 1, "ok")
+        ledger.accept("0:0", "0:0", 1, 1, "ok")
         await asyncio.wait_for(third, 1)
         return ledger
 
@@ -35,11 +35,11 @@ def test_a_row_is_counted_in_statuses_only_once_committed():
     async def go():
         ledger = Ledger(max_inflight=2)
         await ledger.admit(row(0))
-        ledger.accept("0:0", 1, 1, "ok")
+        ledger.accept("0:0", "0:0", 1, 1, "ok")
         assert ledger.statuses == {} and not ledger.done
         ledger.reading_finished()
         assert ledger.all_accepted and not ledger.done
-        assert ledger.commit("0:0", 1, 1, "ok", 0.5) is True
+        assert ledger.commit("0:0", "0:0", 1, 1, "ok", 0.5) is True
         return ledger
 
     ledger = run(go())
@@ -50,13 +50,15 @@ def test_fanned_out_row_completes_when_its_shares_add_up():
     async def go():
         ledger = Ledger(max_inflight=1)
         await ledger.admit(row(0))
-        for share, status in [((1, 2), "ok"), ((1, 4), "filtered:x"), ((1, 4), "ok")]:
-            ledger.accept("0:0", *share, status)
+        pieces = [("0:0/0", (1, 2), "ok"), ("0:0/1/0", (1, 4), "filtered:x"), ("0:0/1/1", (1, 4), "ok")]
+        for piece, share, status in pieces:
+            ledger.accept(piece, "0:0", *share, status)
         assert ledger.inflight == 0
-        ledger.commit("0:0", 1, 2, "ok")
+        ledger.commit("0:0/0", "0:0", 1, 2, "ok")
+        ledger.commit("0:0/0", "0:0", 1, 2, "ok")  # reported twice, counted once
         assert ledger.completed == 0
-        ledger.commit("0:0", 1, 4, "filtered:x")
-        ledger.commit("0:0", 1, 4, "ok")
+        ledger.commit("0:0/1/0", "0:0", 1, 4, "filtered:x")
+        ledger.commit("0:0/1/1", "0:0", 1, 4, "ok")
         return ledger
 
     ledger = run(go())
@@ -75,7 +77,7 @@ def test_a_row_no_actor_reports_expires_after_its_lease():
     now = ledger.entries["0:0"].lease
     ledger.renew(["0:1"], now + 10)
     assert [e.message.id for e in ledger.expired(now + 12, lease_s=5)] == ["0:0"]
-    ledger.accept("0:0", 1, 1, "ok")
+    ledger.accept("0:0", "0:0", 1, 1, "ok")
     assert ledger.expired(now + 12, lease_s=5) == [], "an accepted row is the sink's, not leased"
 
 
@@ -84,15 +86,15 @@ def test_rows_a_restarted_sink_had_not_committed_come_back_holding_slots():
         ledger = Ledger(max_inflight=2)
         for index in range(2):
             await ledger.admit(row(index))
-            ledger.accept(f"0:{index}", 1, 1, "ok")
-        ledger.commit("0:1", 1, 1, "ok")
+            ledger.accept(f"0:{index}", f"0:{index}", 1, 1, "ok")
+        ledger.commit("0:1", "0:1", 1, 1, "ok")
         lost = ledger.uncommitted_in(lambda root: True)
         assert [e.message.id for e in lost] == ["0:0"]
         assert ledger.accepted_statuses == {"ok": 1}
         ledger.readmit(lost[0], 0.0)
         assert ledger.inflight == 1 and lost[0].attempts == 2
-        ledger.accept("0:0", 1, 1, "ok")
-        retire = ledger.commit("0:0", 1, 1, "ok")
+        ledger.accept("0:0", "0:0", 1, 1, "ok")
+        retire = ledger.commit("0:0", "0:0", 1, 1, "ok")
         return ledger, retire
 
     ledger, retire = run(go())
@@ -104,3 +106,14 @@ def test_empty_run_is_done_at_once():
     ledger = Ledger(max_inflight=4)
     ledger.reading_finished()
     assert ledger.done and ledger.all_accepted
+
+
+def test_a_commit_whose_acceptance_was_never_reported_completes_the_row():
+    async def go():
+        ledger = Ledger(max_inflight=1)
+        await ledger.admit(row(0))
+        ledger.commit("0:0", "0:0", 1, 1, "ok")  # a restarted sink found it in its parts
+        return ledger
+
+    ledger = run(go())
+    assert ledger.completed == 1 and ledger.inflight == 0 and ledger.statuses == {"ok": 1}
