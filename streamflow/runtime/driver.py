@@ -50,6 +50,7 @@ __all__ = ["run_rows"]
 log = logging.getLogger(__name__)
 
 HEALTH_EVERY_S = 1.0
+CENSUS_TIMEOUT_S = 30.0
 
 
 async def run_rows(
@@ -112,7 +113,6 @@ class _Driver:
         self._sink_incarnations: list[str] = []
         self._rewiring: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._fatal: RunError | None = None
-        self._asking: dict[tuple[str, int], asyncio.Future[StepStats]] = {}
         self._held_by: dict[tuple[str, int], tuple[float, list[str]]] = {}
 
     # -- phase 1 and 2 ----------------------------------------------------------------
@@ -195,9 +195,8 @@ class _Driver:
                         raise task.exception()  # type: ignore[misc]
                 background = [task for task in background if not task.done()]
         finally:
-            pending: list[asyncio.Future[Any]] = [*readers, *background, *self._rewiring.values()]
-            for task in [*pending, *self._asking.values()]:
-                task.cancel()
+            for leftover in [*readers, *background, *self._rewiring.values()]:
+                leftover.cancel()
             progress.update(self._snapshot())
             progress.close()
 
@@ -251,15 +250,21 @@ class _Driver:
                     self._retire[shard].append(completion[1])
 
     async def _watch(self, progress: Progress) -> None:
-        """Every second: ask every replica for its stats, re-admit rows whose lease ran out, show progress."""
-        lease_s = self.cfg.recovery.lease_s
-        while True:
-            await asyncio.sleep(HEALTH_EVERY_S)
-            self._ask_stats()
-            if self._fatal is not None:
-                raise self._fatal
-            self._readmit(self.ledger.expired(time.monotonic(), lease_s))
-            progress.update(self._snapshot())
+        """Every second: show progress, and start a census of the replicas unless one is still running."""
+        census: asyncio.Task[None] | None = None
+        try:
+            while True:
+                await asyncio.sleep(HEALTH_EVERY_S)
+                if census is None or census.done():
+                    if census is not None:
+                        census.result()
+                    census = asyncio.create_task(self._census())
+                if self._fatal is not None:
+                    raise self._fatal
+                progress.update(self._snapshot())
+        finally:
+            if census is not None:
+                census.cancel()
 
     async def _watch_llm(self) -> None:
         """Every second: drop LLM replicas whose server died from the registry."""
@@ -267,32 +272,39 @@ class _Driver:
             await asyncio.sleep(HEALTH_EVERY_S)
             await self.service.watch()
 
-    def _ask_stats(self) -> None:
-        """Ask each replica that has no question pending for its stats; answers are handled as they come.
+    async def _census(self) -> None:
+        """Ask every replica which rows it holds; re-admit rows that two complete censuses missed.
 
-        Nothing waits for a slow or dead replica, so it never delays the lease renewals of the
-        others. A lease is renewed to the time the question was asked.
+        A census completes only when every replica has answered (an error counts as an answer
+        with no rows), so a replica slowed down by a backlog delays re-admission instead of
+        causing a false one. Rows a replica reported last are re-admitted at once when it turns
+        out dead or restarted (``_lost_holder``).
         """
         asked = time.monotonic()
-        for name, handles in self.steps.items():
-            for replica, handle in enumerate(handles):
-                key = (name, replica)
-                if key in self._asking:
-                    continue
-                future = asyncio.wrap_future(handle.stats.remote().future())
-                self._asking[key] = future
-                future.add_done_callback(functools.partial(self._on_stats, key, handle, asked))
+        in_driver = self.outbox.held_roots()
+        calls = {
+            asyncio.wrap_future(handle.stats.remote().future()): ((name, replica), handle)
+            for name, handles in self.steps.items()
+            for replica, handle in enumerate(handles)
+        }
+        answered, late = await asyncio.wait(calls, timeout=CENSUS_TIMEOUT_S)
+        for future in late:
+            future.cancel()
+        for future in answered:
+            key, handle = calls[future]
+            self._on_stats(key, handle, asked, future)
+        self.ledger.renew(in_driver, asked)
+        self._readmit(self.ledger.missed(asked, time.monotonic(), self.cfg.recovery.lease_s))
 
     def _on_stats(self, key: tuple[str, int], handle: Any, asked: float, future: asyncio.Future[StepStats]) -> None:
         """Renew the leases of the rows a replica holds; re-wire it if it is a new incarnation."""
-        del self._asking[key]
         name, replica = key
         try:
             stats = future.result()
         except ray.exceptions.ActorDiedError as exc:
             self._fatal = RunError(_dead(f"step {name!r} replica {replica}", self.cfg.recovery.max_restarts, exc))
             return
-        except (ray.exceptions.RayActorError, asyncio.CancelledError):
+        except ray.exceptions.RayActorError:
             self._lost_holder(key)  # restarting: what it held is lost
             return
         previous = self.stats.get(key)

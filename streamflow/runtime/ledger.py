@@ -36,7 +36,17 @@ Share = int | Fraction
 class Entry:
     """One admitted input row that is not committed yet."""
 
-    __slots__ = ("accepted", "attempts", "committed", "done_pieces", "holds_slot", "lease", "message", "uncommitted")
+    __slots__ = (
+        "accepted",
+        "attempts",
+        "committed",
+        "done_pieces",
+        "holds_slot",
+        "lease",
+        "message",
+        "misses",
+        "uncommitted",
+    )
 
     def __init__(self, message: Message, now: float) -> None:
         self.message = message
@@ -47,6 +57,7 @@ class Entry:
         self.done_pieces: set[str] = set()
         self.holds_slot = True
         self.lease = now
+        self.misses = 0
         self.attempts = 1
 
 
@@ -139,10 +150,22 @@ class Ledger:
             if entry is not None:
                 entry.lease = now
 
-    def expired(self, now: float, lease_s: float) -> list[Entry]:
-        """In-flight rows no live actor has reported for ``lease_s``: their copy died."""
+    def missed(self, census: float, now: float, lease_s: float, *, misses: int = 2) -> list[Entry]:
+        """After a complete census asked at ``census``: in-flight rows it did not find.
+
+        A row is lost once ``misses`` censuses in a row missed it and nobody reported it for
+        ``lease_s``: one census can miss a row that was in transit between two replicas.
+        """
+        lost = []
         deadline = now - lease_s
-        return [e for e in self.entries.values() if e.accepted < 1 and e.lease < deadline]
+        for entry in self.entries.values():
+            if entry.accepted >= 1 or entry.lease >= census:
+                entry.misses = 0
+                continue
+            entry.misses += 1
+            if entry.misses >= misses and entry.lease < deadline:
+                lost.append(entry)
+        return lost
 
     def uncommitted_in(self, owns: Callable[[str], bool]) -> list[Entry]:
         """Accepted rows not yet committed by the sink shard that ``owns`` a root (it restarted)."""
@@ -160,6 +183,7 @@ class Ledger:
         """Count another attempt of ``entry``; it takes a slot again without waiting for one."""
         entry.attempts += 1
         entry.lease = now
+        entry.misses = 0
         self.readmitted += 1
         if not entry.holds_slot:
             entry.holds_slot = True

@@ -66,7 +66,7 @@ def test_fanned_out_row_completes_when_its_shares_add_up():
     assert ledger.statuses == {"ok": 2, "filtered:x": 1}
 
 
-def test_a_row_no_actor_reports_expires_after_its_lease():
+def test_a_row_two_censuses_missed_is_lost_once_its_lease_ran_out():
     async def go():
         ledger = Ledger(max_inflight=4)
         await ledger.admit(row(0))
@@ -74,11 +74,13 @@ def test_a_row_no_actor_reports_expires_after_its_lease():
         return ledger
 
     ledger = run(go())
-    now = ledger.entries["0:0"].lease
-    ledger.renew(["0:1"], now + 10)
-    assert [e.message.id for e in ledger.expired(now + 12, lease_s=5)] == ["0:0"]
+    start = ledger.entries["0:0"].lease
+    ledger.renew(["0:1"], start + 10)
+    assert ledger.missed(start + 10, start + 11, lease_s=5) == [], "one census can miss a row in transit"
+    ledger.renew(["0:1"], start + 12)
+    assert [e.message.id for e in ledger.missed(start + 12, start + 13, lease_s=5)] == ["0:0"]
     ledger.accept("0:0", "0:0", 1, 1, "ok")
-    assert ledger.expired(now + 12, lease_s=5) == [], "an accepted row is the sink's, not leased"
+    assert ledger.missed(start + 14, start + 15, lease_s=5) == [], "an accepted row is the sink's, not leased"
 
 
 def test_rows_a_restarted_sink_had_not_committed_come_back_holding_slots():
