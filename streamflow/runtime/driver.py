@@ -16,7 +16,6 @@ Phases, in order:
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import time

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from fractions import Fraction
 
 from streamflow.histogram import LatencyHistogram
@@ -209,9 +209,6 @@ class Ledger:
     @property
     def done(self) -> bool:
         return not self._reading and not self.entries
-
-    def __iter__(self) -> Iterator[Entry]:
-        return iter(self.entries.values())
 
     def _release(self) -> None:
         self._holding -= 1
