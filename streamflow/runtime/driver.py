@@ -16,10 +16,11 @@ Phases, in order:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from fractions import Fraction
 from pathlib import Path
@@ -152,20 +153,24 @@ class _Driver:
         )
         llm = self.service.access()
         starts = [
-            (name, replica, handle.start.remote(self.steps, self.sinks, llm))
+            (name, replica, handle, handle.start.remote(self.steps, self.sinks, llm))
             for name, handles in self.steps.items()
             for replica, handle in enumerate(handles)
         ]
-        for name, replica, ref in starts:
+        for name, replica, handle, ref in starts:
             try:
-                self.stats[(name, replica)] = StepStats(step=name, replica=replica, incarnation=await ref)
+                again = functools.partial(handle.start.remote, self.steps, self.sinks, llm)
+                incarnation = await _restarting_retried(ref, again)
+                self.stats[(name, replica)] = StepStats(step=name, replica=replica, incarnation=incarnation)
             except Exception as exc:
                 cause = _root_cause(exc)
                 if isinstance(cause, StreamflowError):
                     raise type(cause)(str(cause)) from None
                 msg = f"step {name!r} replica {replica} failed to start: {type(cause).__name__}: {cause}"
                 raise SetupError(msg) from None
-        self._sink_incarnations = list(await asyncio.gather(*(sink.ping.remote() for sink in self.sinks)))
+        self._sink_incarnations = list(
+            await asyncio.gather(*(_restarting_retried(sink.ping.remote(), sink.ping.remote) for sink in self.sinks))
+        )
 
     # -- phase 3 and 4 ----------------------------------------------------------------
 
@@ -319,11 +324,9 @@ class _Driver:
             self._rewiring[key] = asyncio.create_task(self._rewire(name, replica, handle))
 
     def _lost_holder(self, key: tuple[str, int]) -> None:
-        """Re-admit at once the rows a dead replica last reported, unless another replica has reported them since."""
+        """A replica died or restarted: the rows it reported last are re-admitted unless the next census finds them."""
         asked, held = self._held_by.pop(key, (0.0, []))
-        entries = self.ledger.entries
-        lost = {root: entries[root] for root in held if root in entries}
-        self._readmit([e for e in lost.values() if e.accepted < 1 and e.lease <= asked])
+        self.ledger.suspect(held, asked)
 
     async def _rewire(self, name: str, replica: int, handle: Any) -> None:
         """Give a restarted replica its peers, LLM access and operator setup again."""
@@ -395,6 +398,18 @@ class _Driver:
                 ray.kill(handle, no_restart=True)
             except Exception as exc:  # an actor that is already gone is fine
                 log.debug("kill %s: %s", handle, exc)
+
+
+async def _restarting_retried(first: Any, again: Callable[[], Any], attempts: int = 30) -> Any:
+    """Await an actor call; while the actor is restarting (it died during start-up), call it ``again``."""
+    ref = first
+    for _ in range(attempts):
+        try:
+            return await ref
+        except ray.exceptions.ActorUnavailableError:
+            await asyncio.sleep(1.0)
+            ref = again()
+    return await ref
 
 
 def _lost(entry: Entry) -> Message:

@@ -167,6 +167,19 @@ class Ledger:
                 lost.append(entry)
         return lost
 
+    def suspect(self, roots: list[str], reported: float) -> None:
+        """These rows were on a replica that died: one more census that misses them makes them lost.
+
+        Rows another replica reported after ``reported`` have moved on and are left alone; the
+        next census keeps the rows that moved on in between from being re-admitted for nothing.
+        """
+        entries = self.entries
+        for root in roots:
+            entry = entries.get(root)
+            if entry is not None and entry.accepted < 1 and entry.lease <= reported:
+                entry.lease = 0.0
+                entry.misses = max(entry.misses, 1)
+
     def uncommitted_in(self, owns: Callable[[str], bool]) -> list[Entry]:
         """Accepted rows not yet committed by the sink shard that ``owns`` a root (it restarted)."""
         lost = []

@@ -119,3 +119,17 @@ def test_a_commit_whose_acceptance_was_never_reported_completes_the_row():
 
     ledger = run(go())
     assert ledger.completed == 1 and ledger.inflight == 0 and ledger.statuses == {"ok": 1}
+
+
+def test_rows_of_a_dead_replica_are_lost_only_if_the_next_census_misses_them():
+    async def go():
+        ledger = Ledger(max_inflight=4)
+        await ledger.admit(row(0))
+        await ledger.admit(row(1))
+        return ledger
+
+    ledger = run(go())
+    start = ledger.entries["0:0"].lease
+    ledger.suspect(["0:0", "0:1"], start + 1)
+    ledger.renew(["0:1"], start + 2)  # 0:1 had moved on to a live replica
+    assert [e.message.id for e in ledger.missed(start + 2, start + 3, lease_s=5)] == ["0:0"]
