@@ -6,9 +6,9 @@ of the next step, or to the sink shard of its input row when it is finished. No 
 or dispatcher sits between two steps.
 
 When the actor dies, Ray restarts it (``recovery.max_restarts``) as a blank incarnation:
-it holds rows sent to it until the driver has wired it again with ``start``, and the rows
-it held when it died are re-admitted by the driver once their lease runs out. Its stats
-report the rows it holds so the driver can renew their leases.
+it holds rows sent to it until the driver has wired it again with ``start``. Its stats
+report the rows it holds; rows no census of the replicas finds any more (they died with an
+actor) are re-admitted by the driver.
 """
 
 from __future__ import annotations
@@ -173,5 +173,5 @@ class StepActor:
             self._outbox.send(self._routes[target].pick(), row)
 
     def _delivery_failed(self, peer: Peer, batch: list[Message], exc: BaseException) -> None:
-        """The rows are lost with the dead peer; the driver re-admits them when their lease ends."""
+        """The rows are lost with the dead peer; the driver re-admits them when its censuses miss them."""
         self._stats.delivery_failures += len(batch)

@@ -7,8 +7,8 @@ Phases, in order:
 3. read the input partitions in parallel and admit rows under the ``max_inflight``
    semaphore, straight to the first step's replicas;
 4. long-poll the sinks for accepted rows (releasing their slots) and committed rows, while
-   watching every actor: renewing the leases of the rows they report, re-wiring actors Ray
-   restarted, and re-admitting rows whose lease ran out (their actor died);
+   taking censuses of the rows every replica holds, re-wiring actors Ray restarted, and
+   re-admitting rows the censuses no longer find (their actor died);
 5. when every admitted row was accepted, ask the sinks to commit; once every row is
    committed: stop the actors, collect usage, stop.
 """

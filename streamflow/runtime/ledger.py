@@ -134,9 +134,6 @@ class Ledger:
             return False
         del self.entries[root]
         self.completed += 1
-        if entry.holds_slot:  # committed before its acceptance was reported
-            entry.holds_slot = False
-            self._release()
         self.changes.set()
         return entry.attempts == 1
 
