@@ -21,8 +21,10 @@ from streamflow.services.sim.profile import PROFILES
 __all__ = [
     "CONF_DIR",
     "BatchConfig",
+    "EventsConfig",
     "InputConfig",
     "LLMConfig",
+    "MetricsConfig",
     "OperatorConfig",
     "OutputConfig",
     "RayConfig",
@@ -57,6 +59,22 @@ class RecoveryConfig(msgspec.Struct, forbid_unknown_fields=True):
     max_restarts: int = -1
     lease_s: float = 5.0
     max_attempts: int = 5
+
+
+class EventsConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """The per-hop event log under ``<run>/events/`` (see docs/observability.md)."""
+
+    sample: float = 1.0
+    flush_rows: int = 20_000
+    flush_s: float = 10.0
+
+
+class MetricsConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """The Prometheus endpoint the driver serves while a run is going."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9464
 
 
 class SimSettings(msgspec.Struct, forbid_unknown_fields=True):
@@ -148,6 +166,8 @@ class RunConfig(msgspec.Struct, forbid_unknown_fields=True):
     params: dict[str, Any] = {}
     transport: TransportConfig = msgspec.field(default_factory=TransportConfig)
     recovery: RecoveryConfig = msgspec.field(default_factory=RecoveryConfig)
+    events: EventsConfig = msgspec.field(default_factory=EventsConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     batch: BatchConfig = msgspec.field(default_factory=BatchConfig)
     ray: RayConfig = msgspec.field(default_factory=RayConfig)
 
@@ -201,6 +221,13 @@ def check(data: Any) -> RunConfig:
         raise ConfigError(msg)
     if cfg.recovery.max_restarts < -1:
         msg = f"config: recovery.max_restarts={cfg.recovery.max_restarts}; use -1 (no limit), 0 (off) or more."
+        raise ConfigError(msg)
+    if not 0.0 <= cfg.events.sample <= 1.0:
+        msg = f"config: events.sample={cfg.events.sample}; use a share of rows between 0 (off) and 1 (every row)."
+        raise ConfigError(msg)
+    _positive("events.flush_rows", cfg.events.flush_rows)
+    if not 0 <= cfg.metrics.port <= 65535:
+        msg = f"config: metrics.port={cfg.metrics.port}; use a TCP port (0: any free port)."
         raise ConfigError(msg)
     _positive("batch.size", cfg.batch.size)
     _positive("batch.actors", cfg.batch.actors)

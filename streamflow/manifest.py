@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import subprocess
+import time
 from importlib import metadata
 from typing import Any
 
@@ -15,11 +16,14 @@ from streamflow.result import RunResult
 
 __all__ = ["write_manifest"]
 
-_PACKAGES = ("streamflow-rows", "ray", "msgspec", "pyarrow", "polars", "aiohttp", "hydra-core")
+_PACKAGES = ("streamflow-rows", "ray", "msgspec", "pyarrow", "polars", "aiohttp", "hydra-core", "vllm", "sglang")
 
 
-def write_manifest(run_dir: str, cfg: RunConfig, plan: InputPlan, result: RunResult, *, pipeline_source: str) -> str:
-    """Write the manifest atomically next to ``data/``; returns its path."""
+def write_manifest(
+    run_dir: str, cfg: RunConfig, plan: InputPlan, result: RunResult, *, pipeline_source: str, started_at: float
+) -> str:
+    """Write the manifest atomically next to ``data/``; returns its path. ``started_at`` is a Unix time."""
+    events = os.path.join(run_dir, "events")
     manifest: dict[str, Any] = {
         "pipeline": result.pipeline,
         "pipeline_source": pipeline_source,
@@ -31,6 +35,19 @@ def write_manifest(run_dir: str, cfg: RunConfig, plan: InputPlan, result: RunRes
         "usage": {step: {f: getattr(u, f) for f in u.__struct_fields__} for step, u in result.usage.items()},
         "ledger_balanced": result.balanced,
         "files": [os.path.relpath(path, run_dir) for path in result.files],
+        "timings": {
+            "started_at": _iso(started_at),
+            "finished_at": _iso(time.time()),
+            "wall_s": round(result.wall_s, 3),
+            **{f"{phase}_s": round(seconds, 3) for phase, seconds in result.phases_s.items()},
+        },
+        "events": {
+            "dir": "events" if os.path.isdir(events) else None,
+            "sample": cfg.events.sample if cfg.mode == "row" else 0.0,
+            "files": len([name for name in os.listdir(events) if name.endswith(".parquet")])
+            if os.path.isdir(events)
+            else 0,
+        },
         "versions": _versions(),
         "git_commit": _git_commit(pipeline_source),
     }
@@ -42,6 +59,10 @@ def write_manifest(run_dir: str, cfg: RunConfig, plan: InputPlan, result: RunRes
         os.fsync(handle.fileno())
     os.replace(temp, path)
     return path
+
+
+def _iso(unix: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))
 
 
 def _versions() -> dict[str, str]:

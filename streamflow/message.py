@@ -49,6 +49,8 @@ class Message(msgspec.Struct, kw_only=True, omit_defaults=True):
     root: str = ""
     share: tuple[int, int] = (1, 1)
     admitted_at: float = 0.0
+    sent_at: float = 0.0
+    """When the last actor (or the driver) handed this row to its outbox; the event log's transport time."""
 
     def __getitem__(self, name: str) -> Any:
         return self.fields[name]

@@ -31,6 +31,9 @@ class RunResult(msgspec.Struct, kw_only=True):
     """Rows sent through the pipeline again because the actor holding them died."""
     restarts: int = 0
     """Operator and sink actors Ray restarted during the run."""
+    phases_s: dict[str, float] = {}
+    """Seconds spent starting (Ray, services, actors), streaming rows, and finishing (stopping actors)."""
+    metrics_url: str | None = None
 
     @property
     def data_dir(self) -> str:
@@ -103,6 +106,7 @@ class RunResult(msgspec.Struct, kw_only=True):
             "llm_replicas_lost": len(self.lost_replicas),
             "actor_restarts": self.restarts,
             "rows_readmitted": self.readmitted,
+            "phases_s": {phase: round(seconds, 3) for phase, seconds in self.phases_s.items()},
         }
 
 

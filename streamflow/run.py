@@ -136,6 +136,7 @@ def run(pipeline: str | Path | Flow | ModuleType, overrides: Sequence[str] | Map
             )
         committed = read_committed(data_dir, plan.id_column)
         log.info("resume: %d input rows already committed in %s are skipped", len(committed.ids), data_dir)
+    started_at = time.time()
     started_ray = _ensure_ray(cfg)
     try:
         if cfg.mode == "batch":
@@ -150,7 +151,7 @@ def run(pipeline: str | Path | Flow | ModuleType, overrides: Sequence[str] | Map
 
             ray.shutdown()
     result = committed.merged(result)
-    write_manifest(run_dir, cfg, plan, result, pipeline_source=spec.source)
+    write_manifest(run_dir, cfg, plan, result, pipeline_source=spec.source, started_at=started_at)
     if not result.balanced:
         msg = f"ledger does not add up: read {result.rows_read}, finished {result.rows_out} ({result.statuses})."
         raise RunError(msg)

@@ -23,7 +23,9 @@ from typing import Any
 
 import msgspec
 
+from streamflow.config import EventsConfig
 from streamflow.errors import SetupError
+from streamflow.events import recorder, write_when_due
 from streamflow.execution import run_step, step_seed
 from streamflow.flow import END
 from streamflow.message import Message, decode_batch
@@ -32,6 +34,7 @@ from streamflow.pipeline import Recipe
 from streamflow.runtime.sink import sink_shard
 from streamflow.runtime.transport import Outbox, Peer, Peers
 from streamflow.services.llm import LLMClient, Usage
+from streamflow.services.llm.usage import ROW_USAGE
 from streamflow.services.llm_service import LLMAccess
 
 __all__ = ["StepActor", "StepStats"]
@@ -50,10 +53,14 @@ class StepStats(msgspec.Struct):
     rows_in: int = 0
     rows_out: int = 0
     inflight: int = 0
+    """Rows received and not yet handed on: ``queued`` wait for a concurrency slot, the rest run."""
+    queued: int = 0
     busy_s: float = 0.0
     delivery_failures: int = 0
     usage: dict[str, Usage] = {}
     replica_usage: dict[str, Usage] = {}
+    llm_latency: dict[str, list[int]] = {}
+    llm_inflight: dict[str, int] = {}
 
 
 class StepActor:
@@ -68,6 +75,8 @@ class StepActor:
         concurrency: int | None,
         flush_rows: int,
         flush_ms: float,
+        events_dir: str = "",
+        events: EventsConfig | None = None,
     ) -> None:
         logging.basicConfig(level=logging.WARNING)
         flow, params = recipe.build()
@@ -84,8 +93,11 @@ class StepActor:
         self._sinks: list[Peer] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._holding: Counter[str] = Counter()
+        self._active = 0
         self._ready = asyncio.Event()
         self._stats = StepStats(step=step, replica=replica, incarnation=uuid.uuid4().hex)
+        self._events = recorder(events_dir, step, replica, events)
+        self._writing_events: asyncio.Task[None] | None = None
 
     async def start(self, routes: Mapping[str, Sequence[Any]], sinks: Sequence[Any], llm: LLMAccess) -> str:
         """Wire the peers, connect to the LLM service and run the operator's ``setup``; returns the incarnation.
@@ -106,12 +118,15 @@ class StepActor:
         except Exception as exc:
             msg = f"step {self._step!r}: setup() of {type(self._operator).__name__} failed: {type(exc).__name__}: {exc}"
             raise SetupError(msg) from exc
+        if self._events is not None and self._writing_events is None:
+            self._writing_events = asyncio.create_task(write_when_due(self._events))
         self._ready.set()
         self._stats.ready = True
         return self._stats.incarnation
 
     async def push(self, payload: bytes) -> int:
         """Accept a batch of rows; answers with how many rows this replica now holds."""
+        received_at = time.time()
         rows = decode_batch(payload)
         holding = self._holding
         for row in rows:
@@ -119,7 +134,7 @@ class StepActor:
         if not self._ready.is_set():  # restarted, not wired again yet
             await self._ready.wait()
         for row in rows:
-            task = asyncio.create_task(self._process(row))
+            task = asyncio.create_task(self._process(row, received_at))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return len(self._tasks)
@@ -127,10 +142,13 @@ class StepActor:
     async def stats(self) -> StepStats:
         """Counters, usage and the input rows this replica holds (being processed or being sent)."""
         self._stats.inflight = len(self._tasks)
+        self._stats.queued = len(self._tasks) - self._active
         self._stats.held = [*self._holding, *self._outbox.held_roots()]
         if self._client is not None:
             self._stats.usage = self._client.usage()
             self._stats.replica_usage = self._client.replica_usage()
+            self._stats.llm_latency = self._client.latency_counts()
+            self._stats.llm_inflight = self._client.inflight()
         return self._stats
 
     async def stop(self) -> StepStats:
@@ -141,19 +159,28 @@ class StepActor:
         finally:
             if self._client is not None:
                 await self._client.close()
+            if self._events is not None:
+                if self._writing_events is not None:
+                    self._writing_events.cancel()
+                await asyncio.to_thread(self._events.flush)
         return await self.stats()
 
-    async def _process(self, row: Message) -> None:
+    async def _process(self, row: Message, received_at: float) -> None:
         self._stats.rows_in += 1
         ctx = self._ctx.for_row(step_seed(row, self._step))
-        started = time.perf_counter()
+        events = self._events
+        usage = None
+        if events is not None and events.wants(row):
+            usage = Usage()
+            ROW_USAGE.set(usage)  # this task's own context: the LLM client books the row's calls here
         try:
             if self._limit is None:
-                results = await run_step(self._flow, self._step, row, ctx)
+                results, started, ended = await self._run(row, ctx)
             else:
                 async with self._limit:
-                    results = await run_step(self._flow, self._step, row, ctx)
-            self._stats.busy_s += time.perf_counter() - started
+                    results, started, ended = await self._run(row, ctx)
+            if usage is not None and events is not None:
+                events.hop(row, received_at, started, ended, results, usage)
             for result in results:
                 self._forward(result)
         finally:
@@ -163,6 +190,18 @@ class StepActor:
                 self._holding[root] = left
             else:
                 del self._holding[root]
+
+    async def _run(self, row: Message, ctx: Context) -> tuple[list[Message], float, float]:
+        """The step's results for ``row`` and when it started and ended."""
+        self._active += 1
+        started = time.time()
+        try:
+            results = await run_step(self._flow, self._step, row, ctx)
+        finally:
+            self._active -= 1
+        ended = time.time()
+        self._stats.busy_s += ended - started
+        return results, started, ended
 
     def _forward(self, row: Message) -> None:
         self._stats.rows_out += 1

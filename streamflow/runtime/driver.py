@@ -30,6 +30,7 @@ import ray
 
 from streamflow.config import RunConfig
 from streamflow.errors import RunError, SetupError, StreamflowError
+from streamflow.events import events_dir
 from streamflow.execution import row_seed
 from streamflow.flow import Flow
 from streamflow.io.source import InputPlan, read_unit
@@ -39,6 +40,7 @@ from streamflow.progress import Progress, Snapshot
 from streamflow.result import RunResult
 from streamflow.runtime.actor import StepActor, StepStats
 from streamflow.runtime.ledger import Entry, Ledger
+from streamflow.runtime.metrics import MetricsServer, MetricsView, RunMetrics
 from streamflow.runtime.sink import SinkActor, sink_shard
 from streamflow.runtime.transport import Outbox, Peer, Peers
 from streamflow.schema import output_schema
@@ -66,10 +68,13 @@ async def run_rows(
     driver = _Driver(flow, recipe, cfg, plan, run_dir, skip)
     try:
         await driver.start()
+        streaming = time.monotonic()
         await driver.stream()
+        finishing = time.monotonic()
         files, usage, replicas = await driver.finish()
     finally:
         await driver.shutdown()
+    ended = time.monotonic()
     return RunResult(
         pipeline=flow.name,
         run_id=os.path.basename(run_dir),
@@ -84,7 +89,9 @@ async def run_rows(
         lost_replicas=driver.service.lost if driver.service is not None else [],
         readmitted=driver.ledger.readmitted,
         restarts=driver.restarts,
-        wall_s=time.monotonic() - started,
+        wall_s=ended - started,
+        phases_s={"start": streaming - started, "stream": finishing - streaming, "finish": ended - finishing},
+        metrics_url=driver.metrics_server.url if driver.metrics_server is not None else None,
     )
 
 
@@ -114,19 +121,30 @@ class _Driver:
         self._rewiring: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._fatal: RunError | None = None
         self._held_by: dict[tuple[str, int], tuple[float, list[str]]] = {}
+        self.events_dir = events_dir(run_dir) if cfg.events.sample > 0 else ""
+        self.metrics = RunMetrics(flow.name, os.path.basename(run_dir))
+        self.metrics_server: MetricsServer | None = None
 
     # -- phase 1 and 2 ----------------------------------------------------------------
 
     async def start(self) -> None:
         cfg = self.cfg
         run_id = os.path.basename(self.run_dir)
+        if cfg.metrics.enabled:
+            self.metrics_server = MetricsServer(self.metrics, cfg.metrics.host, cfg.metrics.port)
         # SPREAD puts replicas on every node of a cluster, so losing one node loses a share of each step.
         restarts = {"max_restarts": cfg.recovery.max_restarts, "max_task_retries": 0, "scheduling_strategy": "SPREAD"}
         schema = output_schema(self.plan.schema, self.flow.fields())
         sink_cls = ray.remote(SinkActor)
         self.sinks = [
             sink_cls.options(num_cpus=0, name=f"streamflow-{run_id}-sink-{shard}", **restarts).remote(
-                self.data_dir, schema, shard, cfg.output.part_rows, cfg.output.commit_s
+                self.data_dir,
+                schema,
+                shard,
+                cfg.output.part_rows,
+                cfg.output.commit_s,
+                events_dir=self.events_dir,
+                events=cfg.events,
             )
             for shard in range(cfg.output.sinks)
         ]
@@ -143,6 +161,8 @@ class _Driver:
                     concurrency=op.concurrency,
                     flush_rows=cfg.transport.flush_rows,
                     flush_ms=cfg.transport.flush_ms,
+                    events_dir=self.events_dir,
+                    events=cfg.events,
                 )
                 for replica in range(op.replicas)
             ]
@@ -266,6 +286,7 @@ class _Driver:
                 if self._fatal is not None:
                     raise self._fatal
                 progress.update(self._snapshot())
+                self.metrics.update(self._metrics_view())
         finally:
             if census is not None:
                 census.cancel()
@@ -369,6 +390,19 @@ class _Driver:
             completion_tokens=tokens,
         )
 
+    def _metrics_view(self) -> MetricsView:
+        ledger = self.ledger
+        return MetricsView(
+            rows_expected=self.plan.total_rows - len(self.skip),
+            rows_admitted=ledger.admitted,
+            rows_inflight=ledger.inflight,
+            finished=dict(ledger.accepted_statuses),
+            readmitted=ledger.readmitted,
+            restarts=self.restarts,
+            replicas=tuple(self.stats.values()),
+            earlier=tuple(self.earlier_usage),
+        )
+
     # -- phase 5 ----------------------------------------------------------------------
 
     async def finish(self) -> tuple[list[str], dict[str, Usage], dict[str, Usage]]:
@@ -390,7 +424,9 @@ class _Driver:
         return sorted(files), usage, replicas
 
     async def shutdown(self) -> None:
-        """Stop the LLM service and every actor, whether the run succeeded or not."""
+        """Stop the LLM service, every actor and the metrics endpoint, whether the run succeeded or not."""
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         if self.service is not None:
             await self.service.stop()
         for handle in [*self.sinks, *(h for hs in self.steps.values() for h in hs)]:

@@ -26,6 +26,8 @@ from collections.abc import Sequence
 
 import pyarrow as pa
 
+from streamflow.config import EventsConfig
+from streamflow.events import SINK_STEP, recorder, write_when_due
 from streamflow.io.sink import PartWriter, part_row_ids
 from streamflow.message import Message, decode_batch
 from streamflow.runtime.restart import was_restarted
@@ -50,9 +52,21 @@ def sink_shard(root_id: str, sinks: int) -> int:
 class SinkActor:
     """Owns one shard of the output."""
 
-    def __init__(self, directory: str, schema: pa.Schema, shard: int, part_rows: int, commit_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        directory: str,
+        schema: pa.Schema,
+        shard: int,
+        part_rows: int,
+        commit_s: float = 30.0,
+        *,
+        events_dir: str = "",
+        events: EventsConfig | None = None,
+    ) -> None:
         logging.basicConfig(level=logging.WARNING)
         prefix = f"part-{shard:03d}"
+        self._events = recorder(events_dir, SINK_STEP, shard, events)
+        self._writing_events: asyncio.Task[None] | None = None
         self.incarnation = uuid.uuid4().hex
         self._writer = PartWriter(directory, schema, prefix=prefix, part_rows=part_rows, fenced=True)
         self._commit_s = commit_s
@@ -74,12 +88,15 @@ class SinkActor:
 
     async def push(self, payload: bytes) -> int:
         """Accept finished rows; answers with the number of completions not yet collected."""
-        rows = self._new(decode_batch(payload))
+        received_at = time.time()
+        rows, duplicates = self._new(decode_batch(payload))
         if rows:
             async with self._lock:
+                started_at = time.time()
                 written = await asyncio.to_thread(self._writer.append, rows)
                 now = time.time()
                 done = [(r.id, r.root_id, r.share[0], r.share[1], r.status, now - r.admitted_at) for r in written]
+                self._record(written, received_at, started_at, now, duplicate=False)
                 self._accepted.extend(done)
                 self._buffered.extend(done)
                 if self._oldest is None:
@@ -89,6 +106,7 @@ class SinkActor:
             self._arrived.set()
             if self._timer is None:
                 self._timer = asyncio.create_task(self._commit_when_old())
+        self._record(duplicates, received_at, received_at, received_at, duplicate=True)
         return len(self._accepted)
 
     async def completions(self, wait_s: float = 0.5, retire: Sequence[str] = ()) -> Completions:
@@ -115,15 +133,20 @@ class SinkActor:
         async with self._lock:
             await asyncio.to_thread(self._writer.flush)
             self._move_committed()
+        if self._events is not None:
+            await asyncio.to_thread(self._events.flush)
 
     async def close(self) -> list[str]:
         """Write what is buffered; returns the paths of every part this sink wrote."""
-        if self._timer is not None:
-            self._timer.cancel()
+        for task in (self._timer, self._writing_events):
+            if task is not None:
+                task.cancel()
         async with self._lock:
             paths = await asyncio.to_thread(self._writer.close)
             self._move_committed()
-            return paths
+        if self._events is not None:
+            await asyncio.to_thread(self._events.flush)
+        return paths
 
     async def ping(self) -> str:
         return self.incarnation
@@ -132,13 +155,14 @@ class SinkActor:
         """How many ids this sink remembers for de-duplication (bounded by rows not yet retired)."""
         return len(self._seen)
 
-    def _new(self, rows: list[Message]) -> list[Message]:
-        """The rows whose id this sink has not taken before; remembers them."""
+    def _new(self, rows: list[Message]) -> tuple[list[Message], list[Message]]:
+        """The rows whose id this sink has not taken before (it remembers them), and the others."""
         seen = self._seen
-        fresh = []
+        fresh, duplicates = [], []
         for row in rows:
             if row.id in seen:
                 self.duplicates += 1
+                duplicates.append(row)
                 status = self._recovered.get(row.id)
                 if status is not None:  # committed by an earlier incarnation: the driver may not know
                     self._committed.append((row.id, row.root_id, row.share[0], row.share[1], status, 0.0))
@@ -148,7 +172,19 @@ class SinkActor:
             if row.root and row.root != row.id:
                 self._pieces.setdefault(row.root, []).append(row.id)
             fresh.append(row)
-        return fresh
+        return fresh, duplicates
+
+    def _record(
+        self, rows: list[Message], received_at: float, started_at: float, ended_at: float, *, duplicate: bool
+    ) -> None:
+        events = self._events
+        if events is None:
+            return
+        for row in rows:
+            if events.wants(row):
+                events.sink_hop(row, received_at, started_at, ended_at, duplicate=duplicate)
+        if self._writing_events is None:
+            self._writing_events = asyncio.create_task(write_when_due(events))
 
     def _move_committed(self) -> None:
         """Completions of rows the writer has put in parts move from buffered to committed."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -88,6 +89,7 @@ class Outbox:
 
     def send(self, peer: Peer, message: Message) -> None:
         """Queue ``message`` for ``peer``; it leaves within ``flush_ms``."""
+        message.sent_at = time.time()
         if not peer.buffer:
             self._buffering.add(peer)
         peer.buffer.append(message)

@@ -11,6 +11,7 @@ registry (``refresh``) every few seconds and whenever a replica's circuit opens.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import random
 import time
@@ -31,7 +32,7 @@ from streamflow.services.llm.errors import (
 from streamflow.services.llm.cache import ResponseCache
 from streamflow.services.llm.replicas import Breaker, Replica, ReplicaSet
 from streamflow.services.llm.transport import HTTPTransport, Response, Transport
-from streamflow.services.llm.usage import Usage
+from streamflow.services.llm.usage import LATENCY_BOUNDS_S, ROW_USAGE, Usage
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ class LLMClient:
         self._transport: Transport = transport or HTTPTransport()
         self._usage: dict[str, Usage] = {}
         self._replica_usage: dict[str, Usage] = {}
+        self._latency_counts: dict[str, list[int]] = {}
         self._jitter = random.Random()
 
     # -- public API -------------------------------------------------------------------
@@ -151,6 +153,14 @@ class LLMClient:
     def replica_usage(self) -> dict[str, Usage]:
         """Usage so far, per replica URL (a copy)."""
         return {url: msgspec.structs.replace(usage) for url, usage in self._replica_usage.items()}
+
+    def latency_counts(self) -> dict[str, list[int]]:
+        """Answered requests per step, counted per latency bucket (``LATENCY_BOUNDS_S``, then the rest)."""
+        return {step: list(counts) for step, counts in self._latency_counts.items()}
+
+    def inflight(self) -> dict[str, int]:
+        """Requests waiting for an answer right now, per replica URL."""
+        return {r.url: r.inflight for replicas in self._routes.values() for r in replicas.replicas}
 
     def endpoints(self) -> dict[str, list[str]]:
         """The replica URLs this client currently knows, per model."""
@@ -186,6 +196,9 @@ class LLMClient:
     async def _call(self, path: str, payload: dict[str, Any], step: str) -> Completion:
         usage = self._usage.setdefault(step, Usage())
         usage.requests += 1
+        row = ROW_USAGE.get()
+        if row is not None:
+            row.requests += 1
         body = _encode(payload)
         started = time.monotonic()
         cache_key = ResponseCache.key(path, body) if self._cache is not None else None
@@ -193,6 +206,8 @@ class LLMClient:
             hit = self._cache.get(cache_key)
             if hit is not None:
                 usage.cache_hits += 1
+                if row is not None:
+                    row.cache_hits += 1
                 return self._parse(Response(200, hit), "cache", started)
         self._maybe_refresh(started)
         replicas = self._replicas_for(payload["model"])
@@ -216,11 +231,15 @@ class LLMClient:
                     replica.succeeded()  # it answered; the request was the problem
                 if not exc.retryable or attempt >= self._max_retries:
                     usage.failures += 1
+                    if row is not None:
+                        row.failures += 1
                     if exc.retryable:
                         exc.args = (f"{exc} (gave up after {attempt + 1} attempts)",)
                     raise
                 attempt += 1
                 usage.retries += 1
+                if row is not None:
+                    row.retries += 1
                 per_replica.retries += 1
                 failed.add(replica)
                 await asyncio.sleep(self._delay(attempt, exc))
@@ -228,13 +247,20 @@ class LLMClient:
             finally:
                 replica.inflight -= 1
             replica.succeeded()
-            for counter in (usage, per_replica):
+            for counter in (usage, per_replica) if row is None else (usage, per_replica, row):
                 counter.prompt_tokens += completion.prompt_tokens
                 counter.completion_tokens += completion.completion_tokens
                 counter.latency_s += completion.latency_s
+            self._count_latency(step, completion.latency_s)
             if cache_key is not None and self._cache is not None:
                 self._cache.put(cache_key, reply.body)
             return completion
+
+    def _count_latency(self, step: str, seconds: float) -> None:
+        counts = self._latency_counts.get(step)
+        if counts is None:
+            counts = self._latency_counts[step] = [0] * (len(LATENCY_BOUNDS_S) + 1)
+        counts[bisect.bisect_left(LATENCY_BOUNDS_S, seconds)] += 1
 
     def _replicas_for(self, model: str) -> ReplicaSet:
         """The replicas serving ``model``; those of the default model if it has none of its own."""

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+
 import msgspec
 
-__all__ = ["Usage", "merge_usage"]
+__all__ = ["LATENCY_BOUNDS_S", "ROW_USAGE", "Usage", "merge_usage"]
+
+LATENCY_BOUNDS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+"""Upper bounds of the LLM request latency histogram buckets (the last bucket is everything above)."""
 
 
 class Usage(msgspec.Struct):
@@ -36,3 +41,7 @@ def merge_usage(parts: list[dict[str, Usage]]) -> dict[str, Usage]:
         for key, usage in part.items():
             total.setdefault(key, Usage()).add(usage)
     return total
+
+
+ROW_USAGE: ContextVar[Usage | None] = ContextVar("streamflow_row_usage", default=None)
+"""The usage of the row being processed in this asyncio task, when the runtime records its hop."""

@@ -1,0 +1,276 @@
+"""The per-hop event log: one record per row per step, written as Parquet under ``<run>/events/``.
+
+Each operator and sink actor keeps its own ``EventRecorder``: recording a hop appends one
+tuple to a list, and the list becomes a Parquet file every ``flush_rows`` records or
+``flush_s`` seconds, written off the event loop. No event goes through the driver.
+
+A hop's timestamps split a row's time into parts that add up:
+``sent_at`` (the previous actor handed the row to its outbox) -> ``received_at`` (this actor
+decoded it) -> ``started_at`` (the operator began; waits for a concurrency slot before)
+-> ``ended_at``. So transport = received - sent, queueing = started - received and
+processing = ended - started; a row's first hop also carries the time it waited for
+admission (``sent_at - admitted_at``). Sink hops have step ``sink``.
+
+Events are observability, not data: an actor that dies loses the events it had not
+written yet, and a re-admitted row's hops appear once per attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import threading
+import time
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from streamflow.config import EventsConfig
+from streamflow.message import Message
+from streamflow.services.llm import Usage
+
+__all__ = [
+    "DUPLICATE",
+    "EVENT_SCHEMA",
+    "SINK_STEP",
+    "EventRecorder",
+    "events_dir",
+    "read_events",
+    "recorder",
+    "sampled",
+    "write_when_due",
+]
+
+log = logging.getLogger(__name__)
+
+SINK_STEP = "sink"
+DUPLICATE = "duplicate"
+"""Status of a sink hop whose row the sink had already taken (a re-admitted copy); it is not written."""
+
+_TIME = pa.timestamp("us", tz="UTC")
+EVENT_SCHEMA = pa.schema(
+    [
+        ("row_id", pa.string()),
+        ("root_id", pa.string()),
+        ("step", pa.string()),
+        ("replica", pa.int32()),
+        ("node", pa.string()),
+        ("hop", pa.int32()),
+        ("turn", pa.int32()),
+        ("admitted_at", _TIME),
+        ("sent_at", _TIME),
+        ("received_at", _TIME),
+        ("started_at", _TIME),
+        ("ended_at", _TIME),
+        ("status", pa.string()),
+        ("next_step", pa.string()),
+        ("outputs", pa.int32()),
+        ("llm_calls", pa.int32()),
+        ("llm_retries", pa.int32()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("error", pa.string()),
+    ]
+)
+_TIME_COLUMNS = frozenset(field.name for field in EVENT_SCHEMA if field.type == _TIME)
+
+
+def events_dir(run_dir: str) -> str:
+    return os.path.join(run_dir, "events")
+
+
+def sampled(root_id: str, rate: float) -> bool:
+    """Whether a row's hops are recorded: the same answer for every hop and copy of one input row."""
+    if rate >= 1.0:
+        return True
+    return rate > 0.0 and zlib.crc32(root_id.encode()) < rate * 4294967296.0
+
+
+class EventRecorder:
+    """Buffers the hops one actor saw and writes them as Parquet files in ``directory``."""
+
+    def __init__(
+        self,
+        directory: str,
+        step: str,
+        replica: int,
+        *,
+        sample: float = 1.0,
+        flush_rows: int = 20_000,
+        flush_s: float = 10.0,
+    ) -> None:
+        self.directory = directory
+        self.step = step
+        self.replica = replica
+        self.name = f"{step}-{replica}"
+        self.sample = sample
+        self.node = _node_name()
+        self._flush_rows = flush_rows
+        self._flush_s = flush_s
+        self._buffer: list[tuple[Any, ...]] = []
+        self._since = time.monotonic()
+        self._files = 0
+        self._token = secrets.token_hex(3)  # files of a restarted actor or a resumed run never collide
+        self._write_lock = threading.Lock()
+        self.recorded = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.sample > 0.0
+
+    def wants(self, row: Message) -> bool:
+        return sampled(row.root_id, self.sample)
+
+    def hop(
+        self,
+        row: Message,
+        received_at: float,
+        started_at: float,
+        ended_at: float,
+        results: Sequence[Message],
+        usage: Usage | None = None,
+    ) -> None:
+        """Record one row's pass through a step; ``results`` are the rows that left it."""
+        first = results[0] if results else row
+        error = first.error.split("\n", 1)[0][:500] if first.error else None
+        self._buffer.append(
+            (
+                row.id,
+                row.root_id,
+                self.step,
+                self.replica,
+                self.node,
+                row.state.hops,
+                row.state.turn,
+                row.admitted_at,
+                row.sent_at,
+                received_at,
+                started_at,
+                ended_at,
+                first.status,
+                first.state.step,
+                len(results),
+                usage.requests if usage else 0,
+                usage.retries if usage else 0,
+                usage.prompt_tokens if usage else 0,
+                usage.completion_tokens if usage else 0,
+                error,
+            )
+        )
+
+    def sink_hop(
+        self, row: Message, received_at: float, started_at: float, ended_at: float, *, duplicate: bool
+    ) -> None:
+        """Record a finished row reaching its sink (``duplicate``: a copy the sink had already taken).
+
+        ``started_at`` is when the sink's writer was free; ``ended_at`` when the row was in its buffer.
+        """
+        self._buffer.append(
+            (
+                row.id,
+                row.root_id,
+                self.step,
+                self.replica,
+                self.node,
+                row.state.hops,
+                row.state.turn,
+                row.admitted_at,
+                row.sent_at,
+                received_at,
+                started_at,
+                ended_at,
+                DUPLICATE if duplicate else row.status,
+                None,
+                0,
+                0,
+                0,
+                0,
+                0,
+                None,
+            )
+        )
+
+    def due(self) -> bool:
+        """True when the buffer should be written now."""
+        return len(self._buffer) >= self._flush_rows or (
+            bool(self._buffer) and time.monotonic() - self._since >= self._flush_s
+        )
+
+    def take(self) -> list[tuple[Any, ...]]:
+        """The buffered records, leaving the buffer empty (write them with ``write``)."""
+        records, self._buffer = self._buffer, []
+        self._since = time.monotonic()
+        return records
+
+    def write(self, records: list[tuple[Any, ...]]) -> str | None:
+        """Write records as one Parquet file (atomically: readers never see half a file)."""
+        if not records:
+            return None
+        columns = list(zip(*records, strict=True))
+        arrays = [
+            _times(values) if field.name in _TIME_COLUMNS else pa.array(values, type=field.type)
+            for field, values in zip(EVENT_SCHEMA, columns, strict=True)
+        ]
+        table = pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA)
+        with self._write_lock:
+            self._files += 1
+            os.makedirs(self.directory, exist_ok=True)
+            path = os.path.join(self.directory, f"{self.name}-{self._token}-{self._files:05d}.parquet")
+            temp = os.path.join(self.directory, f".{os.path.basename(path)}.tmp")
+            pq.write_table(table, temp, compression="zstd")
+            os.replace(temp, path)
+        self.recorded += len(records)
+        return path
+
+    def flush(self) -> str | None:
+        """Write what is buffered now, in the calling thread."""
+        return self.write(self.take())
+
+
+def recorder(directory: str, step: str, replica: int, cfg: EventsConfig | None) -> EventRecorder | None:
+    """The recorder of one actor, or None when the event log is off (no directory, or ``sample=0``)."""
+    if not directory or cfg is None or cfg.sample <= 0:
+        return None
+    return EventRecorder(directory, step, replica, sample=cfg.sample, flush_rows=cfg.flush_rows, flush_s=cfg.flush_s)
+
+
+async def write_when_due(events: EventRecorder, every_s: float = 0.5) -> None:
+    """Write a recorder's buffered events off the event loop whenever they are due (run it as a task)."""
+    while True:
+        await asyncio.sleep(every_s)
+        if events.due():
+            try:
+                await asyncio.to_thread(events.write, events.take())
+            except OSError as exc:
+                log.warning("could not write the events of %s: %s", events.name, exc)
+
+
+def read_events(run_dir: str) -> pa.Table:
+    """Every event of a run as one Arrow table (empty, with the schema, when there are none)."""
+    files = sorted(Path(events_dir(run_dir)).glob("*.parquet"))
+    if not files:
+        return EVENT_SCHEMA.empty_table()
+    return pa.concat_tables(pq.read_table(path, schema=EVENT_SCHEMA) for path in files)
+
+
+def _times(values: Sequence[float]) -> pa.Array:
+    micros = [round(value * 1_000_000) if value else None for value in values]
+    return pa.array(micros, type=pa.int64()).cast(_TIME)
+
+
+def _node_name() -> str:
+    """The Ray node this process runs on (its IP), or the host name outside Ray."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.util.get_node_ip_address()
+    except Exception:  # a missing node name must not stop recording
+        log.debug("no Ray node address", exc_info=True)
+    return os.uname().nodename
