@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import tempfile
 import time
 from typing import Any
@@ -67,10 +68,12 @@ def busy_cpu_seconds() -> float:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
-def run_streamflow(data: str, out: str, operator: type[Operator], inflight: int, coalesce: bool) -> dict[str, Any]:
+def run_streamflow(
+    data: str, out: str, operator: type[Operator], inflight: int, coalesce: bool, events: bool = True
+) -> dict[str, Any]:
     overrides = [
         f"input.path={data}", f"output.dir={out}", f"max_inflight={inflight}", "progress=off", "llm.backend=none",
-        "output.sinks=1", "transport.flush_rows=" + ("64" if coalesce else "1"),
+        "output.sinks=1", "transport.flush_rows=" + ("64" if coalesce else "1"), f"events.sample={int(events)}",
     ]
     cpu0 = busy_cpu_seconds()
     result = streamflow.run(flow_of(operator), overrides)
@@ -155,10 +158,13 @@ def run_bare_ray(rows: int, inflight: int, flush_rows: int) -> dict[str, Any]:
     return {"rows": rows, "wall_s": wall, "cpu_s": cpu}
 
 
-def row(system: str, operator: str, inflight: int, coalesce: bool, measured: dict[str, Any]) -> dict[str, Any]:
+def row(
+    system: str, operator: str, inflight: int, coalesce: bool, measured: dict[str, Any], events: bool = True
+) -> dict[str, Any]:
     messages = measured["rows"] * HOPS
     return {
         "system": system,
+        "event_log": events and system == "streamflow",
         "operators": operator,
         "max_inflight": inflight,
         "coalescing": coalesce,
@@ -176,6 +182,8 @@ def main() -> None:
                         help="rows per coalesced no-op run (enough to amortize actor start-up, which the run's "
                              "wall time includes); runs without coalescing and with 10 ms operators use 5,000")
     parser.add_argument("--inflight", type=int, nargs="+", default=[1_000, 10_000])
+    parser.add_argument("--event-pairs", type=int, default=1,
+                        help="extra no-op runs with the event log off and on, alternating, per max_inflight")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     ray.init(include_dashboard=False, logging_level="WARNING")
@@ -192,19 +200,34 @@ def main() -> None:
                 results.append(row("streamflow", "noop", inflight, coalesce, measured))
             measured = run_streamflow(small, tmp, Sleep, inflight, True)
             results.append(row("streamflow", "sleep 10 ms", inflight, True, measured))
+            # The event log's cost: the same no-op runs with events.sample=0, alternating with the default.
+            for _ in range(args.event_pairs):
+                off = run_streamflow(data, tmp, Noop, inflight, True, events=False)
+                results.append(row("streamflow", "noop", inflight, True, off, events=False))
+                on = run_streamflow(data, tmp, Noop, inflight, True)
+                results.append(row("streamflow", "noop", inflight, True, on))
     ray.shutdown()
-    header = f"{'system':<16} {'operators':<12} {'inflight':>8} {'coalesce':>8} {'rows':>7} {'rows/s':>9} " \
-             f"{'msgs/s':>9} {'CPU us/msg':>10}"
+    header = f"{'system':<16} {'operators':<12} {'events':>6} {'inflight':>8} {'coalesce':>8} {'rows':>7} " \
+             f"{'rows/s':>9} {'msgs/s':>9} {'CPU us/msg':>10}"
     print(header)
     for r in results:
-        print(f"{r['system']:<16} {r['operators']:<12} {r['max_inflight']:>8,} {str(r['coalescing']):>8} "
-              f"{r['rows']:>7,} {r['rows_per_s']:>9,.0f} {r['messages_per_s']:>9,.0f} {r['cpu_us_per_message']:>10,.1f}")
+        print(f"{r['system']:<16} {r['operators']:<12} {'on' if r['event_log'] else 'off':>6} "
+              f"{r['max_inflight']:>8,} {str(r['coalescing']):>8} {r['rows']:>7,} {r['rows_per_s']:>9,.0f} "
+              f"{r['messages_per_s']:>9,.0f} {r['cpu_us_per_message']:>10,.1f}")
     for inflight in args.inflight:
         bare = next(r for r in results if r["system"] == "bare Ray chain" and r["max_inflight"] == inflight)
-        ours = next(r for r in results if r["system"] == "streamflow" and r["operators"] == "noop"
-                    and r["coalescing"] and r["max_inflight"] == inflight)
+        noop = [r for r in results if r["system"] == "streamflow" and r["operators"] == "noop"
+                and r["coalescing"] and r["max_inflight"] == inflight]
+        ours = noop[0]
         print(f"max_inflight {inflight:,}: streamflow no-op = {ours['messages_per_s'] / bare['messages_per_s']:.0%} "
               "of the bare Ray chain's messages/s")
+        on = [r["messages_per_s"] for r in noop if r["event_log"]]
+        off = [r["messages_per_s"] for r in noop if not r["event_log"]]
+        if on and off:
+            on_cpu = statistics.median(r["cpu_us_per_message"] for r in noop if r["event_log"])
+            off_cpu = statistics.median(r["cpu_us_per_message"] for r in noop if not r["event_log"])
+            print(f"max_inflight {inflight:,}: event log on / off = {statistics.median(on) / statistics.median(off):.1%}"
+                  f" of messages/s, {on_cpu / off_cpu:.1%} of CPU per message (medians of {len(on)} / {len(off)} runs)")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"config": vars(args), "cores": os.cpu_count(), "results": results}, handle, indent=2)

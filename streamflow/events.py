@@ -24,10 +24,11 @@ import secrets
 import threading
 import time
 import zlib
+from array import array
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -78,7 +79,6 @@ EVENT_SCHEMA = pa.schema(
         ("error", pa.string()),
     ]
 )
-_TIME_COLUMNS = frozenset(field.name for field in EVENT_SCHEMA if field.type == _TIME)
 
 
 def events_dir(run_dir: str) -> str:
@@ -93,7 +93,12 @@ def sampled(root_id: str, rate: float) -> bool:
 
 
 class EventRecorder:
-    """Buffers the hops one actor saw and writes them as Parquet files in ``directory``."""
+    """Buffers the hops one actor saw and writes them as Parquet files in ``directory``.
+
+    A hop costs three ``extend`` calls: its times, counts and strings go to three flat
+    buffers (``array.array`` for numbers), which become Arrow columns by reshaping and
+    slicing. Tuples per hop cost about 5x more once turned into columns.
+    """
 
     def __init__(
         self,
@@ -113,19 +118,18 @@ class EventRecorder:
         self.node = _node_name()
         self._flush_rows = flush_rows
         self._flush_s = flush_s
-        self._buffer: list[tuple[Any, ...]] = []
+        self._times: array[float] = array("d")
+        self._counts: array[int] = array("q")
+        self._texts: list[str | None] = []
         self._since = time.monotonic()
         self._files = 0
         self._token = secrets.token_hex(3)  # files of a restarted actor or a resumed run never collide
         self._write_lock = threading.Lock()
         self.recorded = 0
 
-    @property
-    def enabled(self) -> bool:
-        return self.sample > 0.0
-
     def wants(self, row: Message) -> bool:
-        return sampled(row.root_id, self.sample)
+        """Whether this row's hops are recorded (``sample`` decides per input row)."""
+        return self.sample >= 1.0 or sampled(row.root or row.id, self.sample)
 
     def hop(
         self,
@@ -138,86 +142,68 @@ class EventRecorder:
     ) -> None:
         """Record one row's pass through a step; ``results`` are the rows that left it."""
         first = results[0] if results else row
+        state = row.state
+        self._times.extend((row.admitted_at, row.sent_at, received_at, started_at, ended_at))
+        if usage is not None and usage.requests:
+            counts = (state.hops, state.turn, len(results), usage.requests, usage.retries)
+            self._counts.extend((*counts, usage.prompt_tokens, usage.completion_tokens))
+        else:
+            self._counts.extend((state.hops, state.turn, len(results), 0, 0, 0, 0))
         error = first.error.split("\n", 1)[0][:500] if first.error else None
-        self._buffer.append(
-            (
-                row.id,
-                row.root_id,
-                self.step,
-                self.replica,
-                self.node,
-                row.state.hops,
-                row.state.turn,
-                row.admitted_at,
-                row.sent_at,
-                received_at,
-                started_at,
-                ended_at,
-                first.status,
-                first.state.step,
-                len(results),
-                usage.requests if usage else 0,
-                usage.retries if usage else 0,
-                usage.prompt_tokens if usage else 0,
-                usage.completion_tokens if usage else 0,
-                error,
-            )
-        )
+        self._texts.extend((row.id, row.root or row.id, first.status, first.state.step, error))
 
-    def sink_hop(
-        self, row: Message, received_at: float, started_at: float, ended_at: float, *, duplicate: bool
+    def sink_hops(
+        self, rows: Sequence[Message], received_at: float, started_at: float, ended_at: float, *, duplicate: bool
     ) -> None:
-        """Record a finished row reaching its sink (``duplicate``: a copy the sink had already taken).
+        """Record finished rows reaching their sink (``duplicate``: copies the sink had already taken).
 
-        ``started_at`` is when the sink's writer was free; ``ended_at`` when the row was in its buffer.
+        ``started_at`` is when the sink's writer was free; ``ended_at`` when the rows were in its buffer.
+        One tight loop: a sink records every row of the run.
         """
-        self._buffer.append(
-            (
-                row.id,
-                row.root_id,
-                self.step,
-                self.replica,
-                self.node,
-                row.state.hops,
-                row.state.turn,
-                row.admitted_at,
-                row.sent_at,
-                received_at,
-                started_at,
-                ended_at,
-                DUPLICATE if duplicate else row.status,
-                None,
-                0,
-                0,
-                0,
-                0,
-                0,
-                None,
-            )
-        )
+        times, counts, texts, sample = self._times, self._counts, self._texts, self.sample
+        for row in rows:
+            if sample < 1.0 and not sampled(row.root or row.id, sample):
+                continue
+            state = row.state
+            times.extend((row.admitted_at, row.sent_at, received_at, started_at, ended_at))
+            counts.extend((state.hops, state.turn, 0, 0, 0, 0, 0))
+            texts.extend((row.id, row.root or row.id, DUPLICATE if duplicate else row.status, None, None))
+
+    def __len__(self) -> int:
+        return len(self._times) // len(_TIMES)
 
     def due(self) -> bool:
         """True when the buffer should be written now."""
-        return len(self._buffer) >= self._flush_rows or (
-            bool(self._buffer) and time.monotonic() - self._since >= self._flush_s
-        )
+        return len(self) >= self._flush_rows or (len(self) > 0 and time.monotonic() - self._since >= self._flush_s)
 
-    def take(self) -> list[tuple[Any, ...]]:
-        """The buffered records, leaving the buffer empty (write them with ``write``)."""
-        records, self._buffer = self._buffer, []
+    def take(self) -> tuple[array[float], array[int], list[str | None]]:
+        """The buffered events, leaving the buffer empty (write them with ``write``)."""
+        taken = (self._times, self._counts, self._texts)
+        self._times, self._counts, self._texts = array("d"), array("q"), []
         self._since = time.monotonic()
-        return records
+        return taken
 
-    def write(self, records: list[tuple[Any, ...]]) -> str | None:
-        """Write records as one Parquet file (atomically: readers never see half a file)."""
-        if not records:
+    def write(self, taken: tuple[array[float], array[int], list[str | None]]) -> str | None:
+        """Write taken events as one Parquet file (atomically: readers never see half a file)."""
+        times, counts, texts = taken
+        rows = len(times) // len(_TIMES)
+        if not rows:
             return None
-        columns = list(zip(*records, strict=True))
-        arrays = [
-            _times(values) if field.name in _TIME_COLUMNS else pa.array(values, type=field.type)
-            for field, values in zip(EVENT_SCHEMA, columns, strict=True)
-        ]
-        table = pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA)
+        arrays: dict[str, pa.Array] = {}
+        seconds = np.frombuffer(times, dtype=np.float64).reshape(rows, len(_TIMES))
+        for index, name in enumerate(_TIMES):
+            column = seconds[:, index]
+            micros = (column * 1_000_000).astype(np.int64)
+            arrays[name] = pa.array(micros, type=pa.int64(), mask=column == 0).cast(_TIME)
+        numbers = np.frombuffer(counts, dtype=np.int64).reshape(rows, len(_COUNTS))
+        for index, name in enumerate(_COUNTS):
+            arrays[name] = pa.array(numbers[:, index]).cast(EVENT_SCHEMA.field(name).type)
+        for index, name in enumerate(_TEXTS):
+            arrays[name] = pa.array(texts[index :: len(_TEXTS)], type=pa.string())
+        arrays["step"] = pa.array([self.step] * rows, pa.string())
+        arrays["replica"] = pa.array(np.full(rows, self.replica, dtype=np.int32))
+        arrays["node"] = pa.array([self.node] * rows, pa.string())
+        table = pa.Table.from_arrays([arrays[field.name] for field in EVENT_SCHEMA], schema=EVENT_SCHEMA)
         with self._write_lock:
             self._files += 1
             os.makedirs(self.directory, exist_ok=True)
@@ -225,12 +211,18 @@ class EventRecorder:
             temp = os.path.join(self.directory, f".{os.path.basename(path)}.tmp")
             pq.write_table(table, temp, compression="zstd")
             os.replace(temp, path)
-        self.recorded += len(records)
+        self.recorded += rows
         return path
 
     def flush(self) -> str | None:
         """Write what is buffered now, in the calling thread."""
         return self.write(self.take())
+
+
+_TIMES = ("admitted_at", "sent_at", "received_at", "started_at", "ended_at")
+_COUNTS = ("hop", "turn", "outputs", "llm_calls", "llm_retries", "prompt_tokens", "completion_tokens")
+_TEXTS = ("row_id", "root_id", "status", "next_step", "error")
+"""The columns a recorder buffers per hop, in ``hop``'s order; step, replica and node are its own."""
 
 
 def recorder(directory: str, step: str, replica: int, cfg: EventsConfig | None) -> EventRecorder | None:
@@ -257,11 +249,6 @@ def read_events(run_dir: str) -> pa.Table:
     if not files:
         return EVENT_SCHEMA.empty_table()
     return pa.concat_tables(pq.read_table(path, schema=EVENT_SCHEMA) for path in files)
-
-
-def _times(values: Sequence[float]) -> pa.Array:
-    micros = [round(value * 1_000_000) if value else None for value in values]
-    return pa.array(micros, type=pa.int64()).cast(_TIME)
 
 
 def _node_name() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from rich.console import Console
@@ -71,3 +72,5 @@ def print_summary(result: RunResult, console: Console | None = None) -> None:
     for table in summary_tables(result):
         console.print(table)
     console.print(f"output: {result.data_dir}/*.parquet ({len(result.files)} parts)")
+    if os.path.isdir(os.path.join(result.run_dir, "events")):
+        console.print(f"where the time went: python -m streamflow.report {result.run_dir}")

@@ -180,9 +180,7 @@ class SinkActor:
         events = self._events
         if events is None:
             return
-        for row in rows:
-            if events.wants(row):
-                events.sink_hop(row, received_at, started_at, ended_at, duplicate=duplicate)
+        events.sink_hops(rows, received_at, started_at, ended_at, duplicate=duplicate)
         if self._writing_events is None:
             self._writing_events = asyncio.create_task(write_when_due(events))
 

@@ -74,3 +74,17 @@ def test_counts_sum_over_live_and_dead_incarnations_and_gauges_only_over_live_on
     assert got[("streamflow_llm_request_seconds_bucket", (("le", "+Inf"), ("step", "ask")))] == 4
     assert got[("streamflow_llm_request_seconds_count", (("step", "ask"),))] == 4
     assert got[("streamflow_llm_request_seconds_sum", (("step", "ask"),))] == 3.0
+
+
+def test_every_metric_the_grafana_dashboard_charts_is_served():
+    import json
+    import re
+    from pathlib import Path
+
+    dashboard = json.loads((Path(__file__).parents[2] / "docs" / "grafana" / "streamflow.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    charted = {name for expr in exprs for name in re.findall(r"\bstreamflow_[a-z_]+", expr)}
+    metrics = RunMetrics("p", "r1")
+    metrics.update(MetricsView(finished={"ok": 1}, replicas=(stats(0, rows_in=1, latency=buckets((0, 1)), tokens=1),)))
+    served = {name for name, _ in samples(metrics)}
+    assert charted and charted <= served, charted - served
