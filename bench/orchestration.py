@@ -69,11 +69,11 @@ def busy_cpu_seconds() -> float:
 
 
 def run_streamflow(
-    data: str, out: str, operator: type[Operator], inflight: int, coalesce: bool, events: bool = True
+    data: str, out: str, operator: type[Operator], inflight: int, coalesce: bool, events: float = 1.0
 ) -> dict[str, Any]:
     overrides = [
         f"input.path={data}", f"output.dir={out}", f"max_inflight={inflight}", "progress=off", "llm.backend=none",
-        "output.sinks=1", "transport.flush_rows=" + ("64" if coalesce else "1"), f"events.sample={int(events)}",
+        "output.sinks=1", "transport.flush_rows=" + ("64" if coalesce else "1"), f"events.sample={events}",
     ]
     cpu0 = busy_cpu_seconds()
     result = streamflow.run(flow_of(operator), overrides)
@@ -184,6 +184,7 @@ def main() -> None:
     parser.add_argument("--inflight", type=int, nargs="+", default=[1_000, 10_000])
     parser.add_argument("--event-pairs", type=int, default=1,
                         help="extra no-op runs with the event log off and on, alternating, per max_inflight")
+    parser.add_argument("--event-sample", type=float, default=1.0, help="events.sample of the event-log-on runs")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     ray.init(include_dashboard=False, logging_level="WARNING")
@@ -202,9 +203,9 @@ def main() -> None:
             results.append(row("streamflow", "sleep 10 ms", inflight, True, measured))
             # The event log's cost: the same no-op runs with events.sample=0, alternating with the default.
             for _ in range(args.event_pairs):
-                off = run_streamflow(data, tmp, Noop, inflight, True, events=False)
+                off = run_streamflow(data, tmp, Noop, inflight, True, events=0.0)
                 results.append(row("streamflow", "noop", inflight, True, off, events=False))
-                on = run_streamflow(data, tmp, Noop, inflight, True)
+                on = run_streamflow(data, tmp, Noop, inflight, True, events=args.event_sample)
                 results.append(row("streamflow", "noop", inflight, True, on))
     ray.shutdown()
     header = f"{'system':<16} {'operators':<12} {'events':>6} {'inflight':>8} {'coalesce':>8} {'rows':>7} " \
