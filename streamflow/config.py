@@ -156,6 +156,7 @@ class RunConfig(msgspec.Struct, forbid_unknown_fields=True):
     seed: int = 0
     limit: int | None = None
     max_inflight: int = 1024
+    offload_threshold: int = 512
     mode: Literal["row", "batch"] = "row"
     progress: Literal["auto", "bar", "log", "off"] = "auto"
     resume: str | None = None
@@ -212,6 +213,9 @@ def check(data: Any) -> RunConfig:
         raise ConfigError(msg) from exc
     _positive("max_inflight", cfg.max_inflight)
     _positive("input.partitions", cfg.input.partitions)
+    if cfg.offload_threshold < 0:
+        msg = f"config: offload_threshold={cfg.offload_threshold}; use a size in bytes, or 0 to send every value inline."
+        raise ConfigError(msg)
     _positive("output.part_rows", cfg.output.part_rows)
     _positive("output.sinks", cfg.output.sinks)
     _positive("transport.flush_rows", cfg.transport.flush_rows)

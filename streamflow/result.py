@@ -9,7 +9,23 @@ import msgspec
 from streamflow.histogram import LatencyHistogram
 from streamflow.services.llm import Usage
 
-__all__ = ["RunResult"]
+__all__ = ["RunResult", "TransferStats"]
+
+
+class TransferStats(msgspec.Struct):
+    """Bytes one process moved: rows sent inline, values put in and fetched from the object store."""
+
+    inline_bytes: int = 0
+    offloaded_bytes: int = 0
+    offloaded_objects: int = 0
+    fetched_bytes: int = 0
+    fetched_remote_bytes: int = 0
+    """Fetched values that were put on another node (each counted per fetching actor: an upper bound
+    on what Ray copied between nodes, since it copies an object once per node)."""
+
+    def add(self, other: TransferStats) -> None:
+        for name in self.__struct_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 class RunResult(msgspec.Struct, kw_only=True):
@@ -34,6 +50,10 @@ class RunResult(msgspec.Struct, kw_only=True):
     phases_s: dict[str, float] = {}
     """Seconds spent starting (Ray, services, actors), streaming rows, and finishing (stopping actors)."""
     metrics_url: str | None = None
+    transfer: TransferStats = msgspec.field(default_factory=TransferStats)
+    """Bytes rows took between actors: inline in batches, and through the object store."""
+    objects_alive_peak: int = 0
+    """Most offloaded objects alive at once (sampled every second; 0 when nothing was offloaded)."""
 
     @property
     def data_dir(self) -> str:
@@ -107,6 +127,8 @@ class RunResult(msgspec.Struct, kw_only=True):
             "actor_restarts": self.restarts,
             "rows_readmitted": self.readmitted,
             "phases_s": {phase: round(seconds, 3) for phase, seconds in self.phases_s.items()},
+            "transfer": msgspec.to_builtins(self.transfer),
+            "objects_alive_peak": self.objects_alive_peak,
         }
 
 

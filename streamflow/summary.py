@@ -35,6 +35,14 @@ def summary_tables(result: RunResult) -> list[Table]:
         "row latency P50 / P99", f"{result.latency.quantile(0.5):,.1f} s / {result.latency.quantile(0.99):,.1f} s", ""
     )
     rows.add_row("wall time", f"{result.wall_s:,.1f} s", "")
+    moved = result.transfer
+    if moved.inline_bytes or moved.offloaded_bytes:
+        rows.add_row(
+            "bytes between actors: inline / via object store",
+            f"{_mb(moved.inline_bytes)} / {_mb(moved.offloaded_bytes)} ({moved.offloaded_objects:,} values, "
+            f"at most {result.objects_alive_peak:,} alive)",
+            "",
+        )
     if result.restarts or result.readmitted:
         rows.add_row("actors restarted / rows re-admitted", f"{result.restarts:,} / {result.readmitted:,}", "")
 
@@ -64,6 +72,10 @@ def _usage_table(title: str, key: str, usage: dict[str, Usage], lost: Sequence[s
             f"{mean:.2f} s",
         )
     return table
+
+
+def _mb(count: int) -> str:
+    return f"{count / 1e6:,.1f} MB"
 
 
 def print_summary(result: RunResult, console: Console | None = None) -> None:

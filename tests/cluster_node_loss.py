@@ -4,7 +4,8 @@ Used by ``test_chaos`` in its own process (a test session already holds a Ray ru
 
     python -P tests/cluster_node_loss.py PIPELINE RUN_ID key=value ...   # -P: tests/ must not shadow operators/
 
-Prints one JSON line: the run directory, restarts, rows re-admitted, and the node removed.
+Prints one JSON line: the run directory, restarts, rows re-admitted, the node removed, and the
+bytes of offloaded values actors fetched from other nodes.
 """
 
 import json
@@ -65,6 +66,7 @@ def main() -> None:
                 "restarts": result.restarts,
                 "readmitted": result.readmitted,
                 "removed": removed,
+                "fetched_remote_bytes": result.transfer.fetched_remote_bytes,
             }
         )
     )

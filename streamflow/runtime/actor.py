@@ -28,9 +28,11 @@ from streamflow.errors import SetupError
 from streamflow.events import recorder, write_when_due
 from streamflow.execution import run_step, step_seed
 from streamflow.flow import END
-from streamflow.message import Message, decode_batch
+from streamflow.message import Message
 from streamflow.operator import Context
 from streamflow.pipeline import Recipe
+from streamflow.result import TransferStats
+from streamflow.runtime.offload import ValueLost, decode_rows, keep_references, node_offloader
 from streamflow.runtime.sink import sink_shard
 from streamflow.runtime.transport import Outbox, Peer, Peers
 from streamflow.services.llm import LLMClient, Usage
@@ -61,6 +63,9 @@ class StepStats(msgspec.Struct):
     replica_usage: dict[str, Usage] = {}
     llm_latency: dict[str, list[int]] = {}
     llm_inflight: dict[str, int] = {}
+    transfer: TransferStats = msgspec.field(default_factory=TransferStats)
+    values_lost: int = 0
+    """Rows dropped because an offloaded value was gone with its node (the driver re-admits them)."""
 
 
 class StepActor:
@@ -77,8 +82,10 @@ class StepActor:
         flush_ms: float,
         events_dir: str = "",
         events: EventsConfig | None = None,
+        offload_threshold: int = 0,
     ) -> None:
         logging.basicConfig(level=logging.WARNING)
+        self._offload_threshold = offload_threshold
         flow, params = recipe.build()
         self._flow = flow
         self._step = step
@@ -99,12 +106,19 @@ class StepActor:
         self._events = recorder(events_dir, step, replica, events)
         self._writing_events: asyncio.Task[None] | None = None
 
-    async def start(self, routes: Mapping[str, Sequence[Any]], sinks: Sequence[Any], llm: LLMAccess) -> str:
+    async def start(
+        self,
+        routes: Mapping[str, Sequence[Any]],
+        sinks: Sequence[Any],
+        llm: LLMAccess,
+        keepers: Mapping[str, Any] | None = None,
+    ) -> str:
         """Wire the peers, connect to the LLM service and run the operator's ``setup``; returns the incarnation.
 
         ``llm`` arrives here rather than in the constructor so actors can start while
-        the LLM service is still starting.
+        the LLM service is still starting. ``keepers`` are the object keepers per node id.
         """
+        self._outbox.offloader = node_offloader(self._offload_threshold, keepers or {})
         self._client = llm.client()
         step_llm = self._client.for_step(self._step) if self._client is not None else None
         self._ctx = Context(step=self._step, llm=step_llm, params=self._params, replica=self._replica)
@@ -124,10 +138,10 @@ class StepActor:
         self._stats.ready = True
         return self._stats.incarnation
 
-    async def push(self, payload: bytes) -> int:
-        """Accept a batch of rows; answers with how many rows this replica now holds."""
+    async def push(self, payload: bytes, refs: Sequence[Any] = ()) -> int:
+        """Accept a batch of rows (``refs``: of their offloaded values); answers with how many rows it holds."""
         received_at = time.time()
-        rows = decode_batch(payload)
+        rows = decode_rows(payload, refs)
         holding = self._holding
         for row in rows:
             holding[row.root_id] += 1
@@ -144,6 +158,10 @@ class StepActor:
         self._stats.inflight = len(self._tasks)
         self._stats.queued = len(self._tasks) - self._active
         self._stats.held = [*self._holding, *self._outbox.held_roots()]
+        offloader = self._outbox.offloader
+        transfer = msgspec.structs.replace(offloader.stats) if offloader is not None else TransferStats()
+        transfer.inline_bytes = self._outbox.bytes_sent
+        self._stats.transfer = transfer
         if self._client is not None:
             self._stats.usage = self._client.usage()
             self._stats.replica_usage = self._client.replica_usage()
@@ -167,6 +185,16 @@ class StepActor:
 
     async def _process(self, row: Message, received_at: float) -> None:
         self._stats.rows_in += 1
+        origins = None
+        offloader = self._outbox.offloader
+        if offloader is not None:
+            try:
+                row, origins = await offloader.fetch(row)
+            except ValueLost as exc:
+                log.info("dropping a row the driver will re-admit: %s", exc)
+                self._stats.values_lost += 1
+                self._release(row)
+                return
         ctx = self._ctx.for_row(step_seed(row, self._step))
         events = self._events
         usage = None
@@ -182,14 +210,18 @@ class StepActor:
             if usage is not None and events is not None:
                 events.hop(row, received_at, started, ended, results, usage)
             for result in results:
-                self._forward(result)
+                self._forward(keep_references(result, origins) if origins else result)
         finally:
-            root = row.root_id
-            left = self._holding[root] - 1
-            if left:
-                self._holding[root] = left
-            else:
-                del self._holding[root]
+            self._release(row)
+
+    def _release(self, row: Message) -> None:
+        """This replica no longer holds ``row`` (its results, if any, are in the outbox)."""
+        root = row.root_id
+        left = self._holding[root] - 1
+        if left:
+            self._holding[root] = left
+        else:
+            del self._holding[root]
 
     async def _run(self, row: Message, ctx: Context) -> tuple[list[Message], float, float]:
         """The step's results for ``row`` and when it started and ended."""

@@ -26,6 +26,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import ray
 
 from streamflow.config import RunConfig
@@ -37,10 +38,11 @@ from streamflow.io.source import InputPlan, read_unit
 from streamflow.message import Message, State
 from streamflow.pipeline import Recipe
 from streamflow.progress import Progress, Snapshot
-from streamflow.result import RunResult
+from streamflow.result import RunResult, TransferStats
 from streamflow.runtime.actor import StepActor, StepStats
 from streamflow.runtime.ledger import Entry, Ledger
 from streamflow.runtime.metrics import MetricsServer, MetricsView, RunMetrics
+from streamflow.runtime.offload import ObjectKeeper, Offloader, local_put, objects_alive
 from streamflow.runtime.sink import SinkActor, sink_shard
 from streamflow.runtime.transport import Outbox, Peer, Peers
 from streamflow.schema import output_schema
@@ -71,7 +73,7 @@ async def run_rows(
         streaming = time.monotonic()
         await driver.stream()
         finishing = time.monotonic()
-        files, usage, replicas = await driver.finish()
+        files, usage, replicas, transfer = await driver.finish()
     finally:
         await driver.shutdown()
     ended = time.monotonic()
@@ -91,6 +93,8 @@ async def run_rows(
         restarts=driver.restarts,
         wall_s=ended - started,
         phases_s={"start": streaming - started, "stream": finishing - streaming, "finish": ended - finishing},
+        transfer=transfer,
+        objects_alive_peak=driver.objects_alive_peak,
         metrics_url=driver.metrics_server.url if driver.metrics_server is not None else None,
     )
 
@@ -107,7 +111,16 @@ class _Driver:
         self.run_dir = run_dir
         self.data_dir = f"{run_dir}/data"
         self.ledger = Ledger(cfg.max_inflight)
-        self.outbox = Outbox(flush_rows=cfg.transport.flush_rows, flush_ms=cfg.transport.flush_ms)
+        # The driver puts the large input fields itself: it owns them, and it lives as long as the run.
+        offloader = (
+            Offloader(cfg.offload_threshold, local_put, ray.get_runtime_context().get_node_id())
+            if cfg.offload_threshold > 0
+            else None
+        )
+        self.outbox = Outbox(flush_rows=cfg.transport.flush_rows, flush_ms=cfg.transport.flush_ms, offloader=offloader)
+        self.keepers: dict[str, Any] = {}
+        self.objects_alive = 0
+        self.objects_alive_peak = 0
         self.steps: dict[str, list[Any]] = {}
         self.sinks: list[Any] = []
         self.entry = Peers([])
@@ -132,6 +145,8 @@ class _Driver:
         run_id = os.path.basename(self.run_dir)
         if cfg.metrics.enabled:
             self.metrics_server = MetricsServer(self.metrics, cfg.metrics.host, cfg.metrics.port)
+        if cfg.offload_threshold > 0:
+            self.keepers = _start_keepers(run_id)
         # SPREAD puts replicas on every node of a cluster, so losing one node loses a share of each step.
         restarts = {"max_restarts": cfg.recovery.max_restarts, "max_task_retries": 0, "scheduling_strategy": "SPREAD"}
         schema = output_schema(self.plan.schema, self.flow.fields())
@@ -163,6 +178,7 @@ class _Driver:
                     flush_ms=cfg.transport.flush_ms,
                     events_dir=self.events_dir,
                     events=cfg.events,
+                    offload_threshold=cfg.offload_threshold,
                 )
                 for replica in range(op.replicas)
             ]
@@ -173,13 +189,13 @@ class _Driver:
         )
         llm = self.service.access()
         starts = [
-            (name, replica, handle, handle.start.remote(self.steps, self.sinks, llm))
+            (name, replica, handle, handle.start.remote(self.steps, self.sinks, llm, self.keepers))
             for name, handles in self.steps.items()
             for replica, handle in enumerate(handles)
         ]
         for name, replica, handle, ref in starts:
             try:
-                again = functools.partial(handle.start.remote, self.steps, self.sinks, llm)
+                again = functools.partial(handle.start.remote, self.steps, self.sinks, llm, self.keepers)
                 incarnation = await _restarting_retried(ref, again)
                 self.stats[(name, replica)] = StepStats(step=name, replica=replica, incarnation=incarnation)
             except Exception as exc:
@@ -312,7 +328,9 @@ class _Driver:
             for name, handles in self.steps.items()
             for replica, handle in enumerate(handles)
         }
+        counting = asyncio.ensure_future(self._count_objects())
         answered, late = await asyncio.wait(calls, timeout=CENSUS_TIMEOUT_S)
+        await counting
         for future in late:
             future.cancel()
         for future in answered:
@@ -320,6 +338,16 @@ class _Driver:
             self._on_stats(key, handle, asked, future)
         self.ledger.renew(in_driver, asked)
         self._readmit(self.ledger.missed(asked, time.monotonic(), self.cfg.recovery.lease_s))
+
+    async def _count_objects(self) -> None:
+        """Offloaded objects still alive: the driver's and every keeper's (for the metrics and the summary)."""
+        if self.outbox.offloader is None:
+            return
+        counts = await asyncio.gather(
+            *(keeper.alive.remote() for keeper in self.keepers.values()), return_exceptions=True
+        )
+        self.objects_alive = objects_alive() + sum(n for n in counts if isinstance(n, int))
+        self.objects_alive_peak = max(self.objects_alive_peak, self.objects_alive)
 
     def _on_stats(self, key: tuple[str, int], handle: Any, asked: float, future: asyncio.Future[StepStats]) -> None:
         """Renew the leases of the rows a replica holds; re-wire it if it is a new incarnation."""
@@ -353,7 +381,7 @@ class _Driver:
         """Give a restarted replica its peers, LLM access and operator setup again."""
         assert self.service is not None
         try:
-            await handle.start.remote(self.steps, self.sinks, self.service.access())
+            await handle.start.remote(self.steps, self.sinks, self.service.access(), self.keepers)
         except ray.exceptions.RayActorError:
             pass  # it died again; the next poll tries again
         except Exception as exc:
@@ -399,13 +427,14 @@ class _Driver:
             finished=dict(ledger.accepted_statuses),
             readmitted=ledger.readmitted,
             restarts=self.restarts,
+            objects_alive=self.objects_alive,
             replicas=tuple(self.stats.values()),
             earlier=tuple(self.earlier_usage),
         )
 
     # -- phase 5 ----------------------------------------------------------------------
 
-    async def finish(self) -> tuple[list[str], dict[str, Usage], dict[str, Usage]]:
+    async def finish(self) -> tuple[list[str], dict[str, Usage], dict[str, Usage], TransferStats]:
         """Stop the actors once every row is committed; an actor dying now costs only its last counters."""
         handles = [((name, i), h) for name, hs in self.steps.items() for i, h in enumerate(hs)]
         stopped = await asyncio.gather(*(h.stop.remote() for _, h in handles), return_exceptions=True)
@@ -414,6 +443,8 @@ class _Driver:
             for (key, _), result in zip(handles, stopped, strict=True)
         ]
         closed = await asyncio.gather(*(sink.close.remote() for sink in self.sinks), return_exceptions=True)
+        fetched = await asyncio.gather(*(sink.transfer.remote() for sink in self.sinks), return_exceptions=True)
+        transfer = self._transfer([s for s in fetched if isinstance(s, TransferStats)], final)
         files: list[str] = []
         for shard, paths in enumerate(closed):
             if isinstance(paths, BaseException):  # restarted while closing: its parts are all committed
@@ -421,7 +452,16 @@ class _Driver:
             files.extend(paths)
         usage = merge_usage([s.usage for s in [*final, *self.earlier_usage]])
         replicas = merge_usage([s.replica_usage for s in [*final, *self.earlier_usage]])
-        return sorted(files), usage, replicas
+        return sorted(files), usage, replicas, transfer
+
+    def _transfer(self, sinks: Sequence[TransferStats], replicas: Sequence[StepStats]) -> TransferStats:
+        """Bytes moved by the driver, every replica (dead incarnations included) and the sinks."""
+        total = TransferStats(inline_bytes=self.outbox.bytes_sent)
+        if self.outbox.offloader is not None:
+            total.add(msgspec.structs.replace(self.outbox.offloader.stats, inline_bytes=0))
+        for stats in [*sinks, *(s.transfer for s in [*replicas, *self.earlier_usage])]:
+            total.add(stats)
+        return total
 
     async def shutdown(self) -> None:
         """Stop the LLM service, every actor and the metrics endpoint, whether the run succeeded or not."""
@@ -429,11 +469,27 @@ class _Driver:
             self.metrics_server.close()
         if self.service is not None:
             await self.service.stop()
-        for handle in [*self.sinks, *(h for hs in self.steps.values() for h in hs)]:
+        for handle in [*self.sinks, *(h for hs in self.steps.values() for h in hs), *self.keepers.values()]:
             try:
                 ray.kill(handle, no_restart=True)
             except Exception as exc:  # an actor that is already gone is fine
                 log.debug("kill %s: %s", handle, exc)
+
+
+def _start_keepers(run_id: str) -> dict[str, Any]:
+    """One ``ObjectKeeper`` per alive node: it owns what that node's operators offload."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    keeper_cls = ray.remote(ObjectKeeper)
+    keepers = {}
+    for index, node in enumerate(n for n in ray.nodes() if n["Alive"]):
+        keepers[node["NodeID"]] = keeper_cls.options(
+            num_cpus=0,
+            name=f"streamflow-{run_id}-keeper-{index}",
+            max_restarts=-1,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
+        ).remote()
+    return keepers
 
 
 async def _restarting_retried(first: Any, again: Callable[[], Any], attempts: int = 30) -> Any:

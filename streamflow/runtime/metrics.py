@@ -36,6 +36,7 @@ class MetricsView(msgspec.Struct, frozen=True):
     finished: dict[str, int] = {}
     readmitted: int = 0
     restarts: int = 0
+    objects_alive: int = 0
     replicas: tuple[StepStats, ...] = ()
     earlier: tuple[StepStats, ...] = ()
 
@@ -65,6 +66,9 @@ class RunMetrics:
             "streamflow_rows_readmitted", "Rows sent through again because their actor died.", view.readmitted
         )
         yield self._counter("streamflow_actor_restarts", "Operator and sink actors Ray restarted.", view.restarts)
+        yield self._gauge(
+            "streamflow_offloaded_objects_alive", "Offloaded field values still referred to.", view.objects_alive
+        )
         yield from self._steps(view)
         yield from self._llm(view)
 
@@ -102,6 +106,23 @@ class RunMetrics:
             for step, total in sorted(totals.items()):
                 family.add_metric([*self._labels.values(), step], total[index])
             yield family
+        moved = self._family(
+            CounterMetricFamily,
+            "streamflow_transfer_bytes",
+            "Bytes operator replicas moved: sent inline, put in the object store, fetched from it.",
+            "step",
+            "kind",
+        )
+        kinds = ("inline_bytes", "offloaded_bytes", "fetched_bytes", "fetched_remote_bytes")
+        per_step: dict[str, list[int]] = {}
+        for stats in (*view.replicas, *view.earlier):
+            sums = per_step.setdefault(stats.step, [0] * len(kinds))
+            for index, kind in enumerate(kinds):
+                sums[index] += getattr(stats.transfer, kind)
+        for step, sums in sorted(per_step.items()):
+            for kind, value in zip(kinds, sums, strict=True):
+                moved.add_metric([*self._labels.values(), step, kind.removesuffix("_bytes")], value)
+        yield moved
 
     def _llm(self, view: MetricsView) -> Iterator[Metric]:
         every = (*view.replicas, *view.earlier)

@@ -23,13 +23,17 @@ import uuid
 import zlib
 from collections import deque
 from collections.abc import Sequence
+from typing import Any
 
 import pyarrow as pa
+import ray
 
 from streamflow.config import EventsConfig
 from streamflow.events import SINK_STEP, recorder, write_when_due
 from streamflow.io.sink import PartWriter, part_row_ids
-from streamflow.message import Message, decode_batch
+from streamflow.message import Message
+from streamflow.result import TransferStats
+from streamflow.runtime.offload import Offloader, ValueLost, decode_rows, local_put
 from streamflow.runtime.restart import was_restarted
 
 __all__ = ["Completion", "Completions", "SinkActor", "sink_shard"]
@@ -83,13 +87,16 @@ class SinkActor:
         self._arrived = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
         self._moved = 0
+        self._fetcher: Offloader | None = None
         self.rows = 0
         self.duplicates = 0
 
-    async def push(self, payload: bytes) -> int:
-        """Accept finished rows; answers with the number of completions not yet collected."""
+    async def push(self, payload: bytes, refs: Sequence[Any] = ()) -> int:
+        """Accept finished rows (``refs``: of their offloaded values); answers with completions not yet collected."""
         received_at = time.time()
-        rows, duplicates = self._new(decode_batch(payload))
+        rows, duplicates = self._new(decode_rows(payload, refs))
+        if refs and rows:
+            rows = await self._fetch(rows)
         if rows:
             async with self._lock:
                 started_at = time.time()
@@ -151,6 +158,10 @@ class SinkActor:
     async def ping(self) -> str:
         return self.incarnation
 
+    async def transfer(self) -> TransferStats:
+        """Bytes of offloaded values this sink fetched."""
+        return self._fetcher.stats if self._fetcher is not None else TransferStats()
+
     async def held(self) -> int:
         """How many ids this sink remembers for de-duplication (bounded by rows not yet retired)."""
         return len(self._seen)
@@ -173,6 +184,22 @@ class SinkActor:
                 self._pieces.setdefault(row.root, []).append(row.id)
             fresh.append(row)
         return fresh, duplicates
+
+    async def _fetch(self, rows: list[Message]) -> list[Message]:
+        """The rows with their offloaded values fetched; a row whose value is lost is left for re-admission."""
+        if self._fetcher is None:
+            self._fetcher = Offloader(0, local_put, ray.get_runtime_context().get_node_id())
+        fetched = await asyncio.gather(*(self._fetcher.fetch(row) for row in rows), return_exceptions=True)
+        kept = []
+        for row, outcome in zip(rows, fetched, strict=True):
+            if isinstance(outcome, ValueLost):
+                log.info("not writing a row the driver will re-admit: %s", outcome)
+                self._seen.discard(row.id)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                kept.append(outcome[0])
+        return kept
 
     def _record(
         self, rows: list[Message], received_at: float, started_at: float, ended_at: float, *, duplicate: bool

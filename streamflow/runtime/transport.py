@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from streamflow.message import Message, encode_batch
+from streamflow.message import Message
+from streamflow.runtime.offload import Offloader, encode_rows
 
 __all__ = ["Outbox", "Peer", "Peers"]
 
@@ -73,14 +74,24 @@ class Peers:
 
 
 class Outbox:
-    """Coalesces rows per destination and ships them with ``handle.push.remote(payload)``."""
+    """Coalesces rows per destination and ships them with ``handle.push.remote(payload[, refs])``.
+
+    With an ``offloader``, large field values of a batch are put in the object store (one put
+    call per batch) just before it leaves, and travel as refs beside the payload.
+    """
 
     def __init__(
-        self, *, flush_rows: int = 64, flush_ms: float = 1.0, on_failure: FailureHandler | None = None
+        self,
+        *,
+        flush_rows: int = 64,
+        flush_ms: float = 1.0,
+        on_failure: FailureHandler | None = None,
+        offloader: Offloader | None = None,
     ) -> None:
         self.flush_rows = max(1, flush_rows)
         self.flush_s = max(0.0, flush_ms) / 1000.0
         self.on_failure = on_failure
+        self.offloader = offloader
         self.batches_sent = 0
         self.rows_sent = 0
         self.bytes_sent = 0
@@ -107,11 +118,9 @@ class Outbox:
         if not peer.buffer:
             return
         batch, peer.buffer = peer.buffer, []
-        payload = encode_batch(batch)
         self.batches_sent += 1
         self.rows_sent += len(batch)
-        self.bytes_sent += len(payload)
-        future = asyncio.ensure_future(self._deliver(peer, batch, payload))
+        future = asyncio.ensure_future(self._deliver(peer, batch))
         self._pending[future] = batch
         future.add_done_callback(self._delivered)
 
@@ -133,9 +142,15 @@ class Outbox:
         """Batches sent whose delivery is not confirmed yet."""
         return len(self._pending)
 
-    async def _deliver(self, peer: Peer, batch: list[Message], payload: bytes) -> None:
+    async def _deliver(self, peer: Peer, batch: list[Message]) -> None:
         try:
-            peer.load = await peer.handle.push.remote(payload)
+            rows = batch if self.offloader is None else await self.offloader.pack(batch)
+            payload, refs = encode_rows(rows)
+            self.bytes_sent += len(payload)
+            if refs:
+                peer.load = await peer.handle.push.remote(payload, refs)
+            else:
+                peer.load = await peer.handle.push.remote(payload)
         except Exception as exc:
             log.info("delivery of %d rows to %s failed: %s", len(batch), peer.name, type(exc).__name__)
             peer.load = FAILED_LOAD
