@@ -151,7 +151,7 @@ def test_with_recovery_off_a_dead_actor_fails_the_run_naming_the_setting(ray_run
 
 def test_losing_a_node_of_a_cluster_loses_and_duplicates_nothing(tmp_path, undisturbed):
     script = ROOT / "tests" / "cluster_node_loss.py"
-    overrides = [*settings(tmp_path), "llm.replicas=2", "output.part_rows=10"]
+    overrides = [*settings(tmp_path), "llm.replicas=2", "output.part_rows=10", "offload_threshold=512"]
     command = [sys.executable, "-P", str(script), str(NR_PIPELINE), "node", *overrides]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]

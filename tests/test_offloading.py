@@ -20,7 +20,7 @@ def rows(result):
 
 def test_offloading_changes_the_bytes_sent_inline_and_nothing_in_the_output(ray_runtime, tmp_path):
     inline = run(tmp_path, "limit=200", "offload_threshold=0", "run_id=inline")
-    offloaded = run(tmp_path, "limit=200", "run_id=offloaded")  # default threshold: 512 bytes
+    offloaded = run(tmp_path, "limit=200", "offload_threshold=512", "run_id=offloaded")
     assert rows(offloaded).equals(rows(inline))
     assert inline.transfer.offloaded_objects == 0
     assert offloaded.transfer.offloaded_objects >= 200  # every input document is above 512 bytes
@@ -29,7 +29,7 @@ def test_offloading_changes_the_bytes_sent_inline_and_nothing_in_the_output(ray_
 
 
 def test_the_object_store_holds_only_the_rows_in_flight(ray_runtime, tmp_path):
-    result = run(tmp_path, "limit=480", "max_inflight=16", "llm.sim.time_scale=0.1")  # 30x max_inflight
+    result = run(tmp_path, "limit=480", "max_inflight=16", "offload_threshold=512", "llm.sim.time_scale=0.1")  # 30x
     created = result.transfer.offloaded_objects
     assert created >= 480
     assert 0 < result.objects_alive_peak < 16 * 4 + 60, (result.objects_alive_peak, created)

@@ -42,7 +42,7 @@ from streamflow.result import RunResult, TransferStats
 from streamflow.runtime.actor import StepActor, StepStats
 from streamflow.runtime.ledger import Entry, Ledger
 from streamflow.runtime.metrics import MetricsServer, MetricsView, RunMetrics
-from streamflow.runtime.offload import ObjectKeeper, Offloader, local_put, objects_alive
+from streamflow.runtime.offload import ObjectKeeper, node_offloader, objects_alive
 from streamflow.runtime.sink import SinkActor, sink_shard
 from streamflow.runtime.transport import Outbox, Peer, Peers
 from streamflow.schema import output_schema
@@ -111,13 +111,7 @@ class _Driver:
         self.run_dir = run_dir
         self.data_dir = f"{run_dir}/data"
         self.ledger = Ledger(cfg.max_inflight)
-        # The driver puts the large input fields itself: it owns them, and it lives as long as the run.
-        offloader = (
-            Offloader(cfg.offload_threshold, local_put, ray.get_runtime_context().get_node_id())
-            if cfg.offload_threshold > 0
-            else None
-        )
-        self.outbox = Outbox(flush_rows=cfg.transport.flush_rows, flush_ms=cfg.transport.flush_ms, offloader=offloader)
+        self.outbox = Outbox(flush_rows=cfg.transport.flush_rows, flush_ms=cfg.transport.flush_ms)
         self.keepers: dict[str, Any] = {}
         self.objects_alive = 0
         self.objects_alive_peak = 0
@@ -147,6 +141,8 @@ class _Driver:
             self.metrics_server = MetricsServer(self.metrics, cfg.metrics.host, cfg.metrics.port)
         if cfg.offload_threshold > 0:
             self.keepers = _start_keepers(run_id)
+            # Input fields are put by the keeper of the driver's node: off the driver's loop, one call per batch.
+            self.outbox.offloader = node_offloader(cfg.offload_threshold, self.keepers)
         # SPREAD puts replicas on every node of a cluster, so losing one node loses a share of each step.
         restarts = {"max_restarts": cfg.recovery.max_restarts, "max_task_retries": 0, "scheduling_strategy": "SPREAD"}
         schema = output_schema(self.plan.schema, self.flow.fields())

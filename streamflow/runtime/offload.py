@@ -9,10 +9,10 @@ runs, so operators only see plain values; a value the operator passes on unchang
 as the same reference, without a new upload. Within a node, fetching is a shared-memory read;
 across nodes Ray copies an object once per node.
 
-Who owns an object matters: Ray loses an object when its owner dies. The driver owns the
-values it puts (input fields) and lives as long as the run. Values an operator creates are
-put by the ``ObjectKeeper`` actor of the operator's node, so an operator replica that dies
-takes none of the values of rows still in flight with it. A row whose value cannot be
+Who owns an object matters: Ray loses an object when its owner dies. Values are put by the
+``ObjectKeeper`` actor of the sender's node (one call per batch), which lives as long as the
+run, so an operator replica that dies takes none of the values of rows still in flight
+with it, and the driver's loop never waits on a put. A row whose value cannot be
 fetched any more (its node died) raises ``ValueLost``; the receiving actor drops the row and
 the driver re-admits it, as it does for any row a dead actor held.
 """
@@ -183,7 +183,7 @@ class Offloader:
             return row, {}
         try:
             blobs = await asyncio.gather(*(placeholder.ref for placeholder in pending.values()))
-        except (ray.exceptions.ObjectLostError, ray.exceptions.OwnerDiedError, ray.exceptions.RayError) as exc:
+        except ray.exceptions.RayError as exc:
             msg = f"row {row.id}: an offloaded value is lost ({type(exc).__name__})"
             raise ValueLost(msg) from exc
         values: dict[str, Any] = {}
