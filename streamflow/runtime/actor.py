@@ -185,23 +185,22 @@ class StepActor:
 
     async def _process(self, row: Message, received_at: float) -> None:
         self._stats.rows_in += 1
-        origins = None
-        offloader = self._outbox.offloader
-        if offloader is not None:
-            try:
-                row, origins = await offloader.fetch(row)
-            except ValueLost as exc:
-                log.info("dropping a row the driver will re-admit: %s", exc)
-                self._stats.values_lost += 1
-                self._release(row)
-                return
-        ctx = self._ctx.for_row(step_seed(row, self._step))
-        events = self._events
-        usage = None
-        if events is not None and events.wants(row):
-            usage = Usage()
-            ROW_USAGE.set(usage)  # this task's own context: the LLM client books the row's calls here
+        root = row.root_id
         try:
+            origins = None
+            if self._outbox.offloader is not None:
+                try:
+                    row, origins = await self._outbox.offloader.fetch(row)
+                except ValueLost as exc:
+                    log.info("dropping a row the driver will re-admit: %s", exc)
+                    self._stats.values_lost += 1
+                    return
+            ctx = self._ctx.for_row(step_seed(row, self._step))
+            events = self._events
+            usage = None
+            if events is not None and events.wants(row):
+                usage = Usage()
+                ROW_USAGE.set(usage)  # this task's own context: the LLM client books the row's calls here
             if self._limit is None:
                 results, started, ended = await self._run(row, ctx)
             else:
@@ -212,16 +211,11 @@ class StepActor:
             for result in results:
                 self._forward(keep_references(result, origins) if origins else result)
         finally:
-            self._release(row)
-
-    def _release(self, row: Message) -> None:
-        """This replica no longer holds ``row`` (its results, if any, are in the outbox)."""
-        root = row.root_id
-        left = self._holding[root] - 1
-        if left:
-            self._holding[root] = left
-        else:
-            del self._holding[root]
+            left = self._holding[root] - 1
+            if left:
+                self._holding[root] = left
+            else:
+                del self._holding[root]
 
     async def _run(self, row: Message, ctx: Context) -> tuple[list[Message], float, float]:
         """The step's results for ``row`` and when it started and ended."""

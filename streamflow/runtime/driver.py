@@ -26,7 +26,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import ray
 
 from streamflow.config import RunConfig
@@ -42,7 +41,7 @@ from streamflow.result import RunResult, TransferStats
 from streamflow.runtime.actor import StepActor, StepStats
 from streamflow.runtime.ledger import Entry, Ledger
 from streamflow.runtime.metrics import MetricsServer, MetricsView, RunMetrics
-from streamflow.runtime.offload import ObjectKeeper, node_offloader, objects_alive
+from streamflow.runtime.offload import ObjectKeeper, node_offloader
 from streamflow.runtime.sink import SinkActor, sink_shard
 from streamflow.runtime.transport import Outbox, Peer, Peers
 from streamflow.schema import output_schema
@@ -336,13 +335,13 @@ class _Driver:
         self._readmit(self.ledger.missed(asked, time.monotonic(), self.cfg.recovery.lease_s))
 
     async def _count_objects(self) -> None:
-        """Offloaded objects still alive: the driver's and every keeper's (for the metrics and the summary)."""
-        if self.outbox.offloader is None:
+        """Offloaded objects still alive, summed over the keepers (for the metrics and the summary)."""
+        if not self.keepers:
             return
         counts = await asyncio.gather(
             *(keeper.alive.remote() for keeper in self.keepers.values()), return_exceptions=True
         )
-        self.objects_alive = objects_alive() + sum(n for n in counts if isinstance(n, int))
+        self.objects_alive = sum(n for n in counts if isinstance(n, int))
         self.objects_alive_peak = max(self.objects_alive_peak, self.objects_alive)
 
     def _on_stats(self, key: tuple[str, int], handle: Any, asked: float, future: asyncio.Future[StepStats]) -> None:
@@ -454,7 +453,7 @@ class _Driver:
         """Bytes moved by the driver, every replica (dead incarnations included) and the sinks."""
         total = TransferStats(inline_bytes=self.outbox.bytes_sent)
         if self.outbox.offloader is not None:
-            total.add(msgspec.structs.replace(self.outbox.offloader.stats, inline_bytes=0))
+            total.add(self.outbox.offloader.stats)
         for stats in [*sinks, *(s.transfer for s in [*replicas, *self.earlier_usage])]:
             total.add(stats)
         return total

@@ -40,7 +40,6 @@ __all__ = [
     "encode_rows",
     "keep_references",
     "node_offloader",
-    "objects_alive",
 ]
 
 log = logging.getLogger(__name__)
@@ -128,13 +127,11 @@ class ObjectKeeper:
         return [ray.put(blob) for blob in blobs]
 
     async def alive(self) -> int:
-        """Objects this keeper owns that some row still refers to (Ray frees the others)."""
-        return objects_alive()
+        """Objects this keeper owns that some row still refers to (Ray frees the others).
 
-
-def objects_alive() -> int:
-    """Objects (and pending call results) this process owns or borrows, from Ray's reference table."""
-    return len(ray._private.worker.global_worker.core_worker.get_all_reference_counts())
+        Read from the keeper's reference table in Ray's core worker (no public API gives it).
+        """
+        return len(ray._private.worker.global_worker.core_worker.get_all_reference_counts())
 
 
 class Offloader:
@@ -230,7 +227,7 @@ def node_offloader(threshold: int, keepers: Mapping[str, Any]) -> Offloader | No
 
 
 async def local_put(blobs: list[bytes]) -> list[Any]:
-    """Put blobs from this process (the driver: it owns them for the whole run)."""
+    """Put blobs from this process, which then owns them (where a node has no keeper)."""
     return [ray.put(blob) for blob in blobs]
 
 
