@@ -36,13 +36,15 @@ def summary_tables(result: RunResult) -> list[Table]:
     )
     rows.add_row("wall time", f"{result.wall_s:,.1f} s", "")
     moved = result.transfer
-    if moved.inline_bytes or moved.offloaded_bytes:
+    if moved.offloaded_objects:
         rows.add_row(
             "bytes between actors: inline / via object store",
             f"{_mb(moved.inline_bytes)} / {_mb(moved.offloaded_bytes)} ({moved.offloaded_objects:,} values, "
             f"at most {result.objects_alive_peak:,} alive)",
             "",
         )
+    elif moved.inline_bytes:
+        rows.add_row("bytes between actors", _mb(moved.inline_bytes), "")
     if result.restarts or result.readmitted:
         rows.add_row("actors restarted / rows re-admitted", f"{result.restarts:,} / {result.readmitted:,}", "")
 
