@@ -125,7 +125,6 @@ class EventRecorder:
         self._files = 0
         self._token = secrets.token_hex(3)  # files of a restarted actor or a resumed run never collide
         self._write_lock = threading.Lock()
-        self.recorded = 0
 
     def wants(self, row: Message) -> bool:
         """Whether this row's hops are recorded (``sample`` decides per input row)."""
@@ -211,7 +210,6 @@ class EventRecorder:
             temp = os.path.join(self.directory, f".{os.path.basename(path)}.tmp")
             pq.write_table(table, temp, compression="zstd")
             os.replace(temp, path)
-        self.recorded += rows
         return path
 
     def flush(self) -> str | None:

@@ -85,11 +85,9 @@ class Report:
         if timings:
             phases = " · ".join(f"{k.removesuffix('_s')} {v:,.1f} s" for k, v in timings.items() if k.endswith("_s"))
             table.add_row("time", phases)
-        sample = self.manifest.get("events", {}).get("sample", self.manifest.get("config", {}).get("events", {}))
+        sample = self.manifest.get("events", {}).get("sample")  # none yet in run.json
         hops = self.events.height
-        table.add_row(
-            "event log", f"{hops:,} hop events" + (f" (sample {sample})" if isinstance(sample, float) else "")
-        )
+        table.add_row("event log", f"{hops:,} hop events" + (f" (sample {sample})" if sample is not None else ""))
         if not hops:
             table.add_row("", "no events/: batch mode or events.sample=0, so no latency breakdown")
         return table

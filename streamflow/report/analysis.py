@@ -18,6 +18,7 @@ __all__ = [
     "finish_steps",
     "hop_seconds",
     "inflight_over_time",
+    "kept",
     "load_events",
     "operators",
     "row_path",
@@ -27,6 +28,11 @@ __all__ = [
 
 COMPONENTS = ("init", "transport", "queueing", "processing")
 """The parts of a row's time: waiting for admission, between actors, for a slot, in the operator."""
+
+
+def kept(events: pl.DataFrame) -> pl.DataFrame:
+    """Every hop except the copies of re-admitted rows that a sink dropped as duplicates."""
+    return events.filter(pl.col("status") != DUPLICATE)
 
 
 def load_events(run_dir: str | Path) -> pl.DataFrame:
@@ -74,7 +80,7 @@ def operators(events: pl.DataFrame, order: list[str] | None = None) -> pl.DataFr
     """Per operator (and the sink): hops, rows/s while it was active, tokens, and each component's
     share of its time with the median and P99 seconds per hop."""
     stats = (
-        events.filter(pl.col("status") != DUPLICATE)
+        kept(events)
         .group_by("step")
         .agg(
             hops=pl.len(),
@@ -117,7 +123,7 @@ def statuses(run_dir: str | Path, events: pl.DataFrame) -> pl.DataFrame:
 
 def finish_steps(events: pl.DataFrame) -> pl.DataFrame:
     """For every output row the event log saw: its status and the step after which it was finished."""
-    written = events.filter((pl.col("step") == SINK_STEP) & (pl.col("status") != DUPLICATE)).select("row_id", "status")
+    written = kept(events).filter(pl.col("step") == SINK_STEP).select("row_id", "status")
     last_hops = (
         events.filter((pl.col("step") != SINK_STEP) & (pl.col("next_step") == "END"))
         .sort("ended_at")
@@ -131,7 +137,7 @@ def throughput_over_time(events: pl.DataFrame, every_s: float) -> pl.DataFrame:
     """Hops per second of each step (``sink``: rows written) in windows of ``every_s`` since the first event."""
     start = events["started_at"].min()
     return (
-        events.filter(pl.col("status") != DUPLICATE)
+        kept(events)
         .with_columns(window=((pl.col("ended_at") - start).dt.total_microseconds() / 1e6 // every_s) * every_s)
         .group_by("step", "window")
         .agg(per_s=pl.len() / every_s)

@@ -6,8 +6,8 @@ import os
 
 import polars as pl
 
-from streamflow.events import DUPLICATE, SINK_STEP
-from streamflow.report.analysis import inflight_over_time, throughput_over_time
+from streamflow.events import SINK_STEP
+from streamflow.report.analysis import inflight_over_time, kept, throughput_over_time
 
 __all__ = ["save_plots"]
 
@@ -44,7 +44,7 @@ def save_plots(events: pl.DataFrame, out_dir: str, order: list[str]) -> list[str
     paths.append(_save(figure, out_dir, "inflight.png"))
 
     figure, axes = plt.subplots(figsize=(9, 4.5))
-    hops = events.filter(pl.col("status") != DUPLICATE)
+    hops = kept(events)
     for step in [*order, SINK_STEP]:
         latency = hops.filter(pl.col("step") == step)["total_s"].sort()
         if latency.len():

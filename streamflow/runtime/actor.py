@@ -64,8 +64,6 @@ class StepStats(msgspec.Struct):
     llm_latency: dict[str, list[int]] = {}
     llm_inflight: dict[str, int] = {}
     transfer: TransferStats = msgspec.field(default_factory=TransferStats)
-    values_lost: int = 0
-    """Rows dropped because an offloaded value was gone with its node (the driver re-admits them)."""
 
 
 class StepActor:
@@ -193,7 +191,6 @@ class StepActor:
                     row, origins = await self._outbox.offloader.fetch(row)
                 except ValueLost as exc:
                     log.info("dropping a row the driver will re-admit: %s", exc)
-                    self._stats.values_lost += 1
                     return
             ctx = self._ctx.for_row(step_seed(row, self._step))
             events = self._events

@@ -14,6 +14,18 @@ def run(coroutine):
     return asyncio.run(coroutine)
 
 
+def two_rows_admitted():
+    """A ledger holding rows 0:0 and 0:1, admitted and not yet accepted."""
+
+    async def go():
+        ledger = Ledger(max_inflight=4)
+        await ledger.admit(row(0))
+        await ledger.admit(row(1))
+        return ledger
+
+    return run(go())
+
+
 def test_admission_blocks_at_max_inflight_until_a_row_is_accepted():
     async def go():
         ledger = Ledger(max_inflight=2)
@@ -67,13 +79,7 @@ def test_fanned_out_row_completes_when_its_shares_add_up():
 
 
 def test_a_row_two_censuses_missed_is_lost_once_its_lease_ran_out():
-    async def go():
-        ledger = Ledger(max_inflight=4)
-        await ledger.admit(row(0))
-        await ledger.admit(row(1))
-        return ledger
-
-    ledger = run(go())
+    ledger = two_rows_admitted()
     start = ledger.entries["0:0"].lease
     ledger.renew(["0:1"], start + 10)
     assert ledger.missed(start + 10, start + 11, lease_s=5) == [], "one census can miss a row in transit"
@@ -122,13 +128,7 @@ def test_a_commit_whose_acceptance_was_never_reported_completes_the_row():
 
 
 def test_rows_of_a_dead_replica_are_lost_only_if_the_next_census_misses_them():
-    async def go():
-        ledger = Ledger(max_inflight=4)
-        await ledger.admit(row(0))
-        await ledger.admit(row(1))
-        return ledger
-
-    ledger = run(go())
+    ledger = two_rows_admitted()
     start = ledger.entries["0:0"].lease
     ledger.suspect(["0:0", "0:1"], start + 1)
     ledger.renew(["0:1"], start + 2)  # 0:1 had moved on to a live replica
