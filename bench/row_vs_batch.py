@@ -17,7 +17,12 @@ its last output token (so Ray start-up is excluded for every system); "end to en
 the time from the call to the end of the run. Run:
 
     python -m bench.row_vs_batch                                  # NaturalReasoning, 2,000 docs, ~8 min
+    python -m bench.row_vs_batch pipeline=coral                   # Coral dialogues, 1,000 problems
     python -m bench.row_vs_batch --limit 500 --batch-sizes 16 64 --json out.json --plot out.png
+
+Options may also be given as ``name=value`` (``pipeline=coral`` is ``--pipeline coral``). A
+pipeline with a ``metrics`` function (Coral: agreement correctness) gets its figures for every
+system, so output quality can be compared along with speed.
 """
 
 from __future__ import annotations
@@ -44,17 +49,18 @@ from streamflow.pipeline import load_pipeline
 from streamflow.services.llm import LLMClient
 
 REPO = Path(__file__).resolve().parents[1]
-PIPELINES = {"natural_reasoning": REPO / "pipelines" / "natural_reasoning.py"}
+PIPELINES = {name: REPO / "pipelines" / f"{name}.py" for name in ("natural_reasoning", "coral")}
 
 
 def measure(name: str, config: str, sim: SimProcess, wall_s: float, rows: int, ok: int,
-            latency: LatencyHistogram) -> dict[str, Any]:
+            latency: LatencyHistogram, quality: dict[str, float] | None = None) -> dict[str, Any]:
     started, ended = sim.busy_window()
     return {
         "system": name,
         "config": config,
         "rows": rows,
         "ok": ok,
+        "quality": quality or {},
         "end_to_end_s": round(wall_s, 2),
         "busy_s": round(ended - started, 2),
         "rows_per_s": round(rows / (ended - started), 2),
@@ -71,7 +77,9 @@ def measure(name: str, config: str, sim: SimProcess, wall_s: float, rows: int, o
 # -- the systems ---------------------------------------------------------------------------
 
 
-def plain_loop(pipeline: Path, urls: list[str], inflight: int, limit: int, seed: int) -> tuple[int, int, LatencyHistogram]:
+def plain_loop(
+    pipeline: Path, urls: list[str], inflight: int, limit: int, seed: int
+) -> tuple[int, int, LatencyHistogram, dict[str, float]]:
     """The same flow in one process: a semaphore of ``inflight`` rows, nothing else."""
     spec = load_pipeline(pipeline)
     params = spec.default_params()
@@ -85,15 +93,14 @@ def plain_loop(pipeline: Path, urls: list[str], inflight: int, limit: int, seed:
         for name, step in flow.steps.items():
             await step.operator.setup(contexts[name])
         slots = asyncio.Semaphore(inflight)
-        ok = 0
+        done: list[dict[str, Any]] = []
 
         async def one(row_id: str, fields: dict[str, Any]) -> None:
-            nonlocal ok
             async with slots:
                 started = time.monotonic()
                 finished = await run_row(flow, new_row(row_id, fields, flow.first, seed), contexts)
                 histogram.add(time.monotonic() - started)
-                ok += sum(row.status == "ok" for row in finished)
+                done.extend({**row.fields, "status": row.status} for row in finished)
 
         tasks = [
             one(row_id, fields)
@@ -102,10 +109,16 @@ def plain_loop(pipeline: Path, urls: list[str], inflight: int, limit: int, seed:
         ]
         await asyncio.gather(*tasks)
         await client.close()
-        return len(tasks), ok
+        return len(tasks), done
 
-    rows, ok = asyncio.run(go())
-    return rows, ok, histogram
+    rows, done = asyncio.run(go())
+    ok = sum(row["status"] == "ok" for row in done)
+    quality = {}
+    if spec.metrics is not None:
+        import polars as pl
+
+        quality = dict(spec.metrics(pl.from_dicts(done, infer_schema_length=None).lazy()))
+    return rows, ok, histogram, quality
 
 
 def streamflow_run(pipeline: Path, urls: list[str], overrides: list[str], out: str) -> streamflow.RunResult:
@@ -209,7 +222,7 @@ def main() -> None:
     parser.add_argument("--skip-ray-data-llm", action="store_true")
     parser.add_argument("--json", help="write all results (with time series) to this file")
     parser.add_argument("--plot", help="write tokens/s over time and latency CDFs to this PNG")
-    args = parser.parse_args()
+    args = parser.parse_args(_as_flags(sys.argv[1:]))
     pipeline = PIPELINES[args.pipeline]
     pythonpath = os.pathsep.join([str(REPO), str(pipeline.parent), os.environ.get("PYTHONPATH", "")])
     # Logical CPUs above the physical count: Ray Data's LLM stages reserve a CPU per actor and
@@ -221,14 +234,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         with SimProcess(**sim_args) as sim:
             started = time.monotonic()
-            rows, ok, latency = plain_loop(pipeline, sim.urls, args.inflight, args.limit, args.seed)
+            rows, ok, latency, quality = plain_loop(pipeline, sim.urls, args.inflight, args.limit, args.seed)
             wall = time.monotonic() - started
         results.append(measure("plain asyncio loop", f"{args.inflight} rows in flight, 1 process", sim, wall, rows,
-                               ok, latency))
+                               ok, latency, quality))
         with SimProcess(**sim_args) as sim:
             result = streamflow_run(pipeline, sim.urls, [f"max_inflight={args.inflight}", f"limit={args.limit}"], out)
         results.append(measure("streamflow row mode", f"max_inflight={args.inflight}", sim, result.wall_s,
-                               result.rows_read, result.ok, result.latency))
+                               result.rows_read, result.ok, result.latency, result.quality))
         for size in args.batch_sizes:
             actors, per_actor = batch_shape(args.inflight, size)
             overrides = ["mode=batch", f"batch.size={size}", f"batch.actors={actors}",
@@ -236,7 +249,7 @@ def main() -> None:
             with SimProcess(**sim_args) as sim:
                 result = streamflow_run(pipeline, sim.urls, overrides, out)
             results.append(measure("batch (map_batches)", f"size {size}, {actors} actors x {per_actor} batches",
-                                   sim, result.wall_s, result.rows_read, result.ok, result.latency))
+                                   sim, result.wall_s, result.rows_read, result.ok, result.latency, result.quality))
         if not args.skip_ray_data_llm and args.pipeline == "natural_reasoning":
             # One URL per processor stage, as its config takes: the first replica. It keeps far
             # fewer requests in flight than one replica can serve, so the others would stay idle.
@@ -255,7 +268,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     batches = [r for r in results if r["system"].startswith("batch")]
     best = max(batches, key=lambda r: r["output_tokens_per_s"]) if batches else None
     row = next(r for r in results if r["system"] == "streamflow row mode")
-    print(f"{args.pipeline}: {args.limit} rows, {args.inflight} in flight, {args.sim_replicas} simulated "
+    print(f"{args.pipeline}: {results[0]['rows']} rows, {args.inflight} in flight, {args.sim_replicas} simulated "
           f"llama-8b-h100 server(s) (max_num_seqs 256, time_scale {args.time_scale}), {os.cpu_count()} cores, "
           "one run per system")
     print(f"{'system':<22} {'config':<30} {'rows/s':>7} {'out tok/s':>9} {'share':>6} {'LLM util':>8} "
@@ -268,11 +281,36 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         ratio = row["output_tokens_per_s"] / best["output_tokens_per_s"]
         print(f"row mode / best batch ({best['config']}): {ratio:.2f}x output tokens/s; "
               f"row mode = {row['output_tokens_per_s'] / limit:.0%} of the plain asyncio loop")
+    names = list(dict.fromkeys(name for r in results for name in r["quality"]))
+    if names:
+        widths = [max(len(name), 8) for name in names]
+        print(f"\n{'output quality':<53}" + "".join(f" {name:>{w}}" for name, w in zip(names, widths)))
+        for r in results:
+            print(f"{r['system']:<22} {r['config']:<30}"
+                  + "".join(f" {_figure(r['quality'].get(name)):>{w}}" for name, w in zip(names, widths)))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"config": vars(args), "results": results}, handle, indent=2)
     if args.plot:
         plot(results, args.plot)
+
+
+def _figure(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:.3f}"
+
+
+def _as_flags(argv: list[str]) -> list[str]:
+    """``name=value`` arguments as ``--name value`` (so ``pipeline=coral`` works like a streamflow override)."""
+    flags: list[str] = []
+    for arg in argv:
+        name, equals, value = arg.partition("=")
+        if equals and not arg.startswith("-"):
+            flags += [f"--{name.replace('_', '-')}", value]
+        else:
+            flags.append(arg)
+    return flags
 
 
 def plot(results: list[dict[str, Any]], path: str) -> None:

@@ -38,11 +38,16 @@ class Prompt:
         self.max_field_chars = max_field_chars
 
     def render(self, row: Message) -> list[dict[str, str]]:
+        """The chat messages for ``row``: the system message (if any), then the user message."""
         values = _PromptValues(row, self.max_field_chars)
         messages = [{"role": "user", "content": self.user.substitute(values)}]
         if self.system is not None:
             messages.insert(0, {"role": "system", "content": self.system.substitute(values)})
         return messages
+
+    def text(self, row: Message) -> str:
+        """The user message alone, for callers that place it in a conversation themselves."""
+        return self.user.substitute(_PromptValues(row, self.max_field_chars))
 
 
 class _PromptValues(dict[str, str]):

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["extract_boxed", "extract_json", "first_word"]
+__all__ = ["extract_boxed", "extract_choice", "extract_json", "first_word"]
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
 _decode = msgspec.json.Decoder().decode
@@ -43,6 +43,18 @@ def extract_boxed(text: str) -> str | None:
     if end == -1:
         return None
     return text[opening + 1 : end].strip()
+
+
+_CHOICE = re.compile(
+    r"(?i:answer\s*(?:is|:))\s*(?:\(\s*([A-Za-z])\s*\)|([A-Z])(?![A-Za-z]))|\\boxed\{\s*\(?([A-Za-z])\)?\s*\}"
+)
+
+
+def extract_choice(text: str, letters: str = "ABCDEFGHIJ") -> str | None:
+    r"""The last option letter the text commits to ("Answer: (C)", "the answer is B", "\boxed{D}"), or None."""
+    found = [(m.group(1) or m.group(2) or m.group(3)).upper() for m in _CHOICE.finditer(text)]
+    found = [letter for letter in found if letter in letters]
+    return found[-1] if found else None
 
 
 def first_word(text: str) -> str:

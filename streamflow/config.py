@@ -81,6 +81,7 @@ class SimSettings(msgspec.Struct, forbid_unknown_fields=True):
     profile: str = "llama-8b-h100"
     time_scale: float = 1.0
     max_num_seqs: int | None = None
+    models: list[str] = []  # more model names the simulator answers as, besides llm.model
 
 
 class CacheConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -104,6 +105,8 @@ class LLMConfig(msgspec.Struct, forbid_unknown_fields=True):
     circuit_cooldown_s: float = 2.0
     cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
     sim: SimSettings = msgspec.field(default_factory=SimSettings)
+    models: dict[str, list[str]] = {}
+    """Other models steps may name, each served elsewhere: model name -> OpenAI-compatible endpoint URLs."""
 
     @property
     def uses_sim(self) -> bool:
@@ -256,6 +259,10 @@ def check(data: Any) -> RunConfig:
     _positive("llm.circuit_failures", cfg.llm.circuit_failures)
     if cfg.llm.sim.max_num_seqs is not None:
         _positive("llm.sim.max_num_seqs", cfg.llm.sim.max_num_seqs)
+    for model, urls in cfg.llm.models.items():
+        if not urls or not all(url.startswith(("http://", "https://")) for url in urls):
+            msg = f"config: llm.models.{model} needs a list of endpoint URLs like [http://host:8000/v1], got {urls!r}."
+            raise ConfigError(msg)
     if cfg.llm.backend == "openai" and not cfg.llm.urls():
         msg = "config: llm.backend=openai needs llm.base_url=http://host:port/v1 or llm.endpoints=[...]."
         raise ConfigError(msg)

@@ -32,6 +32,7 @@ def write_manifest(
         "input": {"files": len(plan.files), "rows": plan.total_rows, "fingerprint": plan.fingerprint},
         "summary": result.summary(),
         "statuses": result.statuses,
+        "quality": result.quality,
         "usage": {step: {f: getattr(u, f) for f in u.__struct_fields__} for step, u in result.usage.items()},
         "ledger_balanced": result.balanced,
         "files": [os.path.relpath(path, run_dir) for path in result.files],

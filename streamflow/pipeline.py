@@ -10,6 +10,9 @@ A pipeline file defines::
     def build(params: Params) -> Flow:   # required
         ...
 
+    def metrics(data: polars.LazyFrame) -> dict[str, float]:  # optional: quality figures of
+        ...                                                   # the output, for the summary
+
 Ray workers rebuild the Flow from a ``Recipe``: the file's path and the parameters as
 plain data. Shipping the built Flow instead would need cloudpickle to carry the file's
 classes by value, which breaks for ``msgspec.Struct`` types defined there; the price is
@@ -44,6 +47,8 @@ class Pipeline:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     source: str = ""
     flow: Flow | None = None
+    metrics: Callable[[Any], Mapping[str, float]] | None = None
+    """Quality figures computed from the output (a ``polars.LazyFrame``) after the run."""
 
     def default_params(self) -> Any:
         return self.params_type() if self.params_type is not None else {}
@@ -77,7 +82,14 @@ def load_pipeline(target: str | Path | Flow | ModuleType) -> Pipeline:
         raise ConfigError(msg)
     params_type = getattr(module, "Params", None)
     defaults = getattr(module, "DEFAULTS", {})
-    return Pipeline(build=build, params_type=params_type, defaults=defaults, source=getattr(module, "__file__", ""))
+    metrics = getattr(module, "metrics", None)
+    return Pipeline(
+        build=build,
+        params_type=params_type,
+        defaults=defaults,
+        source=getattr(module, "__file__", ""),
+        metrics=metrics if callable(metrics) else None,
+    )
 
 
 def _import_file(path: Path) -> ModuleType:

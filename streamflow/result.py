@@ -54,6 +54,8 @@ class RunResult(msgspec.Struct, kw_only=True):
     """Bytes rows took between actors: inline in batches, and through the object store."""
     objects_alive_peak: int = 0
     """Most offloaded objects alive at once (sampled every second; 0 when nothing was offloaded)."""
+    quality: dict[str, float] = {}
+    """The pipeline's own figures over its whole output (its ``metrics`` function), e.g. agreement correctness."""
 
     @property
     def data_dir(self) -> str:

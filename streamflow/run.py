@@ -26,6 +26,7 @@ from streamflow.io.sink import claim_directory
 from streamflow.io.source import InputPlan, plan_input
 from streamflow.manifest import write_manifest
 from streamflow.pipeline import Pipeline, load_pipeline
+from streamflow.quality import measure_quality
 from streamflow.result import RunResult
 from streamflow.resume import (
     RUN_RECORD,
@@ -122,7 +123,7 @@ def run(pipeline: str | Path | Flow | ModuleType, overrides: Sequence[str] | Map
                 f"run directory {run_dir} already holds data; choose another run_id or output.dir, or resume={run_dir}."
             )
             raise ConfigError(msg)
-    if cfg.llm.uses_external:
+    if cfg.llm.uses_external or cfg.llm.models:
         asyncio.run(_check_llm(cfg))
     data_dir = os.path.join(run_dir, "data")
     claim_directory(data_dir)  # before reading what is committed: writers of a killed run stop here
@@ -151,6 +152,7 @@ def run(pipeline: str | Path | Flow | ModuleType, overrides: Sequence[str] | Map
 
             ray.shutdown()
     result = committed.merged(result)
+    result = msgspec.structs.replace(result, quality=measure_quality(spec.metrics, result.files))
     write_manifest(run_dir, cfg, plan, result, pipeline_source=spec.source, started_at=started_at)
     if not result.balanced:
         msg = f"ledger does not add up: read {result.rows_read}, finished {result.rows_out} ({result.statuses})."
@@ -205,12 +207,16 @@ def _flags_to_overrides(args: Sequence[str]) -> list[str]:
 
 
 async def _check_llm(cfg: RunConfig) -> None:
-    """Reach every configured endpoint once, so a wrong URL fails before Ray starts."""
-    client = LLMClient(cfg.llm.urls(), model=cfg.llm.model, api_key=cfg.api_key())
-    try:
-        await client.check()
-    finally:
-        await client.close()
+    """Reach every configured external endpoint once, so a wrong URL fails before Ray starts."""
+    services = dict(cfg.llm.models)
+    if cfg.llm.uses_external:
+        services[cfg.llm.model] = cfg.llm.urls()
+    for model, urls in services.items():
+        client = LLMClient(urls, model=model, api_key=cfg.api_key())
+        try:
+            await client.check()
+        finally:
+            await client.close()
 
 
 def _ensure_ray(cfg: RunConfig) -> bool:

@@ -47,6 +47,10 @@ def summary_tables(result: RunResult) -> list[Table]:
         rows.add_row("bytes between actors", _mb(moved.inline_bytes), "")
     if result.restarts or result.readmitted:
         rows.add_row("actors restarted / rows re-admitted", f"{result.restarts:,} / {result.readmitted:,}", "")
+    if result.quality:
+        rows.add_section()
+        for name, value in result.quality.items():
+            rows.add_row(name, f"{value:,.0f}" if value.is_integer() else f"{value:,.3f}", "")
 
     tables = [rows, _usage_table("LLM calls per step", "step", result.usage)]
     if len(result.replica_usage) > 1 or result.lost_replicas:

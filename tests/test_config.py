@@ -48,6 +48,8 @@ def test_missing_input_path_is_named():
         ("operators.question.replicas=0", "operators.question.replicas=0"),
         ("llm.backend=openai", "llm.backend=openai needs llm.base_url"),
         ("mode=weird", "mode"),
+        ("+llm.models.big=[big-server:8000]", r"llm.models.big needs a list of endpoint URLs"),
+        ("+llm.models.big=[]", r"llm.models.big needs a list of endpoint URLs"),
     ],
 )
 def test_bad_values_are_refused_before_work_starts(override, message):

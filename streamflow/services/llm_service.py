@@ -87,7 +87,8 @@ class LLMService:
             profile = PROFILES[config.sim.profile]
             if config.sim.max_num_seqs is not None:
                 profile = msgspec.structs.replace(profile, max_num_seqs=config.sim.max_num_seqs)
-            sim = SimConfig(profile=profile, time_scale=config.sim.time_scale, seed=seed, models=[config.model])
+            models = list(dict.fromkeys([config.model, *config.sim.models]))
+            sim = SimConfig(profile=profile, time_scale=config.sim.time_scale, seed=seed, models=models)
             urls, started = await start_sim_replicas(sim, config.replicas)
             handles = dict(zip(urls, started))
         elif config.backend in ("vllm", "sglang"):
@@ -103,12 +104,15 @@ class LLMService:
             handles = dict(zip(urls, started))
         else:
             urls = config.urls()  # external servers; none at all with llm.backend=none
-        await asyncio.gather(*(registry.register.remote(config.model, url) for url in urls))
+        named = [(config.model, url) for url in urls]
+        named += [(model, url) for model, others in config.models.items() for url in others]
+        await asyncio.gather(*(registry.register.remote(model, url) for model, url in named))
         return cls(config, registry, handles, api_key, engines=config.backend in ("vllm", "sglang"))
 
     def access(self) -> LLMAccess:
         """Connection details for workers (endpoints as of now; the registry keeps them current)."""
-        return LLMAccess(self.config, {self.config.model: list(self.urls)}, self.registry, self.api_key)
+        endpoints = {**{model: list(urls) for model, urls in self.config.models.items()}, self.config.model: self.urls}
+        return LLMAccess(self.config, endpoints, self.registry, self.api_key)
 
     @property
     def urls(self) -> list[str]:

@@ -1,6 +1,6 @@
 """Parsing what models answer."""
 
-from operators.parsing import extract_boxed, extract_json, first_word
+from operators.parsing import extract_boxed, extract_choice, extract_json, first_word
 
 
 def test_json_is_found_in_fences_and_prose():
@@ -27,3 +27,18 @@ def test_boxed_answer_is_the_last_box_with_nested_braces():
 def test_first_word_ignores_markup_and_case():
     assert first_word("**Yes**, it does.") == "yes"
     assert first_word("") == ""
+
+
+def test_choice_is_the_last_option_letter_the_answer_commits_to():
+    assert extract_choice("First (A)... no. Answer: (C)") == "C"
+    assert extract_choice("So the answer is B.") == "B"
+    assert extract_choice("answer: (d)") == "D"
+    assert extract_choice(r"The result is \boxed{E}") == "E"
+    assert extract_choice("Answer: (B)\nOn reflection, Answer: (F)") == "F"
+
+
+def test_no_choice_in_chatter_placeholders_or_unknown_letters():
+    assert extract_choice("The answer is a bit unclear to me.") is None
+    assert extract_choice("Reply with 'Answer: (X)'.") is None
+    assert extract_choice("Answer: (E)", letters="ABCD") is None
+    assert extract_choice("") is None

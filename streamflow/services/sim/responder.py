@@ -1,7 +1,9 @@
 """Deterministic, prompt-aware reply content for the simulated server.
 
-In order: a bare "Yes"/"No" when the last user message says "Answer Yes or No"; a filled JSON object
-when the prompt holds a JSON template of ``<...>`` placeholders; otherwise free text about the prompt.
+In order: a bare "Yes"/"No" when the last user message says "Answer Yes or No"; a dialogue turn ending in
+``Answer: (L)`` when the conversation lists lettered options and asks for that line (``choices``); a filled
+JSON object when the prompt holds a JSON template of ``<...>`` placeholders; otherwise free text about the
+prompt.
 The same (server seed, model, messages, request seed, temperature) always gives the same reply; the
 temperature only perturbs that key, it does not change how random the reply looks.
 """
@@ -13,6 +15,7 @@ from collections.abc import Sequence
 
 import msgspec
 
+from streamflow.services.sim.choices import asks_for_choice, choice_reply
 from streamflow.services.sim.config import SimConfig
 from streamflow.services.sim.draws import Draws, stable_key
 from streamflow.services.sim.filler import Vocabulary
@@ -57,6 +60,8 @@ class Responder:
         if asks_yes_or_no(last_user):
             text = "Yes" if Draws(key, "yes-no").chance(yes_probability(last_user, self._config.yes_rate)) else "No"
             return _cut(text, max_tokens)
+        if asks_for_choice(messages):
+            return _cut(choice_reply(messages, model, key, self._config, max_tokens), max_tokens)
         vocabulary = Vocabulary(_PLACEHOLDER.sub(" ", "\n".join(text for _, text in reversed(messages))))
         for _, content in reversed(messages):
             if (fields := find_template(content)) is not None:
