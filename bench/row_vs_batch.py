@@ -18,11 +18,13 @@ the time from the call to the end of the run. Run:
 
     python -m bench.row_vs_batch                                  # NaturalReasoning, 2,000 docs, ~8 min
     python -m bench.row_vs_batch pipeline=coral                   # Coral dialogues, 1,000 problems
+    python -m bench.row_vs_batch pipeline=tau2                    # tool-use trajectories, 500 tasks
     python -m bench.row_vs_batch --limit 500 --batch-sizes 16 64 --json out.json --plot out.png
 
 Options may also be given as ``name=value`` (``pipeline=coral`` is ``--pipeline coral``). A
-pipeline with a ``metrics`` function (Coral: agreement correctness) gets its figures for every
-system, so output quality can be compared along with speed.
+pipeline with a ``metrics`` function (Coral: agreement correctness; Tau2: mean reward) gets its
+figures for every system, so output quality can be compared along with speed. For Tau2, rows/s
+is trajectories/s; every system runs the tool calls in bubblewrap sandboxes.
 """
 
 from __future__ import annotations
@@ -42,14 +44,15 @@ import ray
 
 import streamflow
 from bench.simproc import SimProcess
-from streamflow.execution import new_row, run_row, step_contexts
+from streamflow.execution import new_row, run_row, step_contexts, uses_sandbox
 from streamflow.histogram import LatencyHistogram
 from streamflow.io.source import plan_input, read_unit
 from streamflow.pipeline import load_pipeline
 from streamflow.services.llm import LLMClient
+from streamflow.services.sandbox import SandboxAccess, SandboxPool, SandboxSettings
 
 REPO = Path(__file__).resolve().parents[1]
-PIPELINES = {name: REPO / "pipelines" / f"{name}.py" for name in ("natural_reasoning", "coral")}
+PIPELINES = {name: REPO / "pipelines" / f"{name}.py" for name in ("natural_reasoning", "coral", "tau2")}
 
 
 def measure(name: str, config: str, sim: SimProcess, wall_s: float, rows: int, ok: int,
@@ -87,9 +90,11 @@ def plain_loop(
     plan = plan_input(str(spec.defaults["input"]["path"]), limit=limit, requires=flow.requires)
     histogram = LatencyHistogram()
 
-    async def go() -> tuple[int, int]:
+    async def go() -> tuple[int, list[dict[str, Any]]]:
         client = LLMClient(urls, model="sim-8b")
-        contexts = step_contexts(flow, client, params)
+        pool = SandboxPool(SandboxSettings()) if uses_sandbox(flow) else None
+        sandbox = SandboxAccess({pool.name: pool}).client() if pool is not None else None
+        contexts = step_contexts(flow, client, params, sandbox=sandbox)
         for name, step in flow.steps.items():
             await step.operator.setup(contexts[name])
         slots = asyncio.Semaphore(inflight)
@@ -109,6 +114,8 @@ def plain_loop(
         ]
         await asyncio.gather(*tasks)
         await client.close()
+        if pool is not None:
+            await pool.close()
         return len(tasks), done
 
     rows, done = asyncio.run(go())

@@ -41,7 +41,7 @@ import ray
 
 from streamflow.config import BatchConfig, RunConfig
 from streamflow.errors import ConfigError, SetupError, StreamflowError
-from streamflow.execution import new_row, run_row, step_contexts
+from streamflow.execution import new_row, run_row, step_contexts, uses_sandbox
 from streamflow.flow import Flow
 from streamflow.histogram import LatencyHistogram
 from streamflow.io.sink import PartWriter
@@ -54,6 +54,7 @@ from streamflow.result import RunResult
 from streamflow.schema import output_schema
 from streamflow.services.llm import LLMClient, Usage, merge_usage
 from streamflow.services.llm_service import LLMAccess, LLMService
+from streamflow.services.sandbox import SandboxAccess, start_pools, stop_pools
 
 __all__ = ["BatchOutput", "BatchWorker", "WorkerReport", "rows_in_flight", "run_batches"]
 
@@ -118,11 +119,17 @@ async def run_batches(
         "batch mode: %d actors x %d batches x %d rows = %d rows in flight at most (max_inflight=%d in row mode)",
         batch.actors, batch.batches_per_actor, batch.size, rows_in_flight(batch), cfg.max_inflight,
     )  # fmt: skip
-    service = await LLMService.start(cfg.llm, seed=cfg.seed, api_key=cfg.api_key(), log_dir=f"{run_dir}/logs")
+    sandbox = await start_pools(cfg.sandbox) if uses_sandbox(flow) else None
+    try:
+        service = await LLMService.start(cfg.llm, seed=cfg.seed, api_key=cfg.api_key(), log_dir=f"{run_dir}/logs")
+    except BaseException:
+        await stop_pools(sandbox)
+        raise
     try:
         writer = PartWriter(f"{run_dir}/data", schema, prefix="part-000", part_rows=cfg.output.part_rows)
         collector = _Collector(writer, Progress(plan.total_rows - len(skip), mode=cfg.progress), rows_in_flight(batch))
-        dataset = _dataset(flow, recipe, batch, cfg.seed, plan, service.access(), ray.put(skip) if skip else None)
+        services = (service.access(), sandbox)
+        dataset = _dataset(flow, recipe, batch, cfg.seed, plan, services, ray.put(skip) if skip else None)
         watcher = asyncio.create_task(_watch(service))
         try:
             await asyncio.to_thread(collector.consume, dataset)
@@ -137,6 +144,7 @@ async def run_batches(
         files = writer.close()
     finally:
         await service.stop()
+        await stop_pools(sandbox)
     return RunResult(
         pipeline=flow.name,
         run_id=os.path.basename(run_dir),
@@ -161,10 +169,13 @@ class BatchWorker:
     pools, sandboxes) belongs to that loop.
     """
 
-    def __init__(self, recipe: Recipe, llm: LLMAccess, batches_per_actor: int) -> None:
+    def __init__(
+        self, recipe: Recipe, llm: LLMAccess, batches_per_actor: int, sandbox: SandboxAccess | None = None
+    ) -> None:
         logging.basicConfig(level=logging.WARNING)
         self._flow, self._params = recipe.build()
         self._llm = llm
+        self._sandbox = sandbox
         self._slots = asyncio.Semaphore(batches_per_actor)
         self._starting = asyncio.Lock()
         self._client: LLMClient | None = None  # None with llm.backend=none
@@ -204,7 +215,8 @@ class BatchWorker:
             if self._ready:
                 return
             client = self._llm.client()
-            contexts = step_contexts(self._flow, client, self._params)
+            sandbox = self._sandbox.client() if self._sandbox is not None else None
+            contexts = step_contexts(self._flow, client, self._params, sandbox=sandbox)
             for name, step in self._flow.steps.items():
                 try:
                     await step.operator.setup(contexts[name])
@@ -292,7 +304,7 @@ def _dataset(
     batch: BatchConfig,
     seed: int,
     plan: InputPlan,
-    llm: LLMAccess,
+    services: tuple[LLMAccess, SandboxAccess | None],
     skip: ray.ObjectRef | None = None,
 ) -> ray.data.Dataset:
     partitions = [{"partition": index} for index in range(len(plan.partitions))]
@@ -311,7 +323,12 @@ def _dataset(
         batch_format="pyarrow",
         compute=pool,
         num_cpus=batch.num_cpus,
-        fn_constructor_kwargs={"recipe": recipe, "llm": llm, "batches_per_actor": batch.batches_per_actor},
+        fn_constructor_kwargs={
+            "recipe": recipe,
+            "llm": services[0],
+            "sandbox": services[1],
+            "batches_per_actor": batch.batches_per_actor,
+        },
     )
     dataset.context.enable_progress_bars = False  # streamflow's own progress reports rows and tokens
     dataset.context.print_on_execution_start = False

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import msgspec
 
 from streamflow.errors import ConfigError
+from streamflow.services.sandbox.pool import SandboxSettings
 from streamflow.services.sim.profile import PROFILES
 
 __all__ = [
@@ -173,6 +174,7 @@ class RunConfig(msgspec.Struct, forbid_unknown_fields=True):
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     batch: BatchConfig = msgspec.field(default_factory=BatchConfig)
+    sandbox: SandboxSettings = msgspec.field(default_factory=SandboxSettings)
     ray: RayConfig = msgspec.field(default_factory=RayConfig)
 
     def api_key(self) -> str | None:
@@ -265,6 +267,15 @@ def check(data: Any) -> RunConfig:
             raise ConfigError(msg)
     if cfg.llm.backend == "openai" and not cfg.llm.urls():
         msg = "config: llm.backend=openai needs llm.base_url=http://host:port/v1 or llm.endpoints=[...]."
+        raise ConfigError(msg)
+    _positive("sandbox.size", cfg.sandbox.size)
+    _positive("sandbox.processes", cfg.sandbox.processes)
+    _positive("sandbox.memory_mb", cfg.sandbox.memory_mb)
+    if min(cfg.sandbox.timeout_s, cfg.sandbox.idle_s, cfg.sandbox.acquire_timeout_s) <= 0:
+        msg = "config: sandbox.timeout_s, sandbox.idle_s and sandbox.acquire_timeout_s are seconds; use a number above 0."
+        raise ConfigError(msg)
+    if cfg.sandbox.backend == "apptainer" and not cfg.sandbox.image:
+        msg = "config: sandbox.backend=apptainer needs sandbox.image=PATH.sif (the image tools run in)."
         raise ConfigError(msg)
     for name, op in cfg.operators.items():
         _positive(f"operators.{name}.replicas", op.replicas)

@@ -24,8 +24,19 @@ from streamflow.operator import Context
 
 if TYPE_CHECKING:
     from streamflow.services.llm import LLMClient
+    from streamflow.services.sandbox import SandboxClient
 
-__all__ = ["fail", "finish", "new_row", "row_seed", "run_row", "run_step", "step_contexts", "step_seed"]
+__all__ = [
+    "fail",
+    "finish",
+    "new_row",
+    "row_seed",
+    "run_row",
+    "run_step",
+    "step_contexts",
+    "step_seed",
+    "uses_sandbox",
+]
 
 MAX_ERROR_CHARS = 8000
 
@@ -76,12 +87,25 @@ async def run_row(flow: Flow, row: Message, contexts: Mapping[str, Context]) -> 
     return [current]
 
 
-def step_contexts(flow: Flow, llm: LLMClient | None = None, params: Any = None, replica: int = 0) -> dict[str, Context]:
+def step_contexts(
+    flow: Flow, llm: LLMClient | None = None, params: Any = None, replica: int = 0, sandbox: SandboxClient | None = None
+) -> dict[str, Context]:
     """One ``Context`` per step of ``flow``, booking LLM usage under the step's name."""
     return {
-        name: Context(step=name, llm=llm.for_step(name) if llm is not None else None, params=params, replica=replica)
+        name: Context(
+            step=name,
+            llm=llm.for_step(name) if llm is not None else None,
+            params=params,
+            replica=replica,
+            sandbox=sandbox,
+        )
         for name in flow.steps
     }
+
+
+def uses_sandbox(flow: Flow) -> bool:
+    """Whether any step of ``flow`` runs commands in sandboxes, so the run must start the pools."""
+    return any(step.operator.uses_sandbox for step in flow.steps.values())
 
 
 def new_row(row_id: str, fields: dict[str, Any], first: str, run_seed: int) -> Message:

@@ -17,6 +17,7 @@ from streamflow.message import Drop, Message
 
 if TYPE_CHECKING:
     from streamflow.services.llm import StepLLM
+    from streamflow.services.sandbox import SandboxClient
 
 __all__ = ["Context", "FunctionOperator", "Operator", "StepResult"]
 
@@ -30,7 +31,7 @@ class Context:
     mode alike) draws the same numbers for the same row.
     """
 
-    __slots__ = ("_llm", "_rng", "log", "params", "replica", "seed", "step")
+    __slots__ = ("_llm", "_rng", "_sandbox", "log", "params", "replica", "seed", "step")
 
     def __init__(
         self,
@@ -40,9 +41,11 @@ class Context:
         params: Any = None,
         replica: int = 0,
         seed: int = 0,
+        sandbox: SandboxClient | None = None,
     ) -> None:
         self.step = step
         self._llm = llm
+        self._sandbox = sandbox
         self.params = params
         self.replica = replica
         self.seed = seed
@@ -58,6 +61,17 @@ class Context:
         return self._llm
 
     @property
+    def sandbox(self) -> SandboxClient:
+        """The sandbox service (isolated tool execution); only for operators with ``uses_sandbox = True``."""
+        if self._sandbox is None:
+            msg = (
+                f"step {self.step!r} uses ctx.sandbox but no sandbox service is running; "
+                "set uses_sandbox = True on its Operator class"
+            )
+            raise SetupError(msg)
+        return self._sandbox
+
+    @property
     def rng(self) -> random.Random:
         """A random generator private to this row and step."""
         if self._rng is None:
@@ -66,7 +80,9 @@ class Context:
 
     def for_row(self, seed: int) -> Context:
         """A copy bound to one row's seed (cheap: the rng is created on first use)."""
-        ctx = Context(step=self.step, llm=self._llm, params=self.params, replica=self.replica, seed=seed)
+        ctx = Context(
+            step=self.step, llm=self._llm, params=self.params, replica=self.replica, seed=seed, sandbox=self._sandbox
+        )
         ctx.log = self.log
         return ctx
 
@@ -85,6 +101,8 @@ class Operator:
     """
 
     fields: Mapping[str, Any] = {}
+    uses_sandbox: bool = False
+    """True if the step runs commands in sandboxes (``ctx.sandbox``): the run then starts the sandbox pools."""
 
     async def setup(self, ctx: Context) -> None:
         """Prepare expensive state once per replica (load a model, open a pool)."""

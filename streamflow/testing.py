@@ -15,10 +15,11 @@ from typing import Any
 
 import msgspec
 
-from streamflow.execution import new_row, run_row, step_contexts
+from streamflow.execution import new_row, run_row, step_contexts, uses_sandbox
 from streamflow.flow import Flow
 from streamflow.message import Message
 from streamflow.services.llm import LLMClient, Response
+from streamflow.services.sandbox import SandboxAccess, SandboxPool, SandboxSettings
 
 __all__ = ["ScriptedTransport", "fake_llm", "run_local", "run_local_async"]
 
@@ -31,9 +32,15 @@ def run_local(
     params: Any = None,
     seed: int = 0,
     concurrency: int = 64,
+    sandbox: SandboxSettings | None = None,
 ) -> list[Message]:
-    """Run ``rows`` through ``flow`` in this process; returns the finished rows in input order."""
-    return asyncio.run(run_local_async(flow, rows, llm=llm, params=params, seed=seed, concurrency=concurrency))
+    """Run ``rows`` through ``flow`` in this process; returns the finished rows in input order.
+
+    A flow with sandboxed steps gets an in-process sandbox pool (``sandbox`` settings, or the defaults).
+    """
+    return asyncio.run(
+        run_local_async(flow, rows, llm=llm, params=params, seed=seed, concurrency=concurrency, sandbox=sandbox)
+    )
 
 
 async def run_local_async(
@@ -44,10 +51,13 @@ async def run_local_async(
     params: Any = None,
     seed: int = 0,
     concurrency: int = 64,
+    sandbox: SandboxSettings | None = None,
 ) -> list[Message]:
     """``run_local`` for code that already runs in an event loop."""
     flow.validate()
-    contexts = step_contexts(flow, llm, params)
+    pool = SandboxPool(sandbox or SandboxSettings()) if uses_sandbox(flow) else None
+    client = SandboxAccess({pool.name: pool}).client() if pool is not None else None
+    contexts = step_contexts(flow, llm, params, sandbox=client)
     for name, step in flow.steps.items():
         await step.operator.setup(contexts[name])
     limit = asyncio.Semaphore(concurrency)
@@ -65,6 +75,8 @@ async def run_local_async(
             await step.operator.close()
         if llm is not None:
             await llm.close()
+        if pool is not None:
+            await pool.close()
     return [message for finished in done for message in finished]
 
 

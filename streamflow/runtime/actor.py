@@ -38,6 +38,7 @@ from streamflow.runtime.transport import Outbox, Peer, Peers
 from streamflow.services.llm import LLMClient, Usage
 from streamflow.services.llm.usage import ROW_USAGE
 from streamflow.services.llm_service import LLMAccess
+from streamflow.services.sandbox import SandboxAccess
 
 __all__ = ["StepActor", "StepStats"]
 
@@ -110,16 +111,24 @@ class StepActor:
         sinks: Sequence[Any],
         llm: LLMAccess,
         keepers: Mapping[str, Any] | None = None,
+        sandbox: SandboxAccess | None = None,
     ) -> str:
-        """Wire the peers, connect to the LLM service and run the operator's ``setup``; returns the incarnation.
+        """Wire the peers, connect to the services and run the operator's ``setup``; returns the incarnation.
 
         ``llm`` arrives here rather than in the constructor so actors can start while
-        the LLM service is still starting. ``keepers`` are the object keepers per node id.
+        the LLM service is still starting. ``keepers`` are the object keepers per node id,
+        ``sandbox`` the sandbox pools (None when no step uses them).
         """
         self._outbox.offloader = node_offloader(self._offload_threshold, keepers or {})
         self._client = llm.client()
         step_llm = self._client.for_step(self._step) if self._client is not None else None
-        self._ctx = Context(step=self._step, llm=step_llm, params=self._params, replica=self._replica)
+        self._ctx = Context(
+            step=self._step,
+            llm=step_llm,
+            params=self._params,
+            replica=self._replica,
+            sandbox=sandbox.client() if sandbox is not None else None,
+        )
         self._routes = {
             name: Peers([Peer(f"{name}[{i}]", handle) for i, handle in enumerate(handles)])
             for name, handles in routes.items()

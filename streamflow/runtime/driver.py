@@ -31,7 +31,7 @@ import ray
 from streamflow.config import RunConfig
 from streamflow.errors import RunError, SetupError, StreamflowError
 from streamflow.events import events_dir
-from streamflow.execution import row_seed
+from streamflow.execution import row_seed, uses_sandbox
 from streamflow.flow import Flow
 from streamflow.io.source import InputPlan, read_unit
 from streamflow.message import Message, State
@@ -47,6 +47,7 @@ from streamflow.runtime.transport import Outbox, Peer, Peers
 from streamflow.schema import output_schema
 from streamflow.services.llm import Usage, merge_usage
 from streamflow.services.llm_service import LLMService
+from streamflow.services.sandbox import SandboxAccess, start_pools, stop_pools
 
 __all__ = ["run_rows"]
 
@@ -119,6 +120,7 @@ class _Driver:
         self.entry = Peers([])
         self.sink_peers: list[Peer] = []
         self.service: LLMService | None = None
+        self.sandbox: SandboxAccess | None = None
         self.stats: dict[tuple[str, int], StepStats] = {}
         self.earlier_usage: list[StepStats] = []
         self.restarts = 0
@@ -179,18 +181,20 @@ class _Driver:
             ]
         first = self.flow.first
         self.entry = Peers([Peer(f"{first}[{i}]", h) for i, h in enumerate(self.steps[first])])
+        if uses_sandbox(self.flow):  # first: a backend that cannot run here fails in a second, not after the LLM
+            self.sandbox = await start_pools(cfg.sandbox)
         self.service = await LLMService.start(
             cfg.llm, seed=cfg.seed, api_key=cfg.api_key(), log_dir=f"{self.run_dir}/logs"
         )
         llm = self.service.access()
         starts = [
-            (name, replica, handle, handle.start.remote(self.steps, self.sinks, llm, self.keepers))
+            (name, replica, handle, handle.start.remote(self.steps, self.sinks, llm, self.keepers, self.sandbox))
             for name, handles in self.steps.items()
             for replica, handle in enumerate(handles)
         ]
         for name, replica, handle, ref in starts:
             try:
-                again = functools.partial(handle.start.remote, self.steps, self.sinks, llm, self.keepers)
+                again = functools.partial(handle.start.remote, self.steps, self.sinks, llm, self.keepers, self.sandbox)
                 incarnation = await _restarting_retried(ref, again)
                 self.stats[(name, replica)] = StepStats(step=name, replica=replica, incarnation=incarnation)
             except Exception as exc:
@@ -376,7 +380,7 @@ class _Driver:
         """Give a restarted replica its peers, LLM access and operator setup again."""
         assert self.service is not None
         try:
-            await handle.start.remote(self.steps, self.sinks, self.service.access(), self.keepers)
+            await handle.start.remote(self.steps, self.sinks, self.service.access(), self.keepers, self.sandbox)
         except ray.exceptions.RayActorError:
             pass  # it died again; the next poll tries again
         except Exception as exc:
@@ -464,6 +468,7 @@ class _Driver:
             self.metrics_server.close()
         if self.service is not None:
             await self.service.stop()
+        await stop_pools(self.sandbox)
         for handle in [*self.sinks, *(h for hs in self.steps.values() for h in hs), *self.keepers.values()]:
             try:
                 ray.kill(handle, no_restart=True)

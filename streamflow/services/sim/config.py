@@ -16,6 +16,7 @@ _RATES = (
     "missing_boxed_rate",
     "empty_field_rate",
     "refusal_rate",
+    "tool_error_rate",
 )
 
 
@@ -39,6 +40,7 @@ class SimConfig(msgspec.Struct, kw_only=True):
     missing_boxed_rate: float = 0.03
     empty_field_rate: float = 0.01
     refusal_rate: float = 0.005
+    tool_error_rate: float = 0.3  # tool arguments with several candidates (ids, enum values) that take a wrong one
     stream_interval_s: float = 0.1
 
     def __post_init__(self) -> None:

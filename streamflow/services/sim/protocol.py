@@ -6,6 +6,8 @@ as vLLM does for most sampling options.
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 __all__ = [
@@ -23,10 +25,13 @@ __all__ = [
     "Delta",
     "ErrorBody",
     "ErrorResponse",
+    "FunctionCall",
     "ModelCard",
     "ModelList",
     "RequestMessage",
     "StreamOptions",
+    "ToolCallRecord",
+    "ToolSpec",
     "Usage",
 ]
 
@@ -41,17 +46,41 @@ class ContentPart(msgspec.Struct):
     text: str | None = None
 
 
+class FunctionCall(msgspec.Struct):
+    """The function of a tool call: its name and its arguments as a JSON string."""
+
+    name: str
+    arguments: str = "{}"
+
+
+class ToolCallRecord(msgspec.Struct):
+    """A tool call, as an assistant message carries it (in requests and responses)."""
+
+    id: str
+    function: FunctionCall
+    type: str = "function"
+
+
 class RequestMessage(msgspec.Struct):
     """A chat message; ``content`` is a string, a list of parts, or null (assistant tool calls)."""
 
     role: str
     content: str | list[ContentPart] | None = None
+    tool_calls: list[ToolCallRecord] | None = None
+    tool_call_id: str | None = None
 
     def text(self) -> str:
         """The message's text, with the text parts of a multi-part message joined."""
         if self.content is None or isinstance(self.content, str):
             return self.content or ""
         return "\n".join(part.text or "" for part in self.content if part.type == "text")
+
+
+class ToolSpec(msgspec.Struct):
+    """One entry of ``tools``: a function with a JSON-schema ``parameters`` object."""
+
+    function: dict[str, Any]
+    type: str = "function"
 
 
 class StreamOptions(msgspec.Struct):
@@ -72,6 +101,8 @@ class ChatRequest(msgspec.Struct):
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
+    tools: list[ToolSpec] | None = None
+    tool_choice: Any = None
 
 
 class CompletionRequest(msgspec.Struct):
@@ -99,10 +130,11 @@ class Usage(msgspec.Struct):
 
 
 class ChatMessage(msgspec.Struct):
-    """The assistant message of a chat choice."""
+    """The assistant message of a chat choice: text, or null content and tool calls (vLLM's shape)."""
 
-    content: str
+    content: str | None
     role: str = "assistant"
+    tool_calls: list[ToolCallRecord] = msgspec.field(default_factory=list)
 
 
 class ChatChoice(msgspec.Struct):

@@ -1,6 +1,7 @@
 """Deterministic, prompt-aware reply content for the simulated server.
 
-In order: a bare "Yes"/"No" when the last user message says "Answer Yes or No"; a dialogue turn ending in
+In order: tool calls or a report when the request offers ``tools`` (``agent``); a role-played customer's
+message when the system message explains ``###STOP###`` (``customer``); a bare "Yes"/"No" when the last user message says "Answer Yes or No"; a dialogue turn ending in
 ``Answer: (L)`` when the conversation lists lettered options and asks for that line (``choices``); a filled
 JSON object when the prompt holds a JSON template of ``<...>`` placeholders; otherwise free text about the
 prompt.
@@ -11,12 +12,15 @@ temperature only perturbs that key, it does not change how random the reply look
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import msgspec
 
+from streamflow.services.sim.agent import ToolCall, agent_reply, render_tool_call
 from streamflow.services.sim.choices import asks_for_choice, choice_reply
 from streamflow.services.sim.config import SimConfig
+from streamflow.services.sim.customer import customer_reply, plays_customer
 from streamflow.services.sim.draws import Draws, stable_key
 from streamflow.services.sim.filler import Vocabulary
 from streamflow.services.sim.template import fill_template, find_template
@@ -32,11 +36,12 @@ _MAX_FREE_TEXT_TOKENS = 8192
 
 
 class Reply(msgspec.Struct, frozen=True):
-    """Reply text after the ``max_tokens`` cut, why generation stopped, and its token count."""
+    """Reply text after the ``max_tokens`` cut, why generation stopped, and its token count (tool calls included)."""
 
     text: str
     finish_reason: str
     completion_tokens: int
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 class Responder:
@@ -53,10 +58,19 @@ class Responder:
         max_tokens: int,
         seed: int | None = None,
         temperature: float | None = None,
+        tools: Sequence[Mapping[str, Any]] = (),
     ) -> Reply:
         """Reply to (role, text) ``messages``; a reply over ``max_tokens`` is cut, with finish_reason "length"."""
-        key = stable_key(self._config.seed, model, tuple(messages), seed, temperature)
+        key = stable_key(self._config.seed, model, tuple(messages), seed, temperature, repr(tools))
         last_user = next((text for role, text in reversed(messages) if role == "user"), "")
+        if tools:
+            text, calls = agent_reply(messages, tools, Draws(key, "agent"), self._config)
+            if calls:
+                tokens = sum(count_tokens(render_tool_call(call.name, call.arguments)) for call in calls)
+                return Reply(text="", finish_reason="tool_calls", completion_tokens=tokens, tool_calls=tuple(calls))
+            return _cut(text or "", max_tokens)
+        if plays_customer(messages):
+            return _cut(customer_reply(messages, Draws(key, "customer")), max_tokens)
         if asks_yes_or_no(last_user):
             text = "Yes" if Draws(key, "yes-no").chance(yes_probability(last_user, self._config.yes_rate)) else "No"
             return _cut(text, max_tokens)

@@ -19,6 +19,7 @@ from typing import TypeVar
 import msgspec
 from aiohttp import web
 
+from streamflow.services.sim.agent import render_tool_call
 from streamflow.services.sim.config import SimConfig
 from streamflow.services.sim.engine import BatchingEngine, EngineStats
 from streamflow.services.sim.protocol import (
@@ -31,9 +32,12 @@ from streamflow.services.sim.protocol import (
     CompletionRequest,
     ErrorBody,
     ErrorResponse,
+    FunctionCall,
     ModelCard,
     ModelList,
+    RequestMessage,
     StreamOptions,
+    ToolCallRecord,
     Usage,
 )
 from streamflow.services.sim.responder import Reply, Responder
@@ -73,6 +77,12 @@ async def _errors_as_json(
     except _RequestError as error:
         body = ErrorBody(message=error.message, type=_ERROR_TYPES[error.status], code=error.status)
         return _json(ErrorResponse(error=body), status=error.status)
+
+
+def _message_text(message: RequestMessage) -> str:
+    """A message's text as the simulator reads it: an assistant's tool calls are rendered into it."""
+    calls = [render_tool_call(call.function.name, call.function.arguments) for call in message.tool_calls or ()]
+    return "\n".join([message.text(), *calls]) if calls else message.text()
 
 
 def _usage(prompt_tokens: int, reply: Reply) -> Usage:
@@ -260,12 +270,16 @@ class SimServer:
         self._check_sampling(body.n, body.temperature)
         if not body.messages:
             raise _RequestError(400, "messages is empty; send at least one message.")
-        messages = [(message.role, message.text()) for message in body.messages]
+        if body.stream and body.tools:
+            raise _RequestError(400, "streamed tool calls are not simulated; send stream=false with tools.")
+        messages = [(message.role, _message_text(message)) for message in body.messages]
+        tools = [msgspec.to_builtins(tool) for tool in body.tools or ()]
         prompt_tokens = sum(count_tokens(text) + _MESSAGE_OVERHEAD_TOKENS for _, text in messages)
+        prompt_tokens += count_tokens(msgspec.json.encode(tools).decode()) if tools else 0
         requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         max_tokens = self._max_tokens(prompt_tokens, requested)
         reply = self.responder.reply(
-            body.model, messages, max_tokens=max_tokens, seed=body.seed, temperature=body.temperature
+            body.model, messages, max_tokens=max_tokens, seed=body.seed, temperature=body.temperature, tools=tools
         )
         response_id = f"chatcmpl-{uuid.uuid4().hex}"
         usage = _usage(prompt_tokens, reply)
@@ -273,7 +287,9 @@ class SimServer:
         streamed = await self._deliver(http_request, reply, usage, body.stream_options, chunks)
         if streamed is not None:
             return streamed
-        choice = ChatChoice(index=0, message=ChatMessage(content=reply.text), finish_reason=reply.finish_reason)
+        calls = [ToolCallRecord(id=c.id, function=FunctionCall(c.name, c.arguments)) for c in reply.tool_calls]
+        message = ChatMessage(content=None, tool_calls=calls) if calls else ChatMessage(content=reply.text)
+        choice = ChatChoice(index=0, message=message, finish_reason=reply.finish_reason)
         completion = ChatCompletion(
             id=response_id, created=int(time.time()), model=body.model, choices=[choice], usage=usage
         )

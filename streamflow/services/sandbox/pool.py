@@ -1,0 +1,336 @@
+"""A node's pool of sandboxes: private directories, each with its own user id, where commands run isolated.
+
+A sandbox is cheap while idle (a directory and a reserved uid); a process exists only while a
+command runs, and at most ``running`` commands run at once per node. A row acquires a sandbox,
+runs commands and reads or writes its files over several steps, and releases it; a sandbox
+nobody touched for ``idle_s`` is reclaimed, which is how sandboxes of rows that crashed or were
+re-admitted elsewhere come back. Run one pool per node as a Ray actor (``start_pools``) or
+in-process (tests, ``run_local``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO, Literal
+
+import msgspec
+
+from streamflow.errors import RowError, SetupError
+from streamflow.services.sandbox.backends import Limits, backend_named
+
+__all__ = ["ExecResult", "SandboxError", "SandboxPool", "SandboxSettings"]
+
+log = logging.getLogger(__name__)
+
+MAX_OUTPUT_BYTES = 1 << 20
+"""stdout and stderr are each cut to this much (a command printing gigabytes must not sink the pool)."""
+
+
+class SandboxError(RowError):
+    """A sandbox operation failed for a reason of the row's (unknown sandbox, bad path, pool full)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, kind="sandbox")
+
+
+class SandboxSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """The ``sandbox:`` section of the run config."""
+
+    backend: Literal["bubblewrap", "apptainer"] = "bubblewrap"
+    image: str | None = None  # apptainer: the .sif image
+    size: int = 1024  # sandboxes per node (a directory and a uid each; no process while idle)
+    running: int = 0  # commands running at once per node; 0: twice the node's CPUs
+    timeout_s: float = 30.0  # per command, wall clock
+    memory_mb: int = 512  # address space per command
+    processes: int = 64  # processes per sandbox
+    cpu_s: int = 60
+    file_mb: int = 64  # largest file a command may write
+    idle_s: float = 600.0  # a sandbox untouched this long is reclaimed
+    acquire_timeout_s: float = 300.0  # how long a row waits for a free sandbox before it fails
+    first_uid: int = 200_000  # as root, sandboxes run as user ids from here, a block of `size` per pool
+
+    def limits(self) -> Limits:
+        return Limits(memory_mb=self.memory_mb, processes=self.processes, cpu_s=self.cpu_s, file_mb=self.file_mb)
+
+
+class ExecResult(msgspec.Struct, frozen=True):
+    """What a command did: its exit code (negative: killed by that signal), output, and whether it timed out."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    timed_out: bool = False
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+
+@dataclass
+class _Sandbox:
+    id: str
+    slot: int
+    uid: int
+    directory: str
+    owner: str
+    touched: float
+
+
+class SandboxPool:
+    """Sandboxes of one node; every method is safe to call concurrently."""
+
+    def __init__(self, settings: SandboxSettings, *, name: str = "local") -> None:
+        self.settings = settings
+        self.name = name
+        self.backend = backend_named(settings.backend, settings.image)
+        problem = self.backend.missing()
+        if problem is not None:
+            raise SetupError(problem)
+        self.as_root = os.geteuid() == 0
+        self._uid_block: IO[str] | None = None
+        self.first_uid = os.geteuid()
+        if self.as_root:
+            self._uid_block, self.first_uid = _claim_uid_block(settings)
+        self.root = tempfile.mkdtemp(prefix=f"streamflow-sandbox-{name}-")
+        os.chmod(self.root, 0o711)  # sandbox users may enter their own directory, not list the others
+        self._free = list(range(settings.size))[::-1]
+        self._slots = asyncio.Semaphore(settings.size)
+        self._running = asyncio.Semaphore(settings.running or 2 * (os.cpu_count() or 1))
+        self._boxes: dict[str, _Sandbox] = {}
+        self._serial = 0
+        self.counts = {"acquired": 0, "released": 0, "reclaimed": 0, "runs": 0, "timeouts": 0}
+        self._reclaiming: asyncio.Task[None] | None = None
+
+    # -- life cycle of a sandbox ---------------------------------------------------------------
+
+    async def acquire(self, owner: str, files: Mapping[str, bytes] | None = None) -> str:
+        """A fresh sandbox for ``owner`` (a row id), with ``files`` written into it; returns its id."""
+        self._start_reclaiming()
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self.settings.acquire_timeout_s)
+        except TimeoutError:
+            msg = f"no free sandbox on {self.name} after {self.settings.acquire_timeout_s:.0f} s (sandbox.size={self.settings.size})"
+            raise SandboxError(msg) from None
+        slot = self._free.pop()
+        self._serial += 1
+        box_id = f"{self.name}/{slot}/{self._serial}"
+        uid = self.first_uid + slot if self.as_root else os.geteuid()
+        directory = os.path.join(self.root, str(slot))
+        os.mkdir(directory, 0o700)
+        if self.as_root:
+            os.chown(directory, uid, uid)
+        box = _Sandbox(box_id, slot, uid, directory, owner, time.monotonic())
+        self._boxes[box_id] = box
+        self.counts["acquired"] += 1
+        for path, data in (files or {}).items():
+            self._write(box, path, data)
+        return box_id
+
+    async def release(self, box_id: str) -> bool:
+        """Kill what still runs in the sandbox and delete it; False if it was already gone."""
+        box = self._boxes.pop(box_id, None)
+        if box is None:
+            return False
+        self._destroy(box)
+        self.counts["released"] += 1
+        return True
+
+    async def reclaim(self) -> int:
+        """Release every sandbox idle for longer than ``idle_s``; returns how many."""
+        deadline = time.monotonic() - self.settings.idle_s
+        stale = [box for box in self._boxes.values() if box.touched < deadline]
+        for box in stale:
+            log.warning("reclaiming sandbox %s of row %s: idle for %.0f s", box.id, box.owner, self.settings.idle_s)
+            del self._boxes[box.id]
+            self._destroy(box)
+        self.counts["reclaimed"] += len(stale)
+        return len(stale)
+
+    async def close(self) -> None:
+        """Release every sandbox and remove the pool's directory."""
+        if self._reclaiming is not None:
+            self._reclaiming.cancel()
+        for box_id in list(self._boxes):
+            await self.release(box_id)
+        shutil.rmtree(self.root, ignore_errors=True)
+        if self._uid_block is not None:
+            self._uid_block.close()  # lets another pool take these user ids
+
+    def stats(self) -> dict[str, int]:
+        return {**self.counts, "in_use": len(self._boxes)}
+
+    # -- using one -----------------------------------------------------------------------------
+
+    async def run(
+        self, box_id: str, argv: Sequence[str], *, timeout_s: float | None = None, stdin: bytes | None = None
+    ) -> ExecResult:
+        """Run ``argv`` in the sandbox (cwd ``/work``, no network, the configured limits)."""
+        box = self._box(box_id)
+        timeout = self.settings.timeout_s if timeout_s is None else timeout_s
+        command = self.backend.command(box.directory, argv, box.uid, self.settings.limits())
+        if not self.as_root:
+            command = command[command.index("--") + 1 :]  # setpriv needs root: run as this user
+        async with self._running:
+            started = time.monotonic()
+            process = await asyncio.create_subprocess_exec(
+                *command,
+                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+            reading = asyncio.gather(_read_capped(process.stdout), _read_capped(process.stderr))
+            if stdin is not None and process.stdin is not None:
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    process.stdin.write(stdin)
+                    await process.stdin.drain()
+                process.stdin.close()
+            timed_out = False
+            try:
+                await asyncio.wait_for(process.wait(), timeout)
+            except TimeoutError:
+                timed_out = True
+                self.counts["timeouts"] += 1
+                _kill_group(process.pid)
+                self._kill_user(box)
+                await process.wait()
+            stdout, stderr = await reading
+        box.touched = time.monotonic()
+        self.counts["runs"] += 1
+        return ExecResult(
+            exit_code=process.returncode if process.returncode is not None else -9,
+            stdout=stdout.decode("utf-8", "replace"),
+            stderr=stderr.decode("utf-8", "replace"),
+            timed_out=timed_out,
+            duration_s=round(time.monotonic() - started, 4),
+        )
+
+    async def read(self, box_id: str, path: str) -> bytes:
+        """A file of the sandbox (``path`` relative to its ``/work``)."""
+        box = self._box(box_id)
+        target = self._inside(box, path)
+        try:
+            fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise SandboxError(f"sandbox {box_id}: cannot read {path!r}: {exc.strerror}") from None
+        with os.fdopen(fd, "rb") as handle:
+            return handle.read()
+
+    async def write(self, box_id: str, path: str, data: bytes) -> None:
+        """Write a file into the sandbox (``path`` relative to its ``/work``; folders are created)."""
+        self._write(self._box(box_id), path, data)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _box(self, box_id: str) -> _Sandbox:
+        box = self._boxes.get(box_id)
+        if box is None:
+            raise SandboxError(f"unknown sandbox {box_id!r} (released, reclaimed after {self.settings.idle_s:.0f} s idle, "
+                               "or its pool restarted)")  # fmt: skip
+        box.touched = time.monotonic()
+        return box
+
+    def _inside(self, box: _Sandbox, path: str) -> str:
+        """The host path of ``path`` in the sandbox; refuses anything that would lead outside it."""
+        relative = os.path.normpath(path.removeprefix("/work/"))
+        if os.path.isabs(relative) or relative == ".." or relative.startswith("../"):
+            raise SandboxError(f"sandbox {box.id}: path {path!r} leads outside the sandbox")
+        target = os.path.join(box.directory, relative)
+        parent = os.path.realpath(os.path.dirname(target))
+        if parent != box.directory and not parent.startswith(box.directory + os.sep):
+            raise SandboxError(f"sandbox {box.id}: path {path!r} leads outside the sandbox (through a link)")
+        return target
+
+    def _write(self, box: _Sandbox, path: str, data: bytes) -> None:
+        target = self._inside(box, path)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise SandboxError(f"sandbox {box.id}: cannot write {path!r}: {exc.strerror}") from None
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        if self.as_root:
+            for folder, _, names in os.walk(box.directory):
+                os.chown(folder, box.uid, box.uid)
+                for name in names:
+                    os.chown(os.path.join(folder, name), box.uid, box.uid, follow_symlinks=False)
+
+    def _destroy(self, box: _Sandbox) -> None:
+        self._kill_user(box)
+        shutil.rmtree(box.directory, ignore_errors=True)
+        self._free.append(box.slot)
+        self._slots.release()
+
+    def _kill_user(self, box: _Sandbox) -> None:
+        """Kill every process running as the sandbox's uid (root only: otherwise the uid is ours)."""
+        if not self.as_root:
+            return
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == box.uid:
+                    os.kill(int(entry), signal.SIGKILL)
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
+                continue
+
+    def _start_reclaiming(self) -> None:
+        if self._reclaiming is None:
+            self._reclaiming = asyncio.get_running_loop().create_task(self._reclaim_forever())
+
+    async def _reclaim_forever(self) -> None:
+        every = max(0.1, min(self.settings.idle_s / 4, 30.0))
+        while True:
+            await asyncio.sleep(every)
+            await self.reclaim()
+
+
+UID_LOCKS = os.path.join(tempfile.gettempdir(), "streamflow-sandbox-uids")
+_UID_BLOCKS = 4096
+
+
+def _claim_uid_block(settings: SandboxSettings) -> tuple[IO[str], int]:
+    """A block of ``size`` user ids no other pool on this machine uses, held by a lock while the pool lives.
+
+    Pools of concurrent runs (or of one run's nodes on one machine) must not share ids: releasing a
+    sandbox kills every process of its id, and the process limit counts per id.
+    """
+    os.makedirs(UID_LOCKS, exist_ok=True)
+    for block in range(_UID_BLOCKS):
+        handle = open(os.path.join(UID_LOCKS, str(block)), "a")  # noqa: SIM115 - held open for the pool's life
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        return handle, settings.first_uid + block * settings.size
+    msg = f"all {_UID_BLOCKS} blocks of sandbox user ids are taken by other pools on this machine"
+    raise SetupError(msg)
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+async def _read_capped(stream: asyncio.StreamReader | None) -> bytes:
+    """Everything from ``stream``, keeping at most ``MAX_OUTPUT_BYTES`` (the rest is read and dropped)."""
+    if stream is None:
+        return b""
+    kept = bytearray()
+    while chunk := await stream.read(65536):
+        if len(kept) < MAX_OUTPUT_BYTES:
+            kept += chunk[: MAX_OUTPUT_BYTES - len(kept)]
+    return bytes(kept)

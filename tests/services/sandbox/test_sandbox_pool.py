@@ -1,0 +1,256 @@
+"""Sandboxes keep a tool call inside its own directory, off the network and within its limits."""
+
+import asyncio
+import os
+import shutil
+import socket
+import threading
+import time
+
+import pytest
+
+from streamflow.services.sandbox import Apptainer, Bubblewrap, Limits, SandboxError, SandboxPool, SandboxSettings
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("bwrap") is None, reason="bubblewrap is not installed (apt-get install -y bubblewrap; .ci/run does)"
+)
+PY = "/usr/bin/python3"
+
+
+def pool_run(body, **settings):
+    """Run ``body(pool)`` against a fresh in-process pool, closing it afterwards."""
+
+    async def go():
+        pool = SandboxPool(SandboxSettings(**{"timeout_s": 10.0, **settings}))
+        try:
+            return await body(pool)
+        finally:
+            await pool.close()
+
+    return asyncio.run(go())
+
+
+def python(code):
+    return [PY, "-I", "-S", "-c", code]
+
+
+def test_a_command_runs_in_its_private_directory_and_sees_the_files_given_to_it():
+    async def body(pool):
+        box = await pool.acquire("row-1", files={"data/in.txt": b"hello"})
+        result = await pool.run(box, python("import os; print(os.getcwd(), open('data/in.txt').read())"))
+        written = await pool.run(box, python("open('out.txt', 'w').write('made inside')"))
+        return result, written, await pool.read(box, "out.txt")
+
+    result, written, out = pool_run(body)
+    assert result.ok and result.stdout.split() == ["/work", "hello"]
+    assert written.ok and out == b"made inside"
+
+
+def test_state_persists_between_commands_of_one_sandbox_but_not_across_sandboxes():
+    async def body(pool):
+        first, second = await pool.acquire("a"), await pool.acquire("b")
+        await pool.run(first, python("open('state', 'w').write('1')"))
+        again = await pool.run(first, python("print(open('state').read())"))
+        other = await pool.run(second, python("import os; print(os.listdir('.'))"))
+        return again, other
+
+    again, other = pool_run(body)
+    assert again.stdout.strip() == "1"
+    assert other.stdout.strip() == "[]"
+
+
+def test_a_command_cannot_read_or_write_outside_its_sandbox(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("host secret")
+    code = f"""
+import os
+for path in ({str(secret)!r}, '/etc/passwd', '/root', {os.getcwd()!r}):
+    print(path, os.path.exists(path))
+for path in ('/usr/evil', '/evil', '../evil'):
+    try:
+        open(path, 'w').write('x'); print('wrote', path)
+    except OSError as exc:
+        print('refused', path)
+"""
+
+    async def body(pool):
+        box = await pool.acquire("row")
+        return await pool.run(box, python(code))
+
+    result = pool_run(body)
+    assert "True" not in result.stdout, result.stdout
+    assert "wrote" not in result.stdout and result.stdout.count("refused") == 3
+
+
+def test_host_side_file_access_refuses_paths_that_leave_the_sandbox():
+    async def body(pool):
+        box = await pool.acquire("row")
+        await pool.run(box, ["/usr/bin/ln", "-s", "/etc", "link"])
+        errors = []
+        for path in ("../escape", "/etc/passwd", "a/../../escape", "link/passwd"):
+            with pytest.raises(SandboxError, match="outside the sandbox"):
+                await pool.read(box, path)
+            errors.append(path)
+        with pytest.raises(SandboxError, match="outside the sandbox"):
+            await pool.write(box, "link/owned", b"x")
+        return errors
+
+    assert len(pool_run(body)) == 4
+
+
+def test_a_command_cannot_reach_the_network_not_even_the_hosts_loopback():
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    threading.Thread(target=lambda: server.accept(), daemon=True).start()
+    code = f"""
+import socket
+for host in ('127.0.0.1', '8.8.8.8'):
+    try:
+        socket.create_connection((host, {port} if host == '127.0.0.1' else 53), timeout=2); print('reached', host)
+    except OSError as exc:
+        print('blocked', host, exc.errno)
+"""
+
+    async def body(pool):
+        return await pool.run(await pool.acquire("row"), python(code))
+
+    result = pool_run(body)
+    server.close()
+    assert "reached" not in result.stdout and result.stdout.count("blocked") == 2
+
+
+def test_a_command_that_runs_too_long_is_killed_at_its_timeout():
+    async def body(pool):
+        box = await pool.acquire("row")
+        started = time.monotonic()
+        result = await pool.run(box, python("import time; time.sleep(60)"), timeout_s=1.0)
+        return result, time.monotonic() - started, await pool.run(box, python("print('still usable')"))
+
+    result, took, after = pool_run(body)
+    assert result.timed_out and not result.ok and took < 5
+    assert after.ok and "still usable" in after.stdout
+
+
+def test_a_memory_hog_fails_alone_and_the_pool_goes_on():
+    async def body(pool):
+        box = await pool.acquire("row")
+        hog = await pool.run(box, python("x = bytearray(2_000_000_000); print('allocated')"))
+        return hog, await pool.run(box, python("print(6 * 7)"))
+
+    hog, after = pool_run(body, memory_mb=256)
+    assert not hog.ok and "allocated" not in hog.stdout and "MemoryError" in hog.stderr
+    assert after.stdout.strip() == "42"
+
+
+def test_a_fork_bomb_is_contained_and_another_sandbox_keeps_working():
+    bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+
+    async def body(pool):
+        bombed, calm = await pool.acquire("bomb"), await pool.acquire("calm")
+        bombing = asyncio.ensure_future(pool.run(bombed, python(bomb), timeout_s=3.0))
+        await asyncio.sleep(1.0)
+        during = await pool.run(calm, python("print('fine')"), timeout_s=5.0)
+        result = await bombing
+        return result, during, pool.first_uid
+
+    result, during, first_uid = pool_run(body, processes=32)
+    assert result.timed_out
+    assert during.ok and during.stdout.strip() == "fine"
+    assert _processes_gone(first_uid, within_s=3.0)
+
+
+def _processes_gone(uid, within_s):
+    """True once no process runs as ``uid`` (killed processes take a moment to leave /proc)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if not any(p.isdigit() and _uid_of(p) == uid for p in os.listdir("/proc")):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _uid_of(pid):
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except FileNotFoundError:
+        return None
+
+
+def test_sandboxes_left_idle_are_reclaimed_and_their_slots_reused():
+    async def body(pool):
+        leaked = await pool.acquire("crashed-row")
+        await asyncio.sleep(1.0)
+        assert await pool.reclaim() >= 0  # the background task may have done it already
+        with pytest.raises(SandboxError, match="unknown sandbox"):
+            await pool.run(leaked, ["/usr/bin/true"])
+        fresh = await pool.acquire("next-row")  # size 1: only possible if the slot came back
+        return pool.stats(), fresh
+
+    stats, fresh = pool_run(body, size=1, idle_s=0.3)
+    assert stats["reclaimed"] == 1 and stats["in_use"] == 1 and fresh
+
+
+def test_a_full_pool_makes_the_row_wait_then_fail_with_a_clear_error():
+    async def body(pool):
+        await pool.acquire("a")
+        with pytest.raises(SandboxError, match="no free sandbox"):
+            await pool.acquire("b")
+
+    pool_run(body, size=1, acquire_timeout_s=0.2)
+
+
+def test_output_is_captured_up_to_a_cap():
+    async def body(pool):
+        return await pool.run(await pool.acquire("row"), python("import sys; sys.stdout.write('x' * 3_000_000)"))
+
+    result = pool_run(body)
+    assert result.ok and len(result.stdout) == 1 << 20
+
+
+def test_bubblewrap_command_drops_privileges_limits_and_isolates():
+    command = Bubblewrap().command("/srv/box/3", [PY, "tool.py"], 200_003, Limits(memory_mb=128, processes=16))
+    assert command[:3] == ["setpriv", "--reuid=200003", "--regid=200003"]
+    assert "--as=134217728" in command and "--nproc=16" in command
+    assert "--unshare-all" in command and "--die-with-parent" in command
+    assert command[command.index("--bind") + 1 : command.index("--bind") + 3] == ["/srv/box/3", "/work"]
+    assert command[-2:] == [PY, "tool.py"]
+
+
+def test_apptainer_command_has_the_same_isolation_with_an_image():
+    command = Apptainer("/images/tools.sif").command("/srv/box/3", ["python3", "tool.py"], 200_003, Limits())
+    assert command[:1] == ["setpriv"] and "apptainer" in command
+    tail = command[command.index("apptainer") :]
+    assert tail[:2] == ["apptainer", "exec"]
+    for flag in ("--containall", "--no-home"):
+        assert flag in tail
+    assert tail[tail.index("--network") + 1] == "none" and "--net" in tail
+    assert tail[tail.index("--bind") + 1] == "/srv/box/3:/work" and tail[tail.index("--pwd") + 1] == "/work"
+    assert tail[-3:] == ["/images/tools.sif", "python3", "tool.py"]
+
+
+def test_a_missing_backend_is_named_with_what_to_install(monkeypatch):
+    from streamflow import SetupError
+
+    monkeypatch.setattr(shutil, "which", lambda tool: None if tool == "bwrap" else f"/usr/bin/{tool}")
+    with pytest.raises(SetupError, match="apt-get install -y bubblewrap"):
+        SandboxPool(SandboxSettings())
+    assert "/nope.sif' does not exist" in (Apptainer("/nope.sif").missing() or "")
+    monkeypatch.setattr(shutil, "which", lambda tool: None)
+    assert "needs 'apptainer'" in (Apptainer("/nope.sif").missing() or "")
+
+
+def test_two_pools_on_one_machine_never_share_user_ids():
+    async def body(pool):
+        other = SandboxPool(pool.settings, name="other")
+        try:
+            mine, theirs = await pool.acquire("a"), await other.acquire("b")
+            ids = [
+                (await p.run(box, python("import os; print(os.getuid())"))).stdout.strip()
+                for p, box in ((pool, mine), (other, theirs))
+            ]
+            return ids, pool.first_uid != other.first_uid
+        finally:
+            await other.close()
+
+    (uid_a, uid_b), distinct = pool_run(body, size=8)
+    assert distinct and uid_a != uid_b
