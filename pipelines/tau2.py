@@ -156,26 +156,25 @@ class RunTools(Operator):
         results = []
         for call in row.state.history[-1]["tool_calls"]:
             function = call.get("function", {})
-            argv = [
-                "python3",
-                "-I",
-                "-S",
-                "tools.py",
-                str(function.get("name")),
-                str(function.get("arguments") or "{}"),
-            ]
-            done = await ctx.sandbox.run(row["sandbox_id"], argv, timeout_s=self.params.tool_timeout_s)
-            if done.timed_out:
-                output = json.dumps({"error": f"the tool took longer than {self.params.tool_timeout_s:.0f} s"})
-            elif done.exit_code != 0:
-                output = json.dumps({"error": f"the tool failed (exit {done.exit_code}): {done.stderr.strip()[-300:]}"})
-            else:
-                output = done.stdout.strip()
-            results.append({"role": "tool", "tool_call_id": call.get("id"), "content": output})
+            results.append(
+                {"role": "tool", "tool_call_id": call.get("id"), "content": await self._run(row, function, ctx)}
+            )
         calls = row.state.counters.get("tool_calls", 0) + len(results)
         return row.with_state(
             history=[*row.state.history, *results], counters={**row.state.counters, "tool_calls": calls}
         )
+
+    async def _run(self, row: Message, function: dict[str, Any], ctx: Context) -> str:
+        """The tool's answer as the agent will read it: its JSON result, or a JSON error."""
+        try:
+            arguments = json.loads(function.get("arguments") or "{}")
+        except json.JSONDecodeError as exc:
+            return json.dumps({"error": f"arguments are not JSON: {exc}"})
+        request = {"name": str(function.get("name")), "arguments": arguments}
+        done = await ctx.sandbox.call(row["sandbox_id"], "tools", "run", request, timeout_s=self.params.tool_timeout_s)
+        if done.error is not None:
+            return json.dumps({"error": f"the tool failed: {done.error}"})
+        return json.dumps(done.result, sort_keys=True)
 
 
 class Score(Operator):

@@ -1,9 +1,10 @@
 """The retail domain's tools: customers, orders and refunds kept in ./db.json.
 
-Runs inside a sandbox as ``python3 tools.py NAME 'JSON ARGUMENTS'`` and prints the result as JSON; a
-tool that refuses (unknown order, wrong status) prints ``{"error": ...}``, as tau2's tools do. The
-pipeline imports ``TOOLS`` (the OpenAI tool specs) and ``call`` from this file to compute the
-expected final database of a task. Standard library only: the sandbox has just the system Python.
+Inside a sandbox the pipeline calls ``run(name, arguments)`` (a Python tool call), or a shell runs
+``python3 tools.py NAME 'JSON ARGUMENTS'``; either way the result is JSON, and a tool that refuses
+(unknown order, wrong status) answers ``{"error": ...}``, as tau2's tools do. The pipeline also
+imports ``TOOLS`` (the OpenAI tool specs) and ``call`` to compute a task's expected final database.
+Standard library only: the sandbox has just the system Python.
 """
 
 from __future__ import annotations
@@ -120,13 +121,8 @@ def call(db: dict[str, Any], name: str, arguments: dict[str, Any]) -> dict[str, 
         return {"error": f"bad arguments for {name}: {exc}"}
 
 
-def main() -> None:
-    name = sys.argv[1]
-    try:
-        arguments = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
-    except json.JSONDecodeError as exc:
-        print(json.dumps({"error": f"arguments are not JSON: {exc}"}))
-        return
+def run(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """One tool call against ./db.json, saved when the tool changed it."""
     with open("db.json") as handle:
         db = json.load(handle)
     result = call(db, name, arguments if isinstance(arguments, dict) else {})
@@ -134,7 +130,16 @@ def main() -> None:
         with open("db.json.tmp", "w") as handle:
             json.dump(db, handle, sort_keys=True)
         os.replace("db.json.tmp", "db.json")
-    print(json.dumps(result, sort_keys=True))
+    return result
+
+
+def main() -> None:
+    try:
+        arguments = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+    except json.JSONDecodeError as exc:
+        print(json.dumps({"error": f"arguments are not JSON: {exc}"}))
+        return
+    print(json.dumps(run(sys.argv[1], arguments), sort_keys=True))
 
 
 if __name__ == "__main__":

@@ -6,12 +6,13 @@ await ctx.sandbox.release(box)
 """
 
 from streamflow.services.sandbox.backends import Apptainer, Bubblewrap, Limits
-from streamflow.services.sandbox.pool import ExecResult, SandboxError, SandboxPool, SandboxSettings
+from streamflow.services.sandbox.pool import CallResult, ExecResult, SandboxError, SandboxPool, SandboxSettings
 from streamflow.services.sandbox.service import SandboxAccess, SandboxClient, start_pools, stop_pools
 
 __all__ = [
     "Apptainer",
     "Bubblewrap",
+    "CallResult",
     "ExecResult",
     "Limits",
     "SandboxAccess",

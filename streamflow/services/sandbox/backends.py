@@ -12,11 +12,15 @@ import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 __all__ = ["Apptainer", "Backend", "Bubblewrap", "Limits", "backend_named"]
 
 WORKDIR = "/work"
 PATH = "/usr/local/bin:/usr/bin:/bin"
+WORKER = "/opt/streamflow/worker.py"
+"""Where the Python tool-call server (``worker.py``) appears inside a sandbox, read-only."""
+WORKER_SOURCE = str(Path(__file__).with_name("worker.py"))
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,7 @@ class Bubblewrap(Backend):
             "--dev", "/dev",
             "--tmpfs", "/tmp",
             "--bind", directory, WORKDIR,
+            "--ro-bind", WORKER_SOURCE, WORKER,
             "--remount-ro", "/",  # only /work and /tmp are writable
             "--chdir", WORKDIR,
             "--clearenv",
@@ -129,6 +134,7 @@ class Apptainer(Backend):
             "--no-home",
             "--net", "--network", "none",
             "--bind", f"{directory}:{WORKDIR}",
+            "--bind", f"{WORKER_SOURCE}:{WORKER}:ro",
             "--pwd", WORKDIR,
             "--env", f"PATH={PATH},HOME={WORKDIR},LANG=C.UTF-8",
             self.image,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import shutil
@@ -20,15 +21,15 @@ import signal
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import IO, Literal
+from dataclasses import dataclass, field
+from typing import IO, Any, Literal
 
 import msgspec
 
 from streamflow.errors import RowError, SetupError
-from streamflow.services.sandbox.backends import Limits, backend_named
+from streamflow.services.sandbox.backends import WORKER, Limits, backend_named
 
-__all__ = ["ExecResult", "SandboxError", "SandboxPool", "SandboxSettings"]
+__all__ = ["CallResult", "ExecResult", "SandboxError", "SandboxPool", "SandboxSettings"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,19 @@ class SandboxSettings(msgspec.Struct, forbid_unknown_fields=True):
         return Limits(memory_mb=self.memory_mb, processes=self.processes, cpu_s=self.cpu_s, file_mb=self.file_mb)
 
 
+class CallResult(msgspec.Struct, frozen=True):
+    """What a Python tool call returned (JSON data), or why it failed."""
+
+    result: Any = None
+    error: str | None = None
+    timed_out: bool = False
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
 class ExecResult(msgspec.Struct, frozen=True):
     """What a command did: its exit code (negative: killed by that signal), output, and whether it timed out."""
 
@@ -85,6 +99,9 @@ class _Sandbox:
     directory: str
     owner: str
     touched: float
+    worker: asyncio.subprocess.Process | None = None
+    """The sandbox's Python tool-call server, started by its first ``call``."""
+    calling: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class SandboxPool:
@@ -142,7 +159,7 @@ class SandboxPool:
         box = self._boxes.pop(box_id, None)
         if box is None:
             return False
-        self._destroy(box)
+        await self._destroy(box)
         self.counts["released"] += 1
         return True
 
@@ -153,7 +170,7 @@ class SandboxPool:
         for box in stale:
             log.warning("reclaiming sandbox %s of row %s: idle for %.0f s", box.id, box.owner, self.settings.idle_s)
             del self._boxes[box.id]
-            self._destroy(box)
+            await self._destroy(box)
         self.counts["reclaimed"] += len(stale)
         return len(stale)
 
@@ -216,6 +233,57 @@ class SandboxPool:
             duration_s=round(time.monotonic() - started, 4),
         )
 
+    async def call(
+        self,
+        box_id: str,
+        module: str,
+        function: str,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        timeout_s: float | None = None,
+    ) -> CallResult:
+        """Call ``function(**arguments)`` of ``module`` (a ``.py`` file in the sandbox's ``/work``), isolated.
+
+        The call runs in the sandbox's tool-call server, a sandboxed Python process started on the
+        first call and kept until the sandbox is released (so later calls cost a pipe round trip, not
+        an interpreter start). One call runs at a time per sandbox. Arguments and result are JSON.
+        A call that times out or kills its process (memory limit, a crash) gets an error, and the
+        next call starts a fresh process.
+        """
+        box = self._box(box_id)
+        timeout = self.settings.timeout_s if timeout_s is None else timeout_s
+        request = json.dumps({"module": module, "function": function, "arguments": dict(arguments or {})}) + "\n"
+        async with box.calling, self._running:
+            started = time.monotonic()
+            worker = box.worker
+            if worker is None or worker.returncode is not None:
+                worker = box.worker = await self._start_worker(box)
+            assert worker.stdin is not None and worker.stdout is not None
+            try:
+                worker.stdin.write(request.encode())
+                await worker.stdin.drain()
+                line = await asyncio.wait_for(worker.stdout.readline(), timeout)
+            except TimeoutError:
+                self.counts["timeouts"] += 1
+                await self._stop_worker(box)
+                return CallResult(error=f"timed out after {timeout:g} s", timed_out=True, duration_s=timeout)
+            except (BrokenPipeError, ConnectionResetError):
+                line = b""
+            except ValueError:  # a reply line over the output cap
+                await self._stop_worker(box)
+                return CallResult(error=f"the reply is larger than {MAX_OUTPUT_BYTES} bytes")
+            self.counts["runs"] += 1
+            box.touched = time.monotonic()
+            took = round(time.monotonic() - started, 4)
+            if not line:
+                code = await worker.wait()
+                box.worker = None
+                return CallResult(
+                    error=f"the tool process died (exit {code}): {self._stderr_tail(box)}", duration_s=took
+                )
+            reply = json.loads(line)
+            return CallResult(result=reply.get("result"), error=reply.get("error"), duration_s=took)
+
     async def read(self, box_id: str, path: str) -> bytes:
         """A file of the sandbox (``path`` relative to its ``/work``)."""
         box = self._box(box_id)
@@ -267,8 +335,44 @@ class SandboxPool:
                 for name in names:
                     os.chown(os.path.join(folder, name), box.uid, box.uid, follow_symlinks=False)
 
-    def _destroy(self, box: _Sandbox) -> None:
+    async def _start_worker(self, box: _Sandbox) -> asyncio.subprocess.Process:
+        command = self.backend.command(box.directory, ["python3", "-I", "-S", WORKER], box.uid, self.settings.limits())
+        if not self.as_root:
+            command = command[command.index("--") + 1 :]
+        with open(self._stderr_path(box), "ab") as log_file:
+            return await asyncio.create_subprocess_exec(
+                *command,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log_file,
+                start_new_session=True,
+                limit=MAX_OUTPUT_BYTES,
+            )
+
+    async def _stop_worker(self, box: _Sandbox) -> None:
+        worker, box.worker = box.worker, None
+        if worker is not None:
+            _kill_group(worker.pid)
         self._kill_user(box)
+        if worker is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(worker.wait(), 5)
+
+    def _stderr_path(self, box: _Sandbox) -> str:
+        return os.path.join(self.root, f"{box.slot}.stderr")  # outside the sandbox: the tool cannot forge it
+
+    def _stderr_tail(self, box: _Sandbox) -> str:
+        try:
+            with open(self._stderr_path(box), "rb") as handle:
+                handle.seek(max(0, os.path.getsize(handle.name) - 300))
+                return handle.read().decode("utf-8", "replace").strip().splitlines()[-1]
+        except (OSError, IndexError):
+            return ""
+
+    async def _destroy(self, box: _Sandbox) -> None:
+        await self._stop_worker(box)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self._stderr_path(box))
         shutil.rmtree(box.directory, ignore_errors=True)
         self._free.append(box.slot)
         self._slots.release()

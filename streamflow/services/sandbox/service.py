@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamflow.errors import SetupError
-from streamflow.services.sandbox.pool import ExecResult, SandboxError, SandboxPool, SandboxSettings
+from streamflow.services.sandbox.pool import CallResult, ExecResult, SandboxError, SandboxPool, SandboxSettings
 
 __all__ = ["SandboxAccess", "SandboxClient", "start_pools", "stop_pools"]
 
@@ -47,6 +47,20 @@ class SandboxClient:
     ) -> ExecResult:
         """Run a command in the sandbox; see ``SandboxPool.run``."""
         return await self._call(_pool_of(box_id), "run", box_id, list(argv), timeout_s=timeout_s, stdin=stdin)
+
+    async def call(
+        self,
+        box_id: str,
+        module: str,
+        function: str,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        timeout_s: float | None = None,
+    ) -> CallResult:
+        """Call a Python function of a module in the sandbox; see ``SandboxPool.call``."""
+        return await self._call(
+            _pool_of(box_id), "call", box_id, module, function, dict(arguments or {}), timeout_s=timeout_s
+        )
 
     async def read(self, box_id: str, path: str) -> bytes:
         return await self._call(_pool_of(box_id), "read", box_id, path)

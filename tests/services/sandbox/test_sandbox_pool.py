@@ -254,3 +254,83 @@ def test_two_pools_on_one_machine_never_share_user_ids():
 
     (uid_a, uid_b), distinct = pool_run(body, size=8)
     assert distinct and uid_a != uid_b
+
+
+TOOL = b"""
+import os
+calls = []
+
+def add(a, b):
+    calls.append(1)
+    print("noise on stdout")
+    return {"sum": a + b, "calls": len(calls), "pid": os.getpid()}
+
+def boom():
+    raise ValueError("bad input")
+
+def hog():
+    return len(bytearray(2_000_000_000))
+
+def die():
+    os._exit(3)
+
+def slow():
+    import time
+    time.sleep(60)
+
+def peek():
+    return os.path.exists("/etc/passwd"), os.listdir("/")
+"""
+
+
+def test_python_tool_calls_keep_one_process_per_sandbox_and_return_json():
+    async def body(pool):
+        box = await pool.acquire("row", files={"tool.py": TOOL})
+        first = await pool.call(box, "tool", "add", {"a": 2, "b": 3})
+        second = await pool.call(box, "tool", "add", {"a": 1, "b": 1})
+        return first, second
+
+    first, second = pool_run(body)
+    assert first.ok and first.result["sum"] == 5 and second.result["sum"] == 2
+    assert second.result["calls"] == 2 and second.result["pid"] == first.result["pid"]  # the same warm process
+
+
+def test_a_failing_tool_call_reports_its_exception_and_the_next_call_works():
+    async def body(pool):
+        box = await pool.acquire("row", files={"tool.py": TOOL})
+        return (
+            await pool.call(box, "tool", "boom"),
+            await pool.call(box, "tool", "missing"),
+            await pool.call(box, "tool", "add", {"a": 1}),
+            await pool.call(box, "tool", "add", {"a": 1, "b": 2}),
+        )
+
+    boom, missing, bad_args, fine = pool_run(body)
+    assert boom.error == "ValueError: bad input"
+    assert missing.error.startswith("AttributeError") and bad_args.error.startswith("TypeError")
+    assert fine.ok and fine.result["sum"] == 3
+
+
+def test_a_tool_call_that_dies_hogs_or_hangs_costs_only_that_call():
+    async def body(pool):
+        box = await pool.acquire("row", files={"tool.py": TOOL})
+        died = await pool.call(box, "tool", "die")
+        hog = await pool.call(box, "tool", "hog")
+        hung = await pool.call(box, "tool", "slow", timeout_s=1.0)
+        return died, hog, hung, await pool.call(box, "tool", "add", {"a": 1, "b": 2})
+
+    died, hog, hung, after = pool_run(body, memory_mb=256)
+    assert "died (exit 3)" in died.error
+    assert hog.error.startswith("MemoryError")
+    assert hung.timed_out and "timed out" in hung.error
+    assert after.ok and after.result["sum"] == 3
+
+
+def test_python_tool_calls_are_as_isolated_as_commands():
+    async def body(pool):
+        box = await pool.acquire("row", files={"tool.py": TOOL})
+        return await pool.call(box, "tool", "peek")
+
+    result = pool_run(body)
+    passwd_visible, root = result.result
+    assert passwd_visible is False and "etc" not in root
