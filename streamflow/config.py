@@ -91,10 +91,11 @@ class CacheConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class LLMConfig(msgspec.Struct, forbid_unknown_fields=True):
-    backend: Literal["auto", "sim", "openai", "vllm", "sglang", "none"] = "auto"
+    backend: Literal["auto", "sim", "openai", "vllm", "sglang", "llamacpp", "none"] = "auto"
     base_url: str | None = None
     endpoints: list[str] = []
     model: str = "sim-8b"
+    model_path: str | None = None  # llamacpp: the .gguf file (default: the file of a packaged model, llm.model=smollm2)
     replicas: int = 1
     tensor_parallel: int = 1
     engine_args: list[str] = []

@@ -37,6 +37,7 @@ from streamflow.resume import (
     resume_dir,
     write_run_record,
 )
+from streamflow.services.engines.llamacpp import check_llamacpp
 from streamflow.services.llm import LLMClient
 
 __all__ = ["main", "prepare", "run"]
@@ -125,6 +126,8 @@ def run(pipeline: str | Path | Flow | ModuleType, overrides: Sequence[str] | Map
             raise ConfigError(msg)
     if cfg.llm.uses_external or cfg.llm.models:
         asyncio.run(_check_llm(cfg))
+    if cfg.llm.backend == "llamacpp":
+        check_llamacpp(cfg.llm.model, cfg.llm.model_path)
     data_dir = os.path.join(run_dir, "data")
     claim_directory(data_dir)  # before reading what is committed: writers of a killed run stop here
     if not os.path.exists(os.path.join(run_dir, RUN_RECORD)):  # a resume keeps the record of the first start

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ import ray
 
 from streamflow.config import LLMConfig
 from streamflow.services.engines import ServerSpec, start_engine_replicas, stop_engine_replicas
+from streamflow.services.engines.llamacpp import gguf_path
 from streamflow.services.llm import LLMClient
 from streamflow.services.llm.cache import ResponseCache
 from streamflow.services.llm.registry import EndpointRegistry
@@ -102,12 +104,27 @@ class LLMService:
             )
             urls, started = await start_engine_replicas(spec, config.replicas, log_dir=log_dir)
             handles = dict(zip(urls, started))
+        elif config.backend == "llamacpp":
+            spec = ServerSpec(
+                engine="llamacpp",
+                model=gguf_path(config.model, config.model_path),
+                served_model_name=config.model,
+                host="127.0.0.1",
+                threads=max(1, (os.cpu_count() or 1) // config.replicas),
+                extra_args=list(config.engine_args),
+                seed=seed,
+                health_path="/v1/models",  # llama-cpp-python's server has no /health
+                startup_timeout_s=config.startup_timeout_s,
+            )
+            # No CPU reserved: the servers would otherwise take the cores Ray gives the pipeline's actors.
+            urls, started = await start_engine_replicas(spec, config.replicas, log_dir=log_dir, num_gpus=0, num_cpus=0)
+            handles = dict(zip(urls, started))
         else:
             urls = config.urls()  # external servers; none at all with llm.backend=none
         named = [(config.model, url) for url in urls]
         named += [(model, url) for model, others in config.models.items() for url in others]
         await asyncio.gather(*(registry.register.remote(model, url) for model, url in named))
-        return cls(config, registry, handles, api_key, engines=config.backend in ("vllm", "sglang"))
+        return cls(config, registry, handles, api_key, engines=config.backend in ("vllm", "sglang", "llamacpp"))
 
     def access(self) -> LLMAccess:
         """Connection details for workers (endpoints as of now; the registry keeps them current)."""

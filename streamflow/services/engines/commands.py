@@ -10,6 +10,9 @@ Flags follow the engines' own documentation:
   https://docs.sglang.io/advanced_features/server_arguments.html (``--model-path``,
   ``--served-model-name``, ``--host``, ``--port``, ``--tp-size``, ``--max-running-requests``,
   ``--mem-fraction-static``, ``--random-seed``).
+- llama.cpp: ``python -m llama_cpp.server`` of llama-cpp-python
+  (https://llama-cpp-python.readthedocs.io/en/latest/server/: ``--model``, ``--model_alias``,
+  ``--host``, ``--port``, ``--n_ctx``, ``--n_threads``, ``--seed``).
 
 The module form (``python -m ...``) rather than the ``vllm serve`` script pins the server to a
 known interpreter: the one whose packages were checked, or the one the spec names.
@@ -22,9 +25,16 @@ from collections.abc import Callable
 
 from streamflow.services.engines.spec import ServerSpec
 
-__all__ = ["ENGINE_MODULES", "server_command", "sglang_command", "vllm_command"]
+__all__ = ["ENGINE_MODULES", "llamacpp_command", "server_command", "sglang_command", "vllm_command"]
 
-ENGINE_MODULES = {"vllm": "vllm.entrypoints.openai.api_server", "sglang": "sglang.launch_server"}
+ENGINE_MODULES = {
+    "vllm": "vllm.entrypoints.openai.api_server",
+    "sglang": "sglang.launch_server",
+    "llamacpp": "llama_cpp.server",
+}
+LLAMACPP_CONTEXT = 4096
+"""Context window of a llama.cpp server unless ``engine_args`` say otherwise (the NaturalReasoning prompts
+reach ~2k tokens with their answer); its own default, 2048, is too small."""
 
 
 def _program(spec: ServerSpec) -> list[str]:
@@ -79,12 +89,34 @@ def sglang_command(spec: ServerSpec, port: int, host: str) -> list[str]:
     return argv + list(spec.extra_args)
 
 
+def llamacpp_command(spec: ServerSpec, port: int, host: str) -> list[str]:
+    """argv of a llama.cpp server (llama-cpp-python) for ``spec``; ``spec.model`` is the GGUF file.
+
+    It serves one request at a time, so ``max_num_seqs`` has no flag; ``threads`` become
+    ``--n_threads`` (and the batch threads), since several replicas on one machine must share its cores.
+    """
+    argv = [
+        *_program(spec),
+        "--model", spec.model,
+        "--model_alias", spec.served_name,
+        "--host", host,
+        "--port", str(port),
+        "--n_ctx", str(LLAMACPP_CONTEXT),
+        "--verbose", "False",
+    ]  # fmt: skip
+    if spec.threads is not None:
+        argv += ["--n_threads", str(spec.threads), "--n_threads_batch", str(spec.threads)]
+    argv += _optional("--seed", spec.seed)
+    return argv + list(spec.extra_args)
+
+
 _BUILDERS: dict[str, Callable[[ServerSpec, int, str], list[str]]] = {
     "vllm": vllm_command,
     "sglang": sglang_command,
+    "llamacpp": llamacpp_command,
 }
 
 
 def server_command(spec: ServerSpec, port: int, host: str) -> list[str]:
-    """argv of ``spec.engine``'s server (``vllm_command`` or ``sglang_command``)."""
+    """argv of ``spec.engine``'s server (``vllm_command``, ``sglang_command`` or ``llamacpp_command``)."""
     return _BUILDERS[spec.engine](spec, port, host)

@@ -28,7 +28,11 @@ __all__ = ["check_engine_installed", "check_gpus", "start_engine_replicas", "sto
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-_PACKAGES = {"vllm": ("vllm", "vLLM", "gpu"), "sglang": ("sglang", "SGLang", "sglang")}  # module, name, extra
+_PACKAGES = {  # module, name, extra
+    "vllm": ("vllm", "vLLM", "gpu"),
+    "sglang": ("sglang", "SGLang", "sglang"),
+    "llamacpp": ("llama_cpp", "llama-cpp-python", "cpu-llm"),
+}
 
 
 def _plural(count: float, word: str) -> str:

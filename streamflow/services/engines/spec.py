@@ -1,4 +1,4 @@
-"""What to launch: one inference server (vLLM or SGLang) described as plain data.
+"""What to launch: one inference server (vLLM, SGLang or llama.cpp) described as plain data.
 
 A spec is built once on the driver from the config and shipped to every replica actor, so it
 holds only values (no handles, no paths resolved on the driver's node): ``python=None`` means
@@ -13,7 +13,7 @@ from streamflow.errors import ConfigError
 
 __all__ = ["ENGINES", "ServerSpec"]
 
-ENGINES = ("vllm", "sglang")
+ENGINES = ("vllm", "sglang", "llamacpp")
 
 
 class ServerSpec(msgspec.Struct, kw_only=True):
@@ -43,6 +43,7 @@ class ServerSpec(msgspec.Struct, kw_only=True):
     stop_grace_s: float = 30.0
     python: str | None = None
     entrypoint: list[str] = []
+    threads: int | None = None  # CPU threads of a llama.cpp server; None: its default
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
