@@ -113,21 +113,13 @@ def test_metrics_count_unagreed_dialogues_as_incorrect(coral):
 
 
 @pytest.fixture(scope="module")
-def both_modes(ray_runtime, tmp_path_factory):
-    out = tmp_path_factory.mktemp("coral")
-    common = [f"output.dir={out}", "llm.sim.time_scale=0.01", "progress=off", "limit=60"]
-    row = streamflow.run(str(CORAL), common)
-    batch = streamflow.run(str(CORAL), [*common, "mode=batch", "batch.size=8", "batch.actors=2"])
-    return row, batch
+def both_modes(ray_runtime, tmp_path_factory, runs):
+    return runs.both_modes(CORAL, tmp_path_factory.mktemp("coral"), limit=60)
 
 
-def read(result):
-    return pl.read_parquet(f"{result.data_dir}/*.parquet").sort("row_id")
-
-
-def test_sample_dialogues_have_the_documented_schema(both_modes):
+def test_sample_dialogues_have_the_documented_schema(both_modes, runs):
     row, _ = both_modes
-    frame = read(row)
+    frame = runs.read(row)
     assert frame.height == 60 and row.balanced and row.ok == 60
     assert frame.schema["dialogue"] == pl.List(
         pl.Struct({"role": pl.String, "content": pl.String, "answer": pl.String})
@@ -142,27 +134,27 @@ def test_sample_dialogues_have_the_documented_schema(both_modes):
     assert frame.filter(pl.col("agreed"))["agreed_answer"].null_count() == 0
 
 
-def test_simulated_dialogues_take_both_exits_and_several_lengths(both_modes):
-    frame = read(both_modes[0])
+def test_simulated_dialogues_take_both_exits_and_several_lengths(both_modes, runs):
+    frame = runs.read(both_modes[0])
     assert frame["turns"].min() == 2 and frame["turns"].n_unique() >= 4
     unagreed = frame.filter(~pl.col("agreed"))
     assert 0 < unagreed.height < frame.height / 4
     assert (unagreed["turns"] == 6).all()
 
 
-def test_quality_figures_are_in_the_result_and_the_manifest(both_modes):
+def test_quality_figures_are_in_the_result_and_the_manifest(both_modes, runs):
     row, _ = both_modes
-    frame = read(row)
+    frame = runs.read(row)
     assert row.quality["dialogues"] == 60
     assert row.quality["agreement correctness"] == pytest.approx(frame["correct"].mean())
     manifest = (Path(row.run_dir) / "manifest.json").read_text()
     assert re.search(r'"agreement correctness": 0\.\d+', manifest)
 
 
-def test_batch_mode_runs_whole_dialogues_and_writes_the_same_ones(both_modes):
+def test_batch_mode_runs_whole_dialogues_and_writes_the_same_ones(both_modes, runs):
     row, batch = both_modes
     columns = ["row_id", "dialogue", "turns", "agreed_answer", "correct", "status"]
-    assert read(batch).select(columns).equals(read(row).select(columns))
+    assert runs.read(batch).select(columns).equals(runs.read(row).select(columns))
     assert batch.quality == row.quality
 
 

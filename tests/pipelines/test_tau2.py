@@ -180,23 +180,15 @@ def test_metrics_count_failed_rows_as_reward_zero(tau2):
 
 
 @pytest.fixture(scope="module")
-def both_modes(ray_runtime, tmp_path_factory):
+def both_modes(ray_runtime, tmp_path_factory, runs):
     if shutil.which("bwrap") is None:
         pytest.skip("bubblewrap is not installed (.ci/run installs it)")
-    out = tmp_path_factory.mktemp("tau2")
-    common = [f"output.dir={out}", "llm.sim.time_scale=0.01", "progress=off", "limit=40"]
-    row = streamflow.run(str(TAU2), common)
-    batch = streamflow.run(str(TAU2), [*common, "mode=batch", "batch.size=8", "batch.actors=2"])
-    return row, batch
+    return runs.both_modes(TAU2, tmp_path_factory.mktemp("tau2"), limit=40)
 
 
-def read(result):
-    return pl.read_parquet(f"{result.data_dir}/*.parquet").sort("row_id")
-
-
-def test_simulated_trajectories_are_written_with_their_tool_calls_and_rewards(both_modes):
+def test_simulated_trajectories_are_written_with_their_tool_calls_and_rewards(both_modes, runs):
     row, _ = both_modes
-    frame = read(row)
+    frame = runs.read(row)
     assert frame.height == 40 and row.ok == 40 and row.balanced
     assert set(frame["reward"].unique()) <= {0.0, 1.0} and 0 < frame["reward"].mean() < 1
     assert frame["tool_calls"].list.len().sum() > 40 and (frame["ended"] == "customer_stop").mean() > 0.9
@@ -205,10 +197,10 @@ def test_simulated_trajectories_are_written_with_their_tool_calls_and_rewards(bo
     assert row.quality["mean reward"] == pytest.approx(frame["reward"].mean())
 
 
-def test_batch_mode_runs_the_same_trajectories(both_modes):
+def test_batch_mode_runs_the_same_trajectories(both_modes, runs):
     row, batch = both_modes
     columns = ["row_id", "reward", "db_diff", "ended", "turns"]
-    assert read(batch).select(columns).equals(read(row).select(columns))
+    assert runs.read(batch).select(columns).equals(runs.read(row).select(columns))
 
 
 def test_sandboxes_are_gone_after_the_runs(both_modes):

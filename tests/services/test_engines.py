@@ -130,7 +130,7 @@ def test_entrypoint_replaces_the_engine_module():
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"engine": "tgi"}, "ServerSpec: engine 'tgi' is unknown; use one of vllm, sglang."),
+        ({"engine": "tgi"}, "ServerSpec: engine 'tgi' is unknown; use one of vllm, sglang, llamacpp."),
         ({"tensor_parallel": 0}, "ServerSpec: tensor_parallel must be >= 1 (GPUs per replica), got 0."),
         ({"health_path": "health"}, "ServerSpec: health_path must start with '/', got 'health'; e.g. '/health'."),
     ],

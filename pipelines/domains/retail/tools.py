@@ -44,23 +44,34 @@ TOOLS = [
 ]  # fmt: skip
 
 
-def get_order(db: dict[str, Any], order_id: str) -> dict[str, Any]:
+class Refused(Exception):
+    """A tool's refusal (unknown order, wrong status); the agent gets it as ``{"error": message}``."""
+
+
+def _order(db: dict[str, Any], order_id: str, status: str | None = None, action: str = "") -> dict[str, Any]:
+    """The order, or a refusal if it does not exist or is not in ``status`` (needed to ``action``)."""
     order = db["orders"].get(order_id)
     if order is None:
-        return {"error": f"no order {order_id}"}
-    return {"order_id": order_id, **order}
+        raise Refused(f"no order {order_id}")
+    if status is not None and order["status"] != status:
+        raise Refused(f"order {order_id} is {order['status']}; only {status} orders can {action}")
+    return order
+
+
+def get_order(db: dict[str, Any], order_id: str) -> dict[str, Any]:
+    return {"order_id": order_id, **_order(db, order_id)}
 
 
 def find_customer(db: dict[str, Any], email: str) -> dict[str, Any]:
     for customer_id, customer in db["customers"].items():
         if customer["email"] == email.strip().lower():
             return {"customer_id": customer_id, "name": customer["name"]}
-    return {"error": f"no customer with email {email}"}
+    raise Refused(f"no customer with email {email}")
 
 
 def list_orders(db: dict[str, Any], customer_id: str) -> dict[str, Any]:
     if customer_id not in db["customers"]:
-        return {"error": f"no customer {customer_id}"}
+        raise Refused(f"no customer {customer_id}")
     orders = [
         {"order_id": order_id, "status": order["status"], "items": ", ".join(item["name"] for item in order["items"])}
         for order_id, order in db["orders"].items()
@@ -70,38 +81,26 @@ def list_orders(db: dict[str, Any], customer_id: str) -> dict[str, Any]:
 
 
 def cancel_order(db: dict[str, Any], order_id: str, reason: str) -> dict[str, Any]:
-    order = db["orders"].get(order_id)
-    if order is None:
-        return {"error": f"no order {order_id}"}
-    if order["status"] != "pending":
-        return {"error": f"order {order_id} is {order['status']}; only pending orders can be cancelled"}
+    order = _order(db, order_id, "pending", "be cancelled")
     if reason not in REASONS:
-        return {"error": f"reason must be one of {REASONS}"}
+        raise Refused(f"reason must be one of {REASONS}")
     order["status"], order["cancel_reason"] = "cancelled", reason
     return {"order_id": order_id, "status": "cancelled"}
 
 
 def refund_item(db: dict[str, Any], order_id: str, item_id: str) -> dict[str, Any]:
-    order = db["orders"].get(order_id)
-    if order is None:
-        return {"error": f"no order {order_id}"}
-    if order["status"] != "delivered":
-        return {"error": f"order {order_id} is {order['status']}; only delivered orders can be refunded"}
+    order = _order(db, order_id, "delivered", "be refunded")
     item = next((item for item in order["items"] if item["item"] == item_id), None)
     if item is None:
-        return {"error": f"order {order_id} has no item {item_id}"}
+        raise Refused(f"order {order_id} has no item {item_id}")
     if item["refunded"]:
-        return {"error": f"item {item_id} was refunded already"}
+        raise Refused(f"item {item_id} was refunded already")
     item["refunded"] = True
     return {"order_id": order_id, "item_id": item_id, "refunded": item["price"]}
 
 
 def change_address(db: dict[str, Any], order_id: str, address: str) -> dict[str, Any]:
-    order = db["orders"].get(order_id)
-    if order is None:
-        return {"error": f"no order {order_id}"}
-    if order["status"] != "pending":
-        return {"error": f"order {order_id} is {order['status']}; only pending orders can change address"}
+    order = _order(db, order_id, "pending", "change address")
     order["address"] = address.strip()
     return {"order_id": order_id, "address": order["address"]}
 
@@ -117,6 +116,8 @@ def call(db: dict[str, Any], name: str, arguments: dict[str, Any]) -> dict[str, 
         return {"error": f"unknown tool {name}"}
     try:
         return function(db, **arguments)
+    except Refused as refusal:
+        return {"error": str(refusal)}
     except TypeError as exc:
         return {"error": f"bad arguments for {name}: {exc}"}
 
