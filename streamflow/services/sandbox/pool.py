@@ -195,9 +195,7 @@ class SandboxPool:
         """Run ``argv`` in the sandbox (cwd ``/work``, no network, the configured limits)."""
         box = self._box(box_id)
         timeout = self.settings.timeout_s if timeout_s is None else timeout_s
-        command = self.backend.command(box.directory, argv, box.uid, self.settings.limits())
-        if not self.as_root:
-            command = command[command.index("--") + 1 :]  # setpriv needs root: run as this user
+        command = self._command(box, argv)
         async with self._running:
             started = time.monotonic()
             process = await asyncio.create_subprocess_exec(
@@ -322,6 +320,11 @@ class SandboxPool:
 
     def _write(self, box: _Sandbox, path: str, data: bytes) -> None:
         target = self._inside(box, path)
+        created = []  # folders this write makes, outermost first: they must belong to the sandbox's user
+        folder = os.path.dirname(target)
+        while folder != box.directory and not os.path.exists(folder):
+            created.insert(0, folder)
+            folder = os.path.dirname(folder)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         try:
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -330,15 +333,16 @@ class SandboxPool:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         if self.as_root:
-            for folder, _, names in os.walk(box.directory):
-                os.chown(folder, box.uid, box.uid)
-                for name in names:
-                    os.chown(os.path.join(folder, name), box.uid, box.uid, follow_symlinks=False)
+            for made in [*created, target]:
+                os.chown(made, box.uid, box.uid, follow_symlinks=False)
+
+    def _command(self, box: _Sandbox, argv: Sequence[str]) -> list[str]:
+        """The backend's command line for ``argv`` in ``box``; without root, minus ``setpriv`` (it needs root)."""
+        command = self.backend.command(box.directory, argv, box.uid, self.settings.limits())
+        return command if self.as_root else command[command.index("--") + 1 :]
 
     async def _start_worker(self, box: _Sandbox) -> asyncio.subprocess.Process:
-        command = self.backend.command(box.directory, ["python3", "-I", "-S", WORKER], box.uid, self.settings.limits())
-        if not self.as_root:
-            command = command[command.index("--") + 1 :]
+        command = self._command(box, ["python3", "-I", "-S", WORKER])
         with open(self._stderr_path(box), "ab") as log_file:
             return await asyncio.create_subprocess_exec(
                 *command,
