@@ -22,6 +22,7 @@ from streamflow.services.sim.profile import PROFILES
 __all__ = [
     "CONF_DIR",
     "BatchConfig",
+    "ClusterConfig",
     "EventsConfig",
     "InputConfig",
     "LLMConfig",
@@ -94,6 +95,7 @@ class LLMConfig(msgspec.Struct, forbid_unknown_fields=True):
     backend: Literal["auto", "sim", "openai", "vllm", "sglang", "llamacpp", "none"] = "auto"
     base_url: str | None = None
     endpoints: list[str] = []
+    endpoints_dir: str | None = None  # a folder where streamflow.serve publishes URLs (slurm/llm.sbatch)
     model: str = "sim-8b"
     model_path: str | None = None  # llamacpp: the .gguf file (default: the file of a packaged model, llm.model=smollm2)
     replicas: int = 1
@@ -114,7 +116,7 @@ class LLMConfig(msgspec.Struct, forbid_unknown_fields=True):
     def uses_sim(self) -> bool:
         """True when streamflow must start its simulated server."""
         if self.backend == "auto":
-            return not (self.base_url or self.endpoints)
+            return not (self.base_url or self.endpoints or self.endpoints_dir)
         return self.backend == "sim"
 
     @property
@@ -152,6 +154,16 @@ class RayConfig(msgspec.Struct, forbid_unknown_fields=True):
     num_cpus: int | None = None
 
 
+class ClusterConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """The Ray cluster a run needs before it starts (``cluster=local`` or ``cluster=slurm``, docs/slurm.md)."""
+
+    kind: Literal["local", "slurm"] = "local"
+    nodes: int = 1  # alive Ray nodes to wait for
+    cpus: float = 0.0  # and at least this many CPUs and GPUs in all
+    gpus: float = 0.0
+    wait_s: float = 600.0  # then the run stops, naming what is missing
+
+
 class RunConfig(msgspec.Struct, forbid_unknown_fields=True):
     """Every knob of a run; see ``streamflow/conf/config.yaml`` for what each one does."""
 
@@ -177,6 +189,7 @@ class RunConfig(msgspec.Struct, forbid_unknown_fields=True):
     batch: BatchConfig = msgspec.field(default_factory=BatchConfig)
     sandbox: SandboxSettings = msgspec.field(default_factory=SandboxSettings)
     ray: RayConfig = msgspec.field(default_factory=RayConfig)
+    cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
 
     def api_key(self) -> str | None:
         """The LLM API key, read from the environment variable named in the config."""
@@ -220,7 +233,9 @@ def check(data: Any) -> RunConfig:
     _positive("max_inflight", cfg.max_inflight)
     _positive("input.partitions", cfg.input.partitions)
     if cfg.offload_threshold < 0:
-        msg = f"config: offload_threshold={cfg.offload_threshold}; use a size in bytes, or 0 to send every value inline."
+        msg = (
+            f"config: offload_threshold={cfg.offload_threshold}; use a size in bytes, or 0 to send every value inline."
+        )
         raise ConfigError(msg)
     _positive("output.part_rows", cfg.output.part_rows)
     _positive("output.sinks", cfg.output.sinks)
@@ -245,6 +260,13 @@ def check(data: Any) -> RunConfig:
     if cfg.batch.num_cpus <= 0:
         msg = f"config: batch.num_cpus={cfg.batch.num_cpus}; use a fraction of a CPU such as 0.25."
         raise ConfigError(msg)
+    if cfg.resume == "auto" and not cfg.run_id:
+        msg = "config: resume=auto continues the run named by run_id if it exists; set run_id=NAME too."
+        raise ConfigError(msg)
+    _positive("cluster.nodes", cfg.cluster.nodes)
+    if cfg.cluster.wait_s <= 0 or min(cfg.cluster.cpus, cfg.cluster.gpus) < 0:
+        msg = "config: cluster.wait_s must be above 0 and cluster.cpus / cluster.gpus 0 or more."
+        raise ConfigError(msg)
     if cfg.retry_errors and cfg.resume is None:
         msg = "config: retry_errors=true reruns the failed rows of an earlier run; add resume=<its run directory>."
         raise ConfigError(msg)
@@ -266,14 +288,19 @@ def check(data: Any) -> RunConfig:
         if not urls or not all(url.startswith(("http://", "https://")) for url in urls):
             msg = f"config: llm.models.{model} needs a list of endpoint URLs like [http://host:8000/v1], got {urls!r}."
             raise ConfigError(msg)
-    if cfg.llm.backend == "openai" and not cfg.llm.urls():
+    if cfg.llm.endpoints_dir and cfg.llm.urls():
+        msg = "config: llm.endpoints_dir reads the endpoints from a folder; drop llm.base_url / llm.endpoints."
+        raise ConfigError(msg)
+    if cfg.llm.backend == "openai" and not (cfg.llm.urls() or cfg.llm.endpoints_dir):
         msg = "config: llm.backend=openai needs llm.base_url=http://host:port/v1 or llm.endpoints=[...]."
         raise ConfigError(msg)
     _positive("sandbox.size", cfg.sandbox.size)
     _positive("sandbox.processes", cfg.sandbox.processes)
     _positive("sandbox.memory_mb", cfg.sandbox.memory_mb)
     if min(cfg.sandbox.timeout_s, cfg.sandbox.idle_s, cfg.sandbox.acquire_timeout_s) <= 0:
-        msg = "config: sandbox.timeout_s, sandbox.idle_s and sandbox.acquire_timeout_s are seconds; use a number above 0."
+        msg = (
+            "config: sandbox.timeout_s, sandbox.idle_s and sandbox.acquire_timeout_s are seconds; use a number above 0."
+        )
         raise ConfigError(msg)
     if cfg.sandbox.backend == "apptainer" and not cfg.sandbox.image:
         msg = "config: sandbox.backend=apptainer needs sandbox.image=PATH.sif (the image tools run in)."

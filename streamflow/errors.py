@@ -5,6 +5,7 @@
      ├── FlowError          a Flow built wrong (unknown step, duplicate name, bad edge)
      ├── SetupError         an operator's ``setup()`` failed; the run aborts instead of hanging
      ├── RunError           the run itself failed (an actor died, the ledger does not add up)
+     │    └── Interrupted   a signal (SIGTERM: scancel, a time limit) stopped it; resume finishes it
      └── RowError           one row failed; it is written with ``status = error:<kind>``
           └── SchemaError   a generated value does not match the declared column type
 
@@ -15,10 +16,12 @@ failed LLM call marks only its row.
 from __future__ import annotations
 
 import re
+import signal
 
 __all__ = [
     "ConfigError",
     "FlowError",
+    "Interrupted",
     "RowError",
     "RunError",
     "SchemaError",
@@ -46,6 +49,16 @@ class SetupError(StreamflowError):
 
 class RunError(StreamflowError):
     """The run could not finish correctly (dead actor, broken ledger)."""
+
+
+class Interrupted(RunError):
+    """A signal stopped the run; the rows committed so far stay, and a resume runs only the others."""
+
+    def __init__(self, signum: int, run_dir: str) -> None:
+        self.signum = signum
+        self.run_dir = run_dir
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name}; committed rows are kept, continue with resume={run_dir}")
 
 
 class RowError(StreamflowError):

@@ -10,6 +10,8 @@ import time
 from importlib import metadata
 from typing import Any
 
+import msgspec
+
 from streamflow.config import RunConfig
 from streamflow.io.source import InputPlan
 from streamflow.result import RunResult
@@ -20,9 +22,19 @@ _PACKAGES = ("streamflow-rows", "ray", "msgspec", "pyarrow", "polars", "aiohttp"
 
 
 def write_manifest(
-    run_dir: str, cfg: RunConfig, plan: InputPlan, result: RunResult, *, pipeline_source: str, started_at: float
+    run_dir: str,
+    cfg: RunConfig,
+    plan: InputPlan,
+    result: RunResult,
+    *,
+    pipeline_source: str,
+    started_at: float,
+    cluster: msgspec.Struct | None = None,
 ) -> str:
-    """Write the manifest atomically next to ``data/``; returns its path. ``started_at`` is a Unix time."""
+    """Write the manifest atomically next to ``data/``; returns its path. ``started_at`` is a Unix time.
+
+    ``cluster`` is the Ray cluster's shape when the run started (nodes, CPUs, GPUs).
+    """
     events = os.path.join(run_dir, "events")
     manifest: dict[str, Any] = {
         "pipeline": result.pipeline,
@@ -30,6 +42,7 @@ def write_manifest(
         "run_id": result.run_id,
         "config": cfg.to_dict(),
         "input": {"files": len(plan.files), "rows": plan.total_rows, "fingerprint": plan.fingerprint},
+        "cluster": msgspec.to_builtins(cluster) if cluster is not None else None,
         "summary": result.summary(),
         "statuses": result.statuses,
         "quality": result.quality,

@@ -19,8 +19,9 @@ from typing import Any
 
 import msgspec
 
+from streamflow.cluster import connect, wait_for_cluster
 from streamflow.config import RunConfig, compose
-from streamflow.errors import ConfigError, RunError, StreamflowError
+from streamflow.errors import ConfigError, Interrupted, RunError, StreamflowError
 from streamflow.flow import Flow
 from streamflow.io.sink import claim_directory
 from streamflow.io.source import InputPlan, plan_input
@@ -37,6 +38,7 @@ from streamflow.resume import (
     resume_dir,
     write_run_record,
 )
+from streamflow.serve import wait_for_published
 from streamflow.services.engines.llamacpp import check_llamacpp
 from streamflow.services.llm import LLMClient
 
@@ -66,6 +68,9 @@ Overrides use Hydra's syntax (key=value, lists as [a,b]). The main knobs:
   resume=RUN_DIR            continue a stopped run: skip rows already in RUN_DIR/data, add new parts
                             (also --resume RUN_DIR)
   retry_errors=true         with resume: rerun only the rows whose status is error:* (also --retry-errors)
+  resume=auto run_id=NAME   continue NAME's directory if it holds data, else start it
+  cluster=slurm             as the driver of a slurm/streamflow.sbatch job (docs/slurm.md)
+  llm.endpoints_dir=DIR     LLM servers published by python -m streamflow.serve (slurm/llm.sbatch)
 
 All knobs and their defaults: streamflow/conf/config.yaml and the pipeline's DEFAULTS.
 """
@@ -113,17 +118,11 @@ def run(pipeline: str | Path | Flow | ModuleType, overrides: Sequence[str] | Map
     >>> polars.read_parquet(result.data_dir + "/*.parquet")                         # doctest: +SKIP
     """
     flow, cfg, params, plan, spec = prepare(pipeline, overrides)
-    if cfg.resume is not None:
-        run_dir = resume_dir(cfg.resume)
-        check_resume(run_dir, cfg, plan, flow.name)
-    else:
-        run_id = cfg.run_id or time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
-        run_dir = os.path.abspath(os.path.join(cfg.output.dir, flow.name, run_id))
-        if os.path.exists(os.path.join(run_dir, "data")):
-            msg = (
-                f"run directory {run_dir} already holds data; choose another run_id or output.dir, or resume={run_dir}."
-            )
-            raise ConfigError(msg)
+    run_dir, resuming = _run_dir(cfg, plan, flow.name)
+    if cfg.llm.endpoints_dir:
+        urls = wait_for_published(cfg.llm.endpoints_dir, cfg.cluster.wait_s)
+        log.info("llm.endpoints_dir: %d endpoints: %s", len(urls), ", ".join(urls))
+        cfg = msgspec.structs.replace(cfg, llm=msgspec.structs.replace(cfg.llm, endpoints=urls))
     if cfg.llm.uses_external or cfg.llm.models:
         asyncio.run(_check_llm(cfg))
     if cfg.llm.backend == "llamacpp":
@@ -133,7 +132,7 @@ def run(pipeline: str | Path | Flow | ModuleType, overrides: Sequence[str] | Map
     if not os.path.exists(os.path.join(run_dir, RUN_RECORD)):  # a resume keeps the record of the first start
         write_run_record(run_dir, cfg, plan, flow.name)
     committed = Committed()
-    if cfg.resume is not None:
+    if resuming:
         if cfg.retry_errors:
             log.info(
                 "retry_errors: removed %d error rows from the committed parts", drop_errors(data_dir, plan.id_column)
@@ -141,8 +140,9 @@ def run(pipeline: str | Path | Flow | ModuleType, overrides: Sequence[str] | Map
         committed = read_committed(data_dir, plan.id_column)
         log.info("resume: %d input rows already committed in %s are skipped", len(committed.ids), data_dir)
     started_at = time.time()
-    started_ray = _ensure_ray(cfg)
+    started_ray = connect(cfg)
     try:
+        shape = wait_for_cluster(cfg.cluster)
         if cfg.mode == "batch":
             from streamflow.batch import run_batches as run_mode
         else:
@@ -156,7 +156,7 @@ def run(pipeline: str | Path | Flow | ModuleType, overrides: Sequence[str] | Map
             ray.shutdown()
     result = committed.merged(result)
     result = msgspec.structs.replace(result, quality=measure_quality(spec.metrics, result.files))
-    write_manifest(run_dir, cfg, plan, result, pipeline_source=spec.source, started_at=started_at)
+    write_manifest(run_dir, cfg, plan, result, pipeline_source=spec.source, started_at=started_at, cluster=shape)
     if not result.balanced:
         msg = f"ledger does not add up: read {result.rows_read}, finished {result.rows_out} ({result.statuses})."
         raise RunError(msg)
@@ -164,7 +164,7 @@ def run(pipeline: str | Path | Flow | ModuleType, overrides: Sequence[str] | Map
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line; returns the exit status (0 ok, 1 run failed, 2 bad config or input)."""
+    """The command line; returns the exit status (0 ok, 1 run failed, 2 bad config or input, 128+N signal N)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
@@ -177,6 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"streamflow: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"streamflow: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except StreamflowError as exc:
         print(f"streamflow: run failed: {exc}", file=sys.stderr)
         return 1
@@ -222,21 +225,23 @@ async def _check_llm(cfg: RunConfig) -> None:
             await client.close()
 
 
-def _ensure_ray(cfg: RunConfig) -> bool:
-    """Connect to Ray (or start a local runtime); True if this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    local = cfg.ray.address is None
-    ray.init(
-        address=cfg.ray.address,
-        num_cpus=cfg.ray.num_cpus if local else None,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        log_to_driver=True,
-    )
-    return True
+def _run_dir(cfg: RunConfig, plan: InputPlan, pipeline: str) -> tuple[str, bool]:
+    """The run directory and whether this run continues it (``resume=DIR``, or ``resume=auto`` finding data)."""
+    if cfg.resume is not None and cfg.resume != "auto":
+        run_dir = resume_dir(cfg.resume)
+        check_resume(run_dir, cfg, plan, pipeline)
+        return run_dir, True
+    run_id = cfg.run_id or time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
+    run_dir = os.path.abspath(os.path.join(cfg.output.dir, pipeline, run_id))
+    if not os.path.exists(os.path.join(run_dir, "data")):
+        return run_dir, False
+    if cfg.resume == "auto":
+        resume_dir(run_dir)
+        check_resume(run_dir, cfg, plan, pipeline)
+        log.info("resume=auto: continuing run %s", run_dir)
+        return run_dir, True
+    msg = f"run directory {run_dir} already holds data; choose another run_id or output.dir, or resume={run_dir}."
+    raise ConfigError(msg)
 
 
 def _as_overrides(overrides: Sequence[str] | Mapping[str, Any]) -> list[str]:

@@ -56,3 +56,19 @@ def test_resume_flag_is_the_same_as_the_override(tmp_path):
 def test_unknown_option_is_named():
     done = cli("pipelines/natural_reasoning.py", "--fast")
     assert done.returncode == 2 and "'--fast'" in done.stderr and "--resume" in done.stderr
+
+
+def test_a_run_stopped_by_a_signal_exits_128_plus_its_number_and_says_how_to_resume(monkeypatch, capsys):
+    import importlib
+    import signal
+
+    from streamflow.errors import Interrupted
+
+    run_module = importlib.import_module("streamflow.run")
+
+    def stopped(pipeline, overrides):
+        raise Interrupted(signal.SIGTERM, "/runs/natural_reasoning/slurm-7")
+
+    monkeypatch.setattr(run_module, "run", stopped)
+    assert run_module.main(["pipelines/natural_reasoning.py"]) == 143
+    assert "continue with resume=/runs/natural_reasoning/slurm-7" in capsys.readouterr().err

@@ -121,6 +121,19 @@ def test_resume_without_retry_errors_keeps_error_rows(ray_runtime, tmp_path, fas
     assert output(first.run_dir).height == 30
 
 
+def test_resume_auto_starts_a_named_run_and_continues_it_when_run_again(ray_runtime, tmp_path, fast_run):
+    """What a SLURM job does: the same command starts the run, and after a requeue finishes it."""
+    flow = Flow("draws").step("draw", Draw())
+    args = [f"input.path={numbers(tmp_path, 30)}", "run_id=job-7", "resume=auto", *fast_run]
+    first = streamflow.run(flow, args)
+    undisturbed = output(first.run_dir)
+    keep_only(first.run_dir, {f"0:{offset}" for offset in range(10)})
+    again = streamflow.run(flow, args)
+    assert again.run_dir == first.run_dir == str(tmp_path / "draws" / "job-7")
+    assert again.rows_read == 30 and again.balanced
+    assert output(first.run_dir).equals(undisturbed)
+
+
 @pytest.mark.parametrize(
     ("override", "key"),
     [("seed=4", "seed=3"), ("limit=10", "limit=None"), ("+params.tag=b", "params.tag=None")],

@@ -11,6 +11,10 @@ Phases, in order:
    re-admitting rows the censuses no longer find (their actor died);
 5. when every admitted row was accepted, ask the sinks to commit; once every row is
    committed: stop the actors, collect usage, stop.
+
+SIGTERM (``scancel``, a SLURM time limit, ``kill``) ends phase 4 early: the sinks commit
+what they hold, the actors stop, and the run raises ``Interrupted``; a resume reruns only
+the rows that were not committed.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import asyncio
 import functools
 import logging
 import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
@@ -29,7 +34,7 @@ from typing import Any
 import ray
 
 from streamflow.config import RunConfig
-from streamflow.errors import RunError, SetupError, StreamflowError
+from streamflow.errors import Interrupted, RunError, SetupError, StreamflowError
 from streamflow.events import events_dir
 from streamflow.execution import row_seed, uses_sandbox
 from streamflow.flow import Flow
@@ -55,6 +60,8 @@ log = logging.getLogger(__name__)
 
 HEALTH_EVERY_S = 1.0
 CENSUS_TIMEOUT_S = 30.0
+STOP_SIGNALS = (signal.SIGTERM,)
+STOP_COMMIT_TIMEOUT_S = 20.0  # SLURM sends SIGKILL KillWait (default 30 s) after SIGTERM
 
 
 async def run_rows(
@@ -71,7 +78,7 @@ async def run_rows(
     try:
         await driver.start()
         streaming = time.monotonic()
-        await driver.stream()
+        await _stream_until_stopped(driver)
         finishing = time.monotonic()
         files, usage, replicas, transfer = await driver.finish()
     finally:
@@ -474,6 +481,40 @@ class _Driver:
                 ray.kill(handle, no_restart=True)
             except Exception as exc:  # an actor that is already gone is fine
                 log.debug("kill %s: %s", handle, exc)
+
+
+async def _stream_until_stopped(driver: _Driver) -> None:
+    """``driver.stream()``, unless a stop signal comes first: then commit what the sinks hold and raise."""
+    loop = asyncio.get_running_loop()
+    streaming = asyncio.ensure_future(driver.stream())
+    received: list[signal.Signals] = []
+
+    def stop(signum: signal.Signals) -> None:
+        received.append(signum)
+        streaming.cancel()
+
+    handled = []
+    for signum in STOP_SIGNALS:
+        try:
+            loop.add_signal_handler(signum, stop, signum)
+            handled.append(signum)
+        except (ValueError, RuntimeError):  # not the main thread: the process keeps its default handling
+            log.debug("cannot handle %s outside the main thread", signum.name)
+    try:
+        await streaming
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        log.warning("%s received: committing the rows the sinks hold, then stopping", received[0].name)
+        flushed = asyncio.gather(*(sink.flush.remote() for sink in driver.sinks), return_exceptions=True)
+        try:
+            await asyncio.wait_for(flushed, STOP_COMMIT_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("the sinks did not commit within %g s; their rows will be rerun", STOP_COMMIT_TIMEOUT_S)
+        raise Interrupted(received[0], driver.run_dir) from None
+    finally:
+        for signum in handled:
+            loop.remove_signal_handler(signum)
 
 
 def _start_keepers(run_id: str) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from streamflow.services.placement import on_this_node
 from streamflow.services.sim import PROFILES, SimConfig
 from streamflow.services.sim_replicas import start_sim_replicas
 
-__all__ = ["LLMAccess", "LLMService"]
+__all__ = ["LLMAccess", "LLMService", "engine_spec", "sim_config"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,40 @@ class LLMAccess:
         return snapshot.endpoints
 
 
+def sim_config(config: LLMConfig, seed: int) -> SimConfig:
+    """The simulated server ``config`` describes (``llm.sim.*``), answering as ``llm.model`` and ``llm.sim.models``."""
+    profile = PROFILES[config.sim.profile]
+    if config.sim.max_num_seqs is not None:
+        profile = msgspec.structs.replace(profile, max_num_seqs=config.sim.max_num_seqs)
+    models = list(dict.fromkeys([config.model, *config.sim.models]))
+    return SimConfig(profile=profile, time_scale=config.sim.time_scale, seed=seed, models=models)
+
+
+def engine_spec(config: LLMConfig, seed: int, *, host: str | None = None) -> ServerSpec:
+    """The vLLM / SGLang / llama.cpp server ``config`` describes; ``host=None`` binds the node's IP address."""
+    if config.backend == "llamacpp":
+        return ServerSpec(
+            engine="llamacpp",
+            model=gguf_path(config.model, config.model_path),
+            served_model_name=config.model,
+            host=host,
+            threads=max(1, (os.cpu_count() or 1) // config.replicas),
+            extra_args=list(config.engine_args),
+            seed=seed,
+            health_path="/v1/models",  # llama-cpp-python's server has no /health
+            startup_timeout_s=config.startup_timeout_s,
+        )
+    return ServerSpec(
+        engine=config.backend,
+        model=config.model,
+        tensor_parallel=config.tensor_parallel,
+        host=host,
+        extra_args=list(config.engine_args),
+        seed=seed,
+        startup_timeout_s=config.startup_timeout_s,
+    )
+
+
 class LLMService:
     """Starts, tracks and stops the replicas behind ``llm.model``."""
 
@@ -86,36 +120,14 @@ class LLMService:
         registry: Any = ray.remote(EndpointRegistry).options(num_cpus=0, scheduling_strategy=on_this_node()).remote()
         handles: dict[str, Any] = {}
         if config.uses_sim:
-            profile = PROFILES[config.sim.profile]
-            if config.sim.max_num_seqs is not None:
-                profile = msgspec.structs.replace(profile, max_num_seqs=config.sim.max_num_seqs)
-            models = list(dict.fromkeys([config.model, *config.sim.models]))
-            sim = SimConfig(profile=profile, time_scale=config.sim.time_scale, seed=seed, models=models)
-            urls, started = await start_sim_replicas(sim, config.replicas)
+            urls, started = await start_sim_replicas(sim_config(config, seed), config.replicas)
             handles = dict(zip(urls, started))
         elif config.backend in ("vllm", "sglang"):
-            spec = ServerSpec(
-                engine=config.backend,
-                model=config.model,
-                tensor_parallel=config.tensor_parallel,
-                extra_args=list(config.engine_args),
-                seed=seed,
-                startup_timeout_s=config.startup_timeout_s,
-            )
+            spec = engine_spec(config, seed)
             urls, started = await start_engine_replicas(spec, config.replicas, log_dir=log_dir)
             handles = dict(zip(urls, started))
         elif config.backend == "llamacpp":
-            spec = ServerSpec(
-                engine="llamacpp",
-                model=gguf_path(config.model, config.model_path),
-                served_model_name=config.model,
-                host="127.0.0.1",
-                threads=max(1, (os.cpu_count() or 1) // config.replicas),
-                extra_args=list(config.engine_args),
-                seed=seed,
-                health_path="/v1/models",  # llama-cpp-python's server has no /health
-                startup_timeout_s=config.startup_timeout_s,
-            )
+            spec = engine_spec(config, seed, host="127.0.0.1")
             # No CPU reserved: the servers would otherwise take the cores Ray gives the pipeline's actors.
             urls, started = await start_engine_replicas(spec, config.replicas, log_dir=log_dir, num_gpus=0, num_cpus=0)
             handles = dict(zip(urls, started))

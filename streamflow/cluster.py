@@ -1,0 +1,107 @@
+"""The Ray cluster a run works on: connect (or start a local one), then wait until it is big enough.
+
+On SLURM the nodes of a job, and worker jobs added later, join the cluster while the driver
+is already up; starting before they are there would place every actor on the first node.
+So the run waits for ``cluster.nodes`` alive nodes (and ``cluster.cpus`` / ``cluster.gpus``)
+and gives up after ``cluster.wait_s`` with a message naming what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+
+from streamflow.config import ClusterConfig, RunConfig
+from streamflow.errors import SetupError
+
+__all__ = ["ClusterShape", "connect", "wait_for_cluster"]
+
+log = logging.getLogger(__name__)
+
+REPORT_EVERY_S = 30.0
+
+
+class ClusterShape(msgspec.Struct, frozen=True):
+    """How big a Ray cluster is right now: alive nodes and the CPUs and GPUs they offer."""
+
+    nodes: int
+    cpus: float
+    gpus: float
+
+    @classmethod
+    def of(cls, nodes: Sequence[dict[str, Any]]) -> ClusterShape:
+        """The shape of ``ray.nodes()``'s answer (dead nodes do not count)."""
+        alive = [node for node in nodes if node.get("Alive")]
+        return cls(
+            nodes=len(alive),
+            cpus=sum(node.get("Resources", {}).get("CPU", 0.0) for node in alive),
+            gpus=sum(node.get("Resources", {}).get("GPU", 0.0) for node in alive),
+        )
+
+    def missing(self, want: ClusterConfig) -> str | None:
+        """What this shape lacks compared to ``want``, in words; None when it is enough."""
+        gaps = [
+            f"{have:g} of {need:g} {what}"
+            for have, need, what in (
+                (self.nodes, want.nodes, "nodes"),
+                (self.cpus, want.cpus, "CPUs"),
+                (self.gpus, want.gpus, "GPUs"),
+            )
+            if have < need
+        ]
+        return ", ".join(gaps) or None
+
+
+def connect(cfg: RunConfig) -> bool:
+    """Connect to ``ray.address`` (or start a local runtime); True if this call started Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    local = cfg.ray.address is None
+    ray.init(
+        address=cfg.ray.address,
+        num_cpus=cfg.ray.num_cpus if local else None,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+    )
+    return True
+
+
+def wait_for_cluster(
+    want: ClusterConfig,
+    *,
+    nodes: Callable[[], Sequence[dict[str, Any]]] | None = None,
+    poll_s: float = 1.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> ClusterShape:
+    """Return the cluster's shape once it has what ``want`` asks for; SetupError after ``want.wait_s``."""
+    if nodes is None:
+        import ray
+
+        nodes = ray.nodes
+    started = clock()
+    reported = started
+    while True:
+        shape = ClusterShape.of(nodes())
+        gap = shape.missing(want)
+        if gap is None:
+            log.info("Ray cluster: %d nodes, %g CPUs, %g GPUs", shape.nodes, shape.cpus, shape.gpus)
+            return shape
+        waited = clock() - started
+        if waited >= want.wait_s:
+            msg = (
+                f"the Ray cluster has {gap} after waiting {want.wait_s:g} s (cluster.wait_s); "
+                "are the worker jobs still queued (squeue), or did their Ray workers fail to join (their logs)?"
+            )
+            raise SetupError(msg)
+        if clock() - reported >= REPORT_EVERY_S or reported == started:
+            log.info("waiting for the Ray cluster: %s so far (%.0f s of %g s)", gap, waited, want.wait_s)
+            reported = clock()
+        sleep(poll_s)

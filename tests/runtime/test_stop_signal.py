@@ -1,0 +1,64 @@
+"""SIGTERM (scancel, a SLURM time limit, kill) stops a row-mode run cleanly: what the sinks hold is committed."""
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+from streamflow.errors import Interrupted
+from streamflow.runtime.driver import _stream_until_stopped
+
+
+class FakeSink:
+    def __init__(self):
+        self.flushed = 0
+        self.flush = self  # sink.flush.remote() as on an actor handle
+
+    async def _flush(self):
+        self.flushed += 1
+
+    def remote(self):
+        return self._flush()
+
+
+class StreamingForever:
+    """A driver whose rows never finish, with two sinks."""
+
+    def __init__(self):
+        self.run_dir = "/runs/nr/slurm-7"
+        self.sinks = [FakeSink(), FakeSink()]
+        self.cancelled = False
+
+    async def stream(self):
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+
+
+def test_sigterm_stops_streaming_commits_the_sinks_and_names_the_resume():
+    driver = StreamingForever()
+
+    async def scenario():
+        stopping = asyncio.ensure_future(_stream_until_stopped(driver))
+        await asyncio.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+        await stopping
+
+    with pytest.raises(Interrupted) as stopped:
+        asyncio.run(scenario())
+    assert driver.cancelled and [sink.flushed for sink in driver.sinks] == [1, 1]
+    assert stopped.value.signum == signal.SIGTERM
+    assert str(stopped.value) == ("stopped by SIGTERM; committed rows are kept, continue with resume=/runs/nr/slurm-7")
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is gone with the run
+
+
+def test_a_run_that_finishes_leaves_no_signal_handler_behind():
+    class Finishing(StreamingForever):
+        async def stream(self):
+            return None
+
+    asyncio.run(_stream_until_stopped(Finishing()))
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

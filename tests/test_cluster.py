@@ -1,0 +1,86 @@
+"""The Ray cluster a run waits for, and the cluster=slurm config group that describes a SLURM job's cluster."""
+
+import pytest
+
+from streamflow import ConfigError
+from streamflow.cluster import ClusterShape, wait_for_cluster
+from streamflow.config import ClusterConfig, compose
+from streamflow.errors import SetupError
+
+
+def node(cpus=2.0, gpus=0.0, alive=True):
+    resources = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+    return {"Alive": alive, "Resources": resources}
+
+
+class FakeClock:
+    """Time that passes only when the code under test sleeps."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def test_a_shape_counts_only_alive_nodes():
+    shape = ClusterShape.of([node(4, 1), node(2), node(8, 8, alive=False)])
+    assert shape == ClusterShape(nodes=2, cpus=6.0, gpus=1.0)
+
+
+def test_a_shape_names_everything_it_lacks():
+    shape = ClusterShape(nodes=1, cpus=2.0, gpus=0.0)
+    assert shape.missing(ClusterConfig(nodes=1)) is None
+    assert shape.missing(ClusterConfig(nodes=3, cpus=2, gpus=8)) == "1 of 3 nodes, 0 of 8 GPUs"
+
+
+def test_the_run_waits_until_the_worker_jobs_have_joined():
+    clock = FakeClock()
+    joined = iter([[node()], [node()], [node(), node()]])
+    shape = wait_for_cluster(ClusterConfig(nodes=2), nodes=lambda: next(joined), clock=clock, sleep=clock.sleep)
+    assert shape.nodes == 2 and clock.now == 2.0
+
+
+def test_a_cluster_that_stays_too_small_stops_the_run_naming_what_is_missing():
+    clock = FakeClock()
+    with pytest.raises(SetupError, match=r"has 1 of 3 nodes after waiting 10 s \(cluster.wait_s\)"):
+        wait_for_cluster(ClusterConfig(nodes=3, wait_s=10), nodes=lambda: [node()], clock=clock, sleep=clock.sleep)
+    assert clock.now == 10.0
+
+
+def test_the_default_cluster_is_a_local_runtime():
+    cfg = compose({"input": {"path": "in.parquet"}})
+    assert cfg.cluster == ClusterConfig(kind="local") and cfg.ray.address is None
+    assert cfg.run_id is None and cfg.resume is None
+
+
+def test_cluster_slurm_joins_the_jobs_ray_and_names_the_run_after_the_job(monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_JOB_NUM_NODES", "3")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:24220")
+    cfg = compose({"input": {"path": "in.parquet"}}, ["cluster=slurm"])
+    assert cfg.cluster.kind == "slurm" and cfg.cluster.nodes == 3
+    assert cfg.ray.address == "10.0.0.5:24220"
+    assert cfg.run_id == "slurm-4242" and cfg.resume == "auto"  # a requeued job continues its own run
+    assert cfg.progress == "log"
+
+
+def test_cluster_slurm_keeps_what_the_command_line_says(monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_JOB_NUM_NODES", "1")
+    cfg = compose({"input": {"path": "in.parquet"}}, ["cluster.nodes=4", "run_id=nr-full", "cluster=slurm"])
+    assert cfg.cluster.nodes == 4 and cfg.run_id == "nr-full"
+
+
+def test_resume_auto_needs_a_run_name():
+    with pytest.raises(ConfigError, match="resume=auto continues the run named by run_id"):
+        compose({"input": {"path": "in.parquet"}}, ["resume=auto"])
+
+
+@pytest.mark.parametrize("override", ["cluster.nodes=0", "cluster.wait_s=0", "cluster.gpus=-1", "cluster.kind=k8s"])
+def test_bad_cluster_knobs_are_one_line_errors(override):
+    with pytest.raises(ConfigError, match="cluster"):
+        compose({"input": {"path": "in.parquet"}}, [override])
