@@ -67,9 +67,9 @@ class Jobs:
         self.logs = tmp_path / "logs"
         self.logs.mkdir()
 
-    def submit(self, script, *args):
+    def submit(self, script, *args, nodes=1):
         done = subprocess.run(
-            ["sbatch", "--parsable", f"--output={self.logs}/%j.log", f"slurm/{script}", *map(str, args)],
+            ["sbatch", "--parsable", f"--nodes={nodes}", f"--output={self.logs}/%j.log", f"slurm/{script}", *args],
             cwd=REPO,
             env=self.env,
             capture_output=True,
@@ -152,14 +152,34 @@ def test_a_one_node_job_turns_the_sample_into_parquet(jobs, tmp_path):
     assert frame.filter(pl.col("status") == "ok")["question"].null_count() == 0
 
 
+def test_a_two_node_job_runs_a_ray_worker_on_its_second_node(jobs, tmp_path):
+    job = jobs.submit("streamflow.sbatch", *run_args(tmp_path, 100), nodes=2)
+    completed(jobs, job)
+    _, manifest = assert_complete(tmp_path / "out" / "natural_reasoning" / f"slurm-{job}", 100)
+    assert manifest["cluster"] == {"nodes": 2, "cpus": 2.0, "gpus": 0.0}
+
+
 def test_a_worker_job_joins_the_head_jobs_cluster_and_leaves_with_it(jobs, tmp_path):
     head = jobs.submit("streamflow.sbatch", *run_args(tmp_path, 150, "cluster.nodes=2"))
-    worker = jobs.submit("worker.sbatch", head)
+    worker = jobs.submit("worker.sbatch", head)  # submitted after the head job: it waits for the head's address
     completed(jobs, head)
     _, manifest = assert_complete(tmp_path / "out" / "natural_reasoning" / f"slurm-{head}", 150)
     assert manifest["cluster"] == {"nodes": 2, "cpus": 2.0, "gpus": 0.0}  # the run waited for the worker job
     assert jobs.wait(worker, timeout=60)["JobState"] == "COMPLETED", jobs.log(worker)
     assert "the head of job" in jobs.log(worker)
+
+
+def test_an_llm_job_serves_a_run_that_names_its_endpoints_and_unlists_them_when_cancelled(jobs, slurm, tmp_path):
+    llm = jobs.submit("llm.sbatch", "llm.replicas=2")
+    endpoints = Path(slurm["STREAMFLOW_SLURM_STATE"]) / llm / "endpoints"
+    job = jobs.submit("streamflow.sbatch", *run_args(tmp_path, 100, f"llm.endpoints_dir={endpoints}"))
+    completed(jobs, job)
+    assert_complete(tmp_path / "out" / "natural_reasoning" / f"slurm-{job}", 100)
+    assert "llm.endpoints_dir: 2 endpoints" in jobs.log(job)
+    assert jobs.show(llm)["JobState"] == "RUNNING"  # the servers outlive the run
+    jobs.cancel(llm)
+    assert jobs.wait(llm, timeout=60)["JobState"] == "CANCELLED"
+    assert list(endpoints.iterdir()) == [], jobs.log(llm)
 
 
 def test_scancel_mid_run_then_resubmitting_completes_without_loss_or_duplicates(jobs, tmp_path):
