@@ -10,9 +10,15 @@ sf_die() {
     exit 2
 }
 
-# sf_state JOB_ID: the state folder of a job's cluster or LLM servers.
+# sf_state JOB_ID: the state folder of a job's cluster or LLM servers, under the directory that job was
+# submitted from (so a worker job submitted from elsewhere still finds its head).
 sf_state() {
-    echo "${STREAMFLOW_SLURM_STATE:-$SLURM_SUBMIT_DIR/.streamflow/slurm}/$1"
+    local root=${STREAMFLOW_SLURM_STATE:-}
+    if [[ -z $root ]]; then
+        root=$(scontrol show job "$1" 2>/dev/null | sed -n 's/^ *WorkDir=\(.*\)$/\1/p')
+        root=${root:-$SLURM_SUBMIT_DIR}/.streamflow/slurm
+    fi
+    echo "$root/$1"
 }
 
 # sf_use_cluster HEAD_JOB_ID: export the cluster's state folder, Ray port and auth settings.
@@ -32,9 +38,14 @@ sf_new_token() {
     (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$RAY_AUTH_TOKEN_PATH")
 }
 
-# sf_node_ip: the address other nodes reach this one at (STREAMFLOW_NODE_IP picks another interface).
+# sf_node_ip: the address other nodes reach this one at: the first address of the interface named by
+# STREAMFLOW_NODE_IFACE (e.g. ib0), else the first of `hostname -I`. Evaluated on each node.
 sf_node_ip() {
-    echo "${STREAMFLOW_NODE_IP:-$(hostname -I | awk '{print $1}')}"
+    if [[ -n ${STREAMFLOW_NODE_IFACE:-} ]]; then
+        ip -4 -o addr show dev "$STREAMFLOW_NODE_IFACE" | awk '{split($4, a, "/"); print a[1]; exit}'
+    else
+        hostname -I | awk '{print $1}'
+    fi
 }
 
 # sf_port_open HOST PORT: true when HOST:PORT accepts connections.

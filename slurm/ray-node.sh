@@ -19,6 +19,9 @@ args=(
     --dashboard-agent-listen-port=$((SF_RAY_PORT + 2))
 )
 [[ -n ${STREAMFLOW_OBJECT_STORE_BYTES:-} ]] && args+=(--object-store-memory="$STREAMFLOW_OBJECT_STORE_BYTES")
+if [[ ${1:-} == head ]] && python -c "import grpc" 2>/dev/null; then
+    args+=(--ray-client-server-port=$((SF_RAY_PORT + 3)))  # with ray[client] installed, instead of the fixed 10001
+fi
 case ${1:-} in
     head) exec ray start --head --port="$SF_RAY_PORT" --include-dashboard=false --dashboard-port=$((SF_RAY_PORT + 1)) "${args[@]}" ;;
     worker) exec ray start --address="$(cat "$SF_STATE/head")" "${args[@]}" ;;

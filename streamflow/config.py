@@ -291,6 +291,12 @@ def check(data: Any) -> RunConfig:
     if cfg.llm.endpoints_dir and cfg.llm.urls():
         msg = "config: llm.endpoints_dir reads the endpoints from a folder; drop llm.base_url / llm.endpoints."
         raise ConfigError(msg)
+    if cfg.llm.endpoints_dir and cfg.llm.backend not in ("auto", "openai"):
+        msg = (
+            f"config: llm.endpoints_dir uses servers started elsewhere, but llm.backend={cfg.llm.backend} "
+            "would start its own; drop llm.backend (the LLM job's knobs are its own)."
+        )
+        raise ConfigError(msg)
     if cfg.llm.backend == "openai" and not (cfg.llm.urls() or cfg.llm.endpoints_dir):
         msg = "config: llm.backend=openai needs llm.base_url=http://host:port/v1 or llm.endpoints=[...]."
         raise ConfigError(msg)

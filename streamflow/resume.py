@@ -27,7 +27,16 @@ from streamflow.io.sink import write_part
 from streamflow.io.source import InputPlan
 from streamflow.result import RunResult
 
-__all__ = ["Committed", "check_resume", "drop_errors", "read_committed", "resume_dir", "write_run_record"]
+__all__ = [
+    "Committed",
+    "check_resume",
+    "committed_parts",
+    "drop_errors",
+    "has_record",
+    "read_committed",
+    "resume_dir",
+    "write_run_record",
+]
 
 RUN_RECORD = "run.json"
 MANIFEST = "manifest.json"
@@ -69,10 +78,15 @@ def resume_dir(path: str) -> str:
             "pass the directory of an earlier run, <output.dir>/<pipeline>/<run_id>."
         )
         raise ConfigError(msg)
-    if not any(os.path.exists(os.path.join(run_dir, name)) for name in (MANIFEST, RUN_RECORD)):
+    if not has_record(run_dir):
         msg = f"config: resume={path!r} has neither {MANIFEST} nor {RUN_RECORD}, so its config cannot be checked; start a new run."
         raise ConfigError(msg)
     return run_dir
+
+
+def has_record(run_dir: str) -> bool:
+    """True when ``run_dir`` holds what its config can be checked against (manifest.json or run.json)."""
+    return any(os.path.exists(os.path.join(run_dir, name)) for name in (MANIFEST, RUN_RECORD))
 
 
 def write_run_record(run_dir: str, cfg: RunConfig, plan: InputPlan, pipeline: str) -> str:
@@ -116,7 +130,7 @@ def read_committed(data_dir: str, id_column: str | None) -> Committed:
     """The ids and statuses held by the visible parts in ``data_dir`` (two columns read per part)."""
     ids: set[str] = set()
     statuses: Counter[str] = Counter()
-    parts = _parts(data_dir)
+    parts = committed_parts(data_dir)
     for path in parts:
         table = _read(path, ["row_id", "status"])
         ids.update(_root(row_id, id_column) for row_id in table.column("row_id").to_pylist())
@@ -130,7 +144,7 @@ def drop_errors(data_dir: str, id_column: str | None) -> int:
     A fanned-out input row with one failed piece loses all its pieces, so rerunning it
     cannot duplicate the others.
     """
-    parts = _parts(data_dir)
+    parts = committed_parts(data_dir)
     failed: set[str] = set()
     for path in parts:
         table = _read(path, ["row_id", "status"])
@@ -192,7 +206,7 @@ def _first_difference(key: str, old: Any, new: Any) -> tuple[str, Any, Any]:
     return key, old, new
 
 
-def _parts(data_dir: str) -> list[str]:
+def committed_parts(data_dir: str) -> list[str]:
     """The committed parts: visible ``part-*.parquet`` files only, never temporary ones."""
     return sorted(
         os.path.join(data_dir, name)

@@ -33,7 +33,9 @@ from streamflow.resume import (
     RUN_RECORD,
     Committed,
     check_resume,
+    committed_parts,
     drop_errors,
+    has_record,
     read_committed,
     resume_dir,
     write_run_record,
@@ -236,6 +238,8 @@ def _run_dir(cfg: RunConfig, plan: InputPlan, pipeline: str) -> tuple[str, bool]
     if not os.path.exists(os.path.join(run_dir, "data")):
         return run_dir, False
     if cfg.resume == "auto":
+        if not has_record(run_dir) and not committed_parts(os.path.join(run_dir, "data")):
+            return run_dir, False  # an attempt killed before it recorded its start: nothing to continue
         resume_dir(run_dir)
         check_resume(run_dir, cfg, plan, pipeline)
         log.info("resume=auto: continuing run %s", run_dir)

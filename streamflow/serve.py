@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -28,7 +31,7 @@ from streamflow.services.engines import EngineReplica
 from streamflow.services.llm_service import engine_spec, sim_config
 from streamflow.services.sim import SimServer
 
-__all__ = ["ENDPOINT_SUFFIX", "gpu_slices", "main", "published_endpoints", "serve", "wait_for_published"]
+__all__ = ["ENDPOINT_SUFFIX", "answers", "gpu_slices", "main", "published_endpoints", "serve", "wait_for_published"]
 
 log = logging.getLogger("streamflow.serve")
 
@@ -50,19 +53,41 @@ def published_endpoints(directory: str) -> list[str]:
     return [url for url in urls if url]
 
 
-def wait_for_published(directory: str, wait_s: float, *, poll_s: float = 2.0) -> list[str]:
-    """The URLs published in ``directory`` once there is at least one; ConfigError after ``wait_s``."""
+def answers(url: str, timeout_s: float = 5.0) -> bool:
+    """True when the OpenAI-compatible server at ``url`` lists its models."""
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/models", timeout=timeout_s) as response:
+            return bool(response.status == 200)
+    except (OSError, ValueError):
+        return False
+
+
+def wait_for_published(
+    directory: str, wait_s: float, *, poll_s: float = 2.0, probe: Callable[[str], bool] = answers
+) -> list[str]:
+    """The published URLs that answer, once there is at least one; ConfigError after ``wait_s``.
+
+    A file left behind by a server that died without removing it (SIGKILL, a lost node) is
+    skipped with a warning rather than failing the run.
+    """
     deadline = time.monotonic() + wait_s
-    while not (urls := published_endpoints(directory)):
+    warned: set[str] = set()
+    while True:
+        published = published_endpoints(directory)
+        urls = [url for url in published if probe(url)]
+        for url in sorted(set(published) - set(urls) - warned):
+            log.warning("llm.endpoints_dir: %s is published in %s but does not answer; skipped", url, directory)
+            warned.add(url)
+        if urls:
+            return urls
         if time.monotonic() >= deadline:
             msg = (
-                f"llm.endpoints_dir={directory}: no LLM server published an endpoint there within {wait_s:g} s; "
+                f"llm.endpoints_dir={directory}: no LLM server published there answered within {wait_s:g} s; "
                 "is the job of slurm/llm.sbatch running, and its log free of errors?"
             )
             raise ConfigError(msg)
         log.info("waiting for LLM endpoints in %s", directory)
         time.sleep(poll_s)
-    return urls
 
 
 def gpu_slices(replicas: int, per_replica: int, visible: str | None) -> list[dict[str, str]]:
@@ -119,25 +144,35 @@ async def serve(llm: LLMConfig, *, seed: int, publish: str | None, log_dir: str)
 
             host = ray.util.get_node_ip_address()
             sims = [SimServer(sim_config(llm, seed)) for _ in range(llm.replicas)]
-            urls = [await server.start(host=host, port=0) for server in sims]
+            starting: asyncio.Future[list[str]] = asyncio.gather(*(server.start(host=host, port=0) for server in sims))
         elif llm.backend in ("vllm", "sglang", "llamacpp"):
             spec = engine_spec(llm, seed)
             visible = None if llm.backend == "llamacpp" else os.environ.get("CUDA_VISIBLE_DEVICES")
             envs = gpu_slices(llm.replicas, llm.tensor_parallel, visible)
+            logs = os.path.join(log_dir, socket.gethostname())  # one folder per node: log_dir may be shared
             engines = [
-                EngineReplica(msgspec.structs.replace(spec, env={**spec.env, **env}), log_dir, index)
+                EngineReplica(msgspec.structs.replace(spec, env={**spec.env, **env}), logs, index)
                 for index, env in enumerate(envs)
             ]
-            urls = list(await asyncio.gather(*(engine.start() for engine in engines)))
+            starting = asyncio.gather(*(engine.start() for engine in engines))
         else:
             msg = f"streamflow.serve starts sim, vllm, sglang or llamacpp servers; llm.backend={llm.backend} is none of them."
             raise ConfigError(msg)
+        stop: asyncio.Future[Any] = asyncio.ensure_future(stopping.wait())
+        await asyncio.wait({starting, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # stopped while models load: do not wait for them
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting  # each replica stops the server it was starting
+            log.info("stopped while the servers were starting")
+            return
+        urls = list(starting.result())
         for url in urls:
             published.add(url)
             print(f"serving {llm.model} at {url}", flush=True)
         if publish:
             print(f"runs use them with: llm.endpoints_dir={os.path.abspath(publish)} llm.model={llm.model}", flush=True)
-        await stopping.wait()
+        await stop
         log.info("stopping %d servers", len(urls))
     finally:
         published.remove()
@@ -153,7 +188,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. llm.backend=vllm llm.replicas=2")
     parser.add_argument("--publish", metavar="DIR", help="write one <host>-<port>.url file per healthy server here")
-    parser.add_argument("--log-dir", default="logs", help="engine server logs (default: %(default)s)")
+    parser.add_argument("--log-dir", default="logs", help="engine server logs, per host (default: %(default)s)")
     return parser
 
 

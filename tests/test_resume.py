@@ -125,6 +125,7 @@ def test_resume_auto_starts_a_named_run_and_continues_it_when_run_again(ray_runt
     """What a SLURM job does: the same command starts the run, and after a requeue finishes it."""
     flow = Flow("draws").step("draw", Draw())
     args = [f"input.path={numbers(tmp_path, 30)}", "run_id=job-7", "resume=auto", *fast_run]
+    (tmp_path / "draws" / "job-7" / "data").mkdir(parents=True)  # an attempt killed before it recorded its start
     first = streamflow.run(flow, args)
     undisturbed = output(first.run_dir)
     keep_only(first.run_dir, {f"0:{offset}" for offset in range(10)})

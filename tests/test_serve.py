@@ -13,6 +13,7 @@ import pytest
 
 import streamflow
 from streamflow import ConfigError
+from streamflow.config import compose
 from streamflow.serve import gpu_slices, published_endpoints, wait_for_published
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,8 +29,21 @@ def test_published_endpoints_are_the_url_files_of_a_folder(tmp_path):
 
 
 def test_a_run_gives_up_on_an_empty_endpoints_folder_naming_it(tmp_path):
-    with pytest.raises(ConfigError, match=f"llm.endpoints_dir={tmp_path}: no LLM server published"):
+    with pytest.raises(ConfigError, match=f"llm.endpoints_dir={tmp_path}: no LLM server published there answered"):
         wait_for_published(str(tmp_path), 0.2, poll_s=0.05)
+
+
+def test_an_endpoint_left_behind_by_a_dead_server_is_skipped(tmp_path, caplog):
+    (tmp_path / "n1-10.0.0.1-8000.url").write_text("http://10.0.0.1:8000/v1\n")  # its node was lost
+    (tmp_path / "n2-10.0.0.2-8000.url").write_text("http://10.0.0.2:8000/v1\n")
+    alive = {"http://10.0.0.2:8000/v1"}
+    assert wait_for_published(str(tmp_path), 1, probe=alive.__contains__) == ["http://10.0.0.2:8000/v1"]
+    assert "http://10.0.0.1:8000/v1 is published" in caplog.text and "does not answer" in caplog.text
+
+
+def test_endpoints_dir_with_a_backend_that_starts_servers_is_refused():
+    with pytest.raises(ConfigError, match="llm.endpoints_dir uses servers started elsewhere, but llm.backend=vllm"):
+        compose({"input": {"path": "in.parquet"}}, ["llm.endpoints_dir=/shared/endpoints", "llm.backend=vllm"])
 
 
 def test_replicas_on_one_node_get_their_own_gpus():

@@ -6,6 +6,7 @@ polars. The simulated LLM runs in real time, so a run lasts long enough to be ca
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -54,7 +55,11 @@ def slurm(tmp_path_factory):
     assert started.returncode == 0, started.stdout + started.stderr
     yield env
     subprocess.run(["scancel", "--user=root"], env=env, check=False)
-    time.sleep(2)
+    for _ in range(90):  # let the jobs' processes (Ray drains) end before the daemons go
+        queue = subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True, check=False)
+        if not queue.stdout.strip():
+            break
+        time.sleep(1)
     subprocess.run(["bash", "scripts/slurm-localhost.sh", "stop"], cwd=REPO, env=env, check=False)
     shutil.rmtree(env["STREAMFLOW_RAY_TMP"], ignore_errors=True)
 
@@ -200,13 +205,25 @@ def test_scancel_mid_run_then_resubmitting_completes_without_loss_or_duplicates(
     assert kept.equals(before.sort("row_id"))  # what the cancelled job committed stays as it was
 
 
-def test_a_job_warned_of_its_time_limit_requeues_itself_and_finishes_the_run(jobs, tmp_path):
-    job = jobs.submit("streamflow.sbatch", *run_args(tmp_path, 400, "output.commit_s=1"))
+def wait_for_progress(jobs, job, rows, timeout=120):
+    """Wait until the job's progress log shows ``rows`` rows done."""
+    deadline = time.monotonic() + timeout
+    while max(map(int, re.findall(r"(\d+)/\d+ rows", jobs.log(job))), default=0) < rows:
+        assert jobs.show(job).get("JobState") in {"PENDING", "RUNNING"}, jobs.log(job)
+        assert time.monotonic() < deadline, f"no progress after {timeout} s\n{jobs.log(job)}"
+        time.sleep(0.5)
+
+
+def test_a_job_warned_of_its_time_limit_commits_requeues_itself_and_finishes_the_run(jobs, tmp_path):
+    # commit_s=600: nothing is committed before the warning unless the stop itself commits it
+    job = jobs.submit("streamflow.sbatch", *run_args(tmp_path, 400, "output.commit_s=600", "progress=log"))
     run_dir = tmp_path / "out" / "natural_reasoning" / f"slurm-{job}"
-    wait_for_committed(jobs, job, run_dir, at_least=20)
+    wait_for_progress(jobs, job, rows=40)
     jobs.cancel(job, "--batch", "--signal=USR1")  # what #SBATCH --signal=B:USR1@300 sends before the limit
     info = completed(jobs, job, timeout=300)
     assert info["Restarts"] == "1"
     assert_complete(run_dir, 400)
     log = jobs.log(job)
-    assert "requeueing job" in log and "resume=auto: continuing run" in log
+    assert "SIGTERM received: committing the rows the sinks hold" in log and "requeueing job" in log
+    committed_at_stop = int(re.search(r"resume: (\d+) input rows already committed", log).group(1))
+    assert committed_at_stop >= 40  # the rows done before the warning were kept, not rerun

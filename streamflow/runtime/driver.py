@@ -493,12 +493,13 @@ async def _stream_until_stopped(driver: _Driver) -> None:
         received.append(signum)
         streaming.cancel()
 
-    handled = []
+    previous = {}
     for signum in STOP_SIGNALS:
         try:
+            previous[signum] = signal.getsignal(signum)
             loop.add_signal_handler(signum, stop, signum)
-            handled.append(signum)
-        except (ValueError, RuntimeError):  # not the main thread: the process keeps its default handling
+        except (ValueError, RuntimeError):  # not the main thread: the process keeps its own handling
+            previous.pop(signum, None)
             log.debug("cannot handle %s outside the main thread", signum.name)
     try:
         await streaming
@@ -508,13 +509,16 @@ async def _stream_until_stopped(driver: _Driver) -> None:
         log.warning("%s received: committing the rows the sinks hold, then stopping", received[0].name)
         flushed = asyncio.gather(*(sink.flush.remote() for sink in driver.sinks), return_exceptions=True)
         try:
-            await asyncio.wait_for(flushed, STOP_COMMIT_TIMEOUT_S)
+            failed = [result for result in await asyncio.wait_for(flushed, STOP_COMMIT_TIMEOUT_S) if result is not None]
         except TimeoutError:
-            log.warning("the sinks did not commit within %g s; their rows will be rerun", STOP_COMMIT_TIMEOUT_S)
+            failed = [f"no answer within {STOP_COMMIT_TIMEOUT_S:g} s"]
+        for why in failed:  # e.g. Ray itself was stopped at the same moment (plain scancel)
+            log.warning("a sink could not commit what it held (%s); those rows are rerun on resume", why)
         raise Interrupted(received[0], driver.run_dir) from None
     finally:
-        for signum in handled:
+        for signum, handler in previous.items():
             loop.remove_signal_handler(signum)
+            signal.signal(signum, handler)  # e.g. Ray's own, outside streaming
 
 
 def _start_keepers(run_id: str) -> dict[str, Any]:

@@ -38,6 +38,17 @@ class StreamingForever:
             raise
 
 
+def previous_handler(signum, frame):
+    """Stands for the handler the process had before the run (Ray installs one in a driver)."""
+
+
+@pytest.fixture(autouse=True)
+def earlier_handler():
+    before = signal.signal(signal.SIGTERM, previous_handler)
+    yield
+    signal.signal(signal.SIGTERM, before)
+
+
 def test_sigterm_stops_streaming_commits_the_sinks_and_names_the_resume():
     driver = StreamingForever()
 
@@ -52,13 +63,13 @@ def test_sigterm_stops_streaming_commits_the_sinks_and_names_the_resume():
     assert driver.cancelled and [sink.flushed for sink in driver.sinks] == [1, 1]
     assert stopped.value.signum == signal.SIGTERM
     assert str(stopped.value) == ("stopped by SIGTERM; committed rows are kept, continue with resume=/runs/nr/slurm-7")
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is gone with the run
+    assert signal.getsignal(signal.SIGTERM) is previous_handler  # the run's handler is gone with it
 
 
-def test_a_run_that_finishes_leaves_no_signal_handler_behind():
+def test_a_run_that_finishes_gives_the_process_its_handler_back():
     class Finishing(StreamingForever):
         async def stream(self):
             return None
 
     asyncio.run(_stream_until_stopped(Finishing()))
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) is previous_handler
