@@ -112,7 +112,7 @@ def check_resume(run_dir: str, cfg: RunConfig, plan: InputPlan, pipeline: str) -
         with open(os.path.join(run_dir, name)) as handle:
             previous = _determinants(json.load(handle))
     except (OSError, ValueError) as exc:
-        msg = f"config: resume={cfg.resume!r}: cannot read its {name} ({exc}); start a new run."
+        msg = f"config: resume={run_dir}: cannot read its {name} ({exc}); start a new run."
         raise ConfigError(msg) from exc
     current = _determinants(json.loads(json.dumps(_record(cfg, plan, pipeline), default=str)))
     for key, old in previous.items():
@@ -120,7 +120,7 @@ def check_resume(run_dir: str, cfg: RunConfig, plan: InputPlan, pipeline: str) -
         if old != new:
             key, old, new = _first_difference(key, old, new)
             msg = (
-                f"config: resume={cfg.resume!r} was run with {key}={old!r}, this run has {key}={new!r}; "
+                f"config: resume={run_dir} was run with {key}={old!r}, this run has {key}={new!r}; "
                 f"a resumed run must keep {key} (set it back, or start a new run without resume)."
             )
             raise ConfigError(msg)
