@@ -187,6 +187,24 @@ def test_an_llm_job_serves_a_run_that_names_its_endpoints_and_unlists_them_when_
     assert list(endpoints.iterdir()) == [], jobs.log(llm)
 
 
+def test_a_new_job_refuses_an_old_run_that_has_its_default_name(jobs, tmp_path):
+    """SLURM reuses job ids (a new controller starts again at 1): a job's first attempt never continues
+    the run of an earlier job that had the same id."""
+    held = subprocess.run(
+        ["sbatch", "--parsable", "--hold", "--wrap", "true"], env=jobs.env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    jobs.cancel(held)
+    old = tmp_path / "out" / "natural_reasoning" / f"slurm-{int(held) + 1}" / "data"
+    old.mkdir(parents=True)
+    (old / "part-000-00000.parquet").write_bytes(b"an earlier job's output")
+    job = jobs.submit("streamflow.sbatch", *run_args(tmp_path, 50))
+    assert job == str(int(held) + 1)
+    info = jobs.wait(job, timeout=120)
+    assert (info["JobState"], info["ExitCode"]) == ("FAILED", "2:0"), jobs.log(job)
+    assert "already holds data; choose another run_id" in jobs.log(job)
+    assert (old / "part-000-00000.parquet").read_bytes() == b"an earlier job's output"
+
+
 def test_scancel_mid_run_then_resubmitting_completes_without_loss_or_duplicates(jobs, tmp_path):
     args = run_args(tmp_path, 400, "run_id=nr-resubmitted", "output.commit_s=1")
     run_dir = tmp_path / "out" / "natural_reasoning" / "nr-resubmitted"
