@@ -87,7 +87,7 @@ def wait_for_cluster(
 
         nodes = ray.nodes
     started = clock()
-    reported = started
+    next_report = started
     while True:
         shape = ClusterShape.of(nodes())
         gap = shape.missing(want)
@@ -101,7 +101,7 @@ def wait_for_cluster(
                 "are the worker jobs still queued (squeue), or did their Ray workers fail to join (their logs)?"
             )
             raise SetupError(msg)
-        if clock() - reported >= REPORT_EVERY_S or reported == started:
+        if clock() >= next_report:
             log.info("waiting for the Ray cluster: %s so far (%.0f s of %g s)", gap, waited, want.wait_s)
-            reported = clock()
+            next_report = clock() + REPORT_EVERY_S
         sleep(poll_s)

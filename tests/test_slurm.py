@@ -101,6 +101,14 @@ class Jobs:
     def cancel(self, job, *options):
         subprocess.run(["scancel", *options, job], env=self.env, check=True)
 
+    def wait_until(self, job, reached, what, timeout=120):
+        """Poll ``reached()`` while the job runs; fail with its log if the job ends or ``timeout`` passes first."""
+        deadline = time.monotonic() + timeout
+        while not reached():
+            assert self.show(job).get("JobState") in {"PENDING", "RUNNING"}, self.log(job)
+            assert time.monotonic() < deadline, f"{what} after {timeout} s\n{self.log(job)}"
+            time.sleep(0.5)
+
     def log(self, job):
         path = self.logs / f"{job}.log"
         return path.read_text() if path.exists() else "(no log)"
@@ -128,14 +136,6 @@ def dataset(run_dir):
 def committed_rows(run_dir):
     parts = list(Path(run_dir, "data").glob("part-*.parquet"))
     return pl.read_parquet(parts).height if parts else 0
-
-
-def wait_for_committed(jobs, job, run_dir, at_least, timeout=120):
-    deadline = time.monotonic() + timeout
-    while committed_rows(run_dir) < at_least:
-        assert jobs.show(job).get("JobState") in {"PENDING", "RUNNING"}, jobs.log(job)
-        assert time.monotonic() < deadline, f"nothing committed after {timeout} s\n{jobs.log(job)}"
-        time.sleep(0.5)
 
 
 def assert_complete(run_dir, rows):
@@ -209,7 +209,7 @@ def test_scancel_mid_run_then_resubmitting_completes_without_loss_or_duplicates(
     args = run_args(tmp_path, 400, "run_id=nr-resubmitted", "output.commit_s=1")
     run_dir = tmp_path / "out" / "natural_reasoning" / "nr-resubmitted"
     first = jobs.submit("streamflow.sbatch", *args)
-    wait_for_committed(jobs, first, run_dir, at_least=20)
+    jobs.wait_until(first, lambda: committed_rows(run_dir) >= 20, "nothing committed")
     jobs.cancel(first)
     assert jobs.wait(first, timeout=60)["JobState"] == "CANCELLED"
     before = dataset(run_dir)
@@ -223,20 +223,16 @@ def test_scancel_mid_run_then_resubmitting_completes_without_loss_or_duplicates(
     assert kept.equals(before.sort("row_id"))  # what the cancelled job committed stays as it was
 
 
-def wait_for_progress(jobs, job, rows, timeout=120):
-    """Wait until the job's progress log shows ``rows`` rows done."""
-    deadline = time.monotonic() + timeout
-    while max(map(int, re.findall(r"(\d+)/\d+ rows", jobs.log(job))), default=0) < rows:
-        assert jobs.show(job).get("JobState") in {"PENDING", "RUNNING"}, jobs.log(job)
-        assert time.monotonic() < deadline, f"no progress after {timeout} s\n{jobs.log(job)}"
-        time.sleep(0.5)
+def rows_done(log):
+    """The most rows a job's progress log lines report as done."""
+    return max(map(int, re.findall(r"(\d+)/\d+ rows", log)), default=0)
 
 
 def test_a_job_warned_of_its_time_limit_commits_requeues_itself_and_finishes_the_run(jobs, tmp_path):
     # commit_s=600: nothing is committed before the warning unless the stop itself commits it
     job = jobs.submit("streamflow.sbatch", *run_args(tmp_path, 400, "output.commit_s=600", "progress=log"))
     run_dir = tmp_path / "out" / "natural_reasoning" / f"slurm-{job}"
-    wait_for_progress(jobs, job, rows=40)
+    jobs.wait_until(job, lambda: rows_done(jobs.log(job)) >= 40, "no progress")
     jobs.cancel(job, "--batch", "--signal=USR1")  # what #SBATCH --signal=B:USR1@300 sends before the limit
     info = completed(jobs, job, timeout=300)
     assert info["Restarts"] == "1"
