@@ -12,7 +12,9 @@ OpenAI API are served by streamflow's simulator with ``time_scale=0``.
 - ``silent``: accepts connections and never answers (vLLM while it loads: port bound, no HTTP).
 
 ``--fake-crash-marker PATH`` crashes only the first server to create PATH, so one replica of
-several fails. ``--fake-pid-dir DIR`` records this pid as an empty file ``DIR/<pid>``.
+several fails. ``--fake-pid-dir DIR`` records this pid as an empty file ``DIR/<pid>``;
+``--fake-crash-after-pids N`` makes a crashing server wait until N servers recorded theirs, so a
+test sees every replica started before one fails.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
                         choices=["ok", "crash", "unhealthy", "silent"])  # fmt: skip
     parser.add_argument("--fake-crash-marker", default=None)
     parser.add_argument("--fake-pid-dir", default=None)
+    parser.add_argument("--fake-crash-after-pids", type=int, default=0)
     return parser
 
 
@@ -92,6 +95,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.fake_crash_marker is not None:
         mode = "crash" if _first_to_create(args.fake_crash_marker) else "ok"
     if mode == "crash":
+        deadline = time.monotonic() + 60
+        while args.fake_pid_dir and len(os.listdir(args.fake_pid_dir)) < args.fake_crash_after_pids:
+            if time.monotonic() > deadline:
+                sys.exit(f"fake engine: {args.fake_crash_after_pids} servers did not start within 60 s")
+            time.sleep(0.05)
         print("INFO fake engine: loading weights", flush=True)
         print("RuntimeError: CUDA out of memory (fake engine crash)", file=sys.stderr, flush=True)
         sys.exit(3)

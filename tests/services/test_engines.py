@@ -265,7 +265,8 @@ def test_server_stops_gracefully_when_its_actor_is_killed(ray_runtime, tmp_path,
 def test_one_failed_replica_stops_the_others_and_raises(ray_runtime, tmp_path):
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
-    spec = fake_spec("--fake-crash-marker", str(tmp_path / "crashed"), "--fake-pid-dir", str(pid_dir))
+    crash_once = ["--fake-crash-marker", str(tmp_path / "crashed"), "--fake-crash-after-pids", "2"]  # both run first
+    spec = fake_spec(*crash_once, "--fake-pid-dir", str(pid_dir))
     with pytest.raises(SetupError) as error:
         asyncio.run(start_engine_replicas(spec, 2, log_dir=str(tmp_path / "logs"), num_gpus=0, num_cpus=0))
     assert "exited with code 3" in str(error.value)
