@@ -21,7 +21,7 @@ import msgspec
 
 from streamflow.cluster import connect, wait_for_cluster
 from streamflow.config import RunConfig, compose
-from streamflow.errors import ConfigError, Interrupted, RunError, StreamflowError
+from streamflow.errors import ConfigError, Interrupted, RunError, SetupError, StreamflowError
 from streamflow.flow import Flow
 from streamflow.io.sink import claim_directory
 from streamflow.io.source import InputPlan, plan_input
@@ -166,7 +166,7 @@ def run(pipeline: str | Path | Flow | ModuleType, overrides: Sequence[str] | Map
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line; returns the exit status (0 ok, 1 run failed, 2 bad config or input, 128+N signal N)."""
+    """The command line; returns the exit status (0 ok, 1 run failed, 2 refused before any row, 128+N signal N)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
@@ -176,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         overrides = _flags_to_overrides(args[1:])
         result = run(pipeline, overrides)
-    except ConfigError as exc:
+    except (ConfigError, SetupError) as exc:  # both found before any row was admitted
         print(f"streamflow: error: {exc}", file=sys.stderr)
         return 2
     except Interrupted as exc:

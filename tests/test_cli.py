@@ -72,3 +72,19 @@ def test_a_run_stopped_by_a_signal_exits_128_plus_its_number_and_says_how_to_res
     monkeypatch.setattr(run_module, "run", stopped)
     assert run_module.main(["pipelines/natural_reasoning.py"]) == 143
     assert "continue with resume=/runs/natural_reasoning/slurm-7" in capsys.readouterr().err
+
+
+def test_a_setup_that_cannot_work_exits_2_with_its_one_line(monkeypatch, capsys):
+    import importlib
+
+    from streamflow.errors import SetupError
+
+    run_module = importlib.import_module("streamflow.run")
+
+    def refused(pipeline, overrides):
+        raise SetupError("sandbox backend 'bubblewrap' cannot run a tool call on this machine: ...; enable them")
+
+    monkeypatch.setattr(run_module, "run", refused)
+    assert run_module.main(["pipelines/tau2.py"]) == 2
+    err = capsys.readouterr().err
+    assert err == "streamflow: error: sandbox backend 'bubblewrap' cannot run a tool call on this machine: ...; enable them\n"
