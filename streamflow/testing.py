@@ -56,6 +56,12 @@ async def run_local_async(
     """``run_local`` for code that already runs in an event loop."""
     flow.validate()
     pool = SandboxPool(sandbox or SandboxSettings()) if uses_sandbox(flow) else None
+    if pool is not None:
+        try:
+            await pool.check()
+        except BaseException:
+            await pool.close()
+            raise
     client = SandboxAccess({pool.name: pool}).client() if pool is not None else None
     contexts = step_contexts(flow, llm, params, sandbox=client)
     for name, step in flow.steps.items():

@@ -3,6 +3,7 @@
 import copy
 import importlib.util
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -219,6 +220,40 @@ def test_a_sandbox_backend_that_cannot_run_stops_the_run_before_any_row(ray_runt
     with pytest.raises(SetupError, match="apptainer") as failure:
         streamflow.run(str(TAU2), overrides)
     assert "\n" not in str(failure.value)
+
+
+@needs_bwrap
+def test_tool_calls_work_with_the_code_its_python_tmp_and_output_in_a_private_directory(tmp_path):
+    """A clone in a 0700 home directory (Debian 12's default, root's home, mktemp -d) with its virtualenv there."""
+    import subprocess
+    import sys
+    import sysconfig
+    import tempfile
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    project = home / "project"
+    for folder in ("streamflow", "operators", "pipelines"):
+        shutil.copytree(TAU2.parents[1] / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    venv = home / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    [site_packages] = venv.glob("lib/python*/site-packages")
+    (site_packages / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # not our package
+    (home / "tmp").mkdir(mode=0o700)
+    ray_tmp = tempfile.mkdtemp(prefix="sf-ray-")  # Ray's socket paths must stay short
+    command = [str(venv / "bin" / "python"), "-m", "streamflow.run", "pipelines/tau2.py", "limit=6", "progress=off",
+               "llm.sim.time_scale=0.01", f"output.dir={home / 'outputs'}", "run_id=private"]  # fmt: skip
+    environment = {**os.environ, "TMPDIR": str(home / "tmp"), "RAY_TMPDIR": ray_tmp}
+    try:
+        done = subprocess.run(
+            command, cwd=project, env=environment, capture_output=True, text=True, timeout=240, check=False
+        )
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    frame = pl.read_parquet(home / "outputs" / "tau2" / "private" / "data" / "*.parquet")
+    assert frame.height == 6 and (frame["status"] == "ok").all()
+    assert frame["tool_calls"].list.len().sum() > 6
 
 
 def test_the_bundled_tasks_and_database_are_what_their_script_builds(tmp_path):

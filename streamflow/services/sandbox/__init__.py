@@ -5,7 +5,7 @@ result = await ctx.sandbox.run(box, ["python3", "tool.py", "refund"], timeout_s=
 await ctx.sandbox.release(box)
 """
 
-from streamflow.services.sandbox.backends import Apptainer, Bubblewrap, Limits
+from streamflow.services.sandbox.backends import Apptainer, Bubblewrap, Interpreter, Limits
 from streamflow.services.sandbox.pool import CallResult, ExecResult, SandboxError, SandboxPool, SandboxSettings
 from streamflow.services.sandbox.service import SandboxAccess, SandboxClient, start_pools, stop_pools
 
@@ -14,6 +14,7 @@ __all__ = [
     "Bubblewrap",
     "CallResult",
     "ExecResult",
+    "Interpreter",
     "Limits",
     "SandboxAccess",
     "SandboxClient",

@@ -3,24 +3,30 @@
 Both run the command as a user id of its own (one per sandbox, so a fork bomb exhausts only
 that sandbox's process limit), under ``prlimit`` for memory, processes, CPU seconds and file
 size, with no network, with the sandbox's private directory as the only writable place
-(``/work``), and the host's ``/usr`` read-only so the system Python and tools are there.
+(``/work``), and the host's ``/usr`` read-only so the system tools are there.
+
+As root, bubblewrap itself runs as root and the command drops to the sandbox's user id inside
+it (``setpriv``, all capabilities gone). The other order, bubblewrap started as the sandbox's
+user, cannot mount what that user cannot reach: a project, a virtualenv or a Python installed
+in a private home directory (mode 0700, as Debian 12 makes them). The sandbox's user still
+sees only what is mounted: the Python installation read-only, its own directory, ``/usr``.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Apptainer", "Backend", "Bubblewrap", "Limits", "backend_named"]
+__all__ = ["Apptainer", "Backend", "Bubblewrap", "Interpreter", "Limits", "backend_named"]
 
 WORKDIR = "/work"
 PATH = "/usr/local/bin:/usr/bin:/bin"
-WORKER = "/opt/streamflow/worker.py"
-"""Where the Python tool-call server (``worker.py``) appears inside a sandbox, read-only."""
-WORKER_SOURCE = str(Path(__file__).with_name("worker.py"))
+WORKER_CODE = Path(__file__).with_name("worker.py").read_text()
+"""The Python tool-call server, handed to the sandbox's interpreter with ``-c``: nothing to mount."""
 
 
 @dataclass(frozen=True)
@@ -44,8 +50,41 @@ class Limits:
         ]
 
 
+@dataclass(frozen=True)
+class Interpreter:
+    """The Python that runs inside a bubblewrap sandbox: its executable and the installation it needs."""
+
+    executable: str
+    home: str
+    """The installation folder (standard library, shared libraries), mounted read-only at its own path."""
+
+    @classmethod
+    def running(cls) -> Interpreter:
+        """The Python running streamflow (not a virtualenv's link to it), so tools see the same version."""
+        home = os.path.realpath(sys.base_prefix)
+        versioned = os.path.join(home, "bin", f"python{sys.version_info.major}.{sys.version_info.minor}")
+        return cls(versioned if os.path.exists(versioned) else os.path.realpath(sys.executable), home)
+
+    @property
+    def folders(self) -> list[str]:
+        """What must be mounted for it to run: nothing under ``/usr``, which every sandbox has."""
+        wanted = [self.home]
+        if not _is_under(self.executable, self.home):
+            wanted.append(os.path.dirname(self.executable))
+        return [folder for folder in wanted if not _is_under(folder, "/usr")]
+
+
+def _is_under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
 def _as_user(uid: int) -> list[str]:
     return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+
+
+def _as_user_without_privileges(uid: int) -> list[str]:
+    """``_as_user`` that also empties the capability bounding set and forbids gaining privileges later."""
+    return [*_as_user(uid)[:-1], "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
 
 
 class Backend:
@@ -54,6 +93,8 @@ class Backend:
     name = ""
     executable = ""
     package = ""
+    python = "python3"
+    """The interpreter command that runs Python tool calls inside the sandbox."""
 
     def missing(self) -> str | None:
         """Why this backend cannot run here (one line saying what to install), or None."""
@@ -69,24 +110,38 @@ class Backend:
             return self.package
         return "install util-linux (apt-get install -y util-linux)"
 
-    def command(self, directory: str, argv: Sequence[str], uid: int, limits: Limits) -> list[str]:
+    def command(self, directory: str, argv: Sequence[str], limits: Limits, uid: int | None) -> list[str]:
+        """The command line running ``argv`` in ``directory`` as ``uid`` (None: as the caller, who is not root)."""
         raise NotImplementedError
 
 
 class Bubblewrap(Backend):
-    """bubblewrap (``bwrap``): unprivileged namespaces, the local default."""
+    """bubblewrap (``bwrap``): Linux namespaces, the local default."""
 
     name = "bubblewrap"
     executable = "bwrap"
     package = "install it with: apt-get update && apt-get install -y bubblewrap"
 
-    def command(self, directory: str, argv: Sequence[str], uid: int, limits: Limits) -> list[str]:
-        # setpriv before bwrap: bwrap then runs unprivileged and cannot be talked out of its namespaces.
+    def __init__(self, interpreter: Interpreter | None = None) -> None:
+        self.interpreter = interpreter or Interpreter.running()
+        self.python = self.interpreter.executable
+
+    def command(self, directory: str, argv: Sequence[str], limits: Limits, uid: int | None) -> list[str]:
+        if uid is None:  # not root: an unprivileged bubblewrap in a user namespace of its own
+            isolation, enter = ["--unshare-all"], []
+        else:  # root mounts; the command drops to the sandbox's user with no capability left
+            isolation = [
+                "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
+                "--cap-drop", "ALL",
+                "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP",  # for setpriv
+                "--cap-add", "CAP_DAC_OVERRIDE",  # to enter /work, which belongs to the sandbox's user
+            ]  # fmt: skip
+            enter = _as_user_without_privileges(uid)
+        python_path = [os.path.dirname(self.interpreter.executable)] if self.interpreter.folders else []
         return [
-            *_as_user(uid),
             *limits.prlimit(),
             "bwrap",
-            "--unshare-all",  # no network, own PID/IPC/UTS/user namespaces
+            *isolation,
             "--die-with-parent",
             "--new-session",
             "--ro-bind", "/usr", "/usr",
@@ -97,16 +152,31 @@ class Bubblewrap(Backend):
             "--dev", "/dev",
             "--tmpfs", "/tmp",
             "--bind", directory, WORKDIR,
-            "--ro-bind", WORKER_SOURCE, WORKER,
+            *_mount_read_only(self.interpreter.folders),
             "--remount-ro", "/",  # only /work and /tmp are writable
             "--chdir", WORKDIR,
             "--clearenv",
-            "--setenv", "PATH", PATH,
+            "--setenv", "PATH", ":".join([*python_path, PATH]),
             "--setenv", "HOME", WORKDIR,
             "--setenv", "LANG", "C.UTF-8",
             "--",
+            *enter,
             *argv,
         ]  # fmt: skip
+
+
+def _mount_read_only(folders: Sequence[str]) -> list[str]:
+    """Mount each folder read-only at its own path, its parents made traversable (bwrap's default is 0700)."""
+    arguments: list[str] = []
+    made: set[str] = set()
+    for folder in folders:
+        parents = Path(folder).parents
+        for parent in reversed(parents[:-1]):  # outermost first, without "/"
+            if str(parent) not in made:
+                made.add(str(parent))
+                arguments += ["--perms", "0755", "--dir", str(parent)]
+        arguments += ["--ro-bind", folder, folder]
+    return arguments
 
 
 class Apptainer(Backend):
@@ -125,16 +195,15 @@ class Apptainer(Backend):
             return f"sandbox.image={self.image!r} does not exist; build or pull a .sif image first."
         return problem
 
-    def command(self, directory: str, argv: Sequence[str], uid: int, limits: Limits) -> list[str]:
+    def command(self, directory: str, argv: Sequence[str], limits: Limits, uid: int | None) -> list[str]:
         return [
-            *_as_user(uid),
+            *(_as_user(uid) if uid is not None else []),
             *limits.prlimit(),
             "apptainer", "exec",
             "--containall",  # own PID and IPC namespaces, no host home, /tmp or environment
             "--no-home",
             "--net", "--network", "none",
             "--bind", f"{directory}:{WORKDIR}",
-            "--bind", f"{WORKER_SOURCE}:{WORKER}:ro",
             "--pwd", WORKDIR,
             "--env", f"PATH={PATH},HOME={WORKDIR},LANG=C.UTF-8",
             self.image,

@@ -27,7 +27,7 @@ from typing import IO, Any, Literal
 import msgspec
 
 from streamflow.errors import RowError, SetupError
-from streamflow.services.sandbox.backends import WORKER, Limits, backend_named
+from streamflow.services.sandbox.backends import WORKER_CODE, Backend, Limits, backend_named
 
 __all__ = ["CallResult", "ExecResult", "SandboxError", "SandboxPool", "SandboxSettings"]
 
@@ -184,6 +184,20 @@ class SandboxPool:
         if self._uid_block is not None:
             self._uid_block.close()  # lets another pool take these user ids
 
+    async def check(self) -> None:
+        """Make one tool call in a fresh sandbox: a setup where sandboxes cannot work fails here, before any row.
+
+        Raises ``SetupError`` with one line naming the problem and the fix (user namespaces disabled,
+        an interpreter the sandbox cannot reach), instead of every row failing with "tool process died".
+        """
+        box = await self.acquire("streamflow-check", files={"streamflow_check.py": b"def ping():\n    return 'pong'\n"})
+        try:
+            reply = await self.call(box, "streamflow_check", "ping", timeout_s=max(self.settings.timeout_s, 30.0))
+        finally:
+            await self.release(box)
+        if reply.result != "pong":
+            raise SetupError(_setup_problem(self.backend, reply.error or f"the check answered {reply.result!r}"))
+
     def stats(self) -> dict[str, int]:
         return {**self.counts, "in_use": len(self._boxes)}
 
@@ -337,12 +351,11 @@ class SandboxPool:
                 os.chown(made, box.uid, box.uid, follow_symlinks=False)
 
     def _command(self, box: _Sandbox, argv: Sequence[str]) -> list[str]:
-        """The backend's command line for ``argv`` in ``box``; without root, minus ``setpriv`` (it needs root)."""
-        command = self.backend.command(box.directory, argv, box.uid, self.settings.limits())
-        return command if self.as_root else command[command.index("--") + 1 :]
+        """The backend's command line for ``argv`` in ``box``; without root, as our own user (changing it needs root)."""
+        return self.backend.command(box.directory, argv, self.settings.limits(), box.uid if self.as_root else None)
 
     async def _start_worker(self, box: _Sandbox) -> asyncio.subprocess.Process:
-        command = self._command(box, ["python3", "-I", "-S", WORKER])
+        command = self._command(box, [self.backend.python, "-I", "-S", "-c", WORKER_CODE])
         with open(self._stderr_path(box), "ab") as log_file:
             return await asyncio.create_subprocess_exec(
                 *command,
@@ -426,6 +439,24 @@ def _claim_uid_block(settings: SandboxSettings) -> tuple[IO[str], int]:
         return handle, settings.first_uid + block * settings.size
     msg = f"all {_UID_BLOCKS} blocks of sandbox user ids are taken by other pools on this machine"
     raise SetupError(msg)
+
+
+def _setup_problem(backend: Backend, error: str) -> str:
+    """One line for a sandbox that cannot run a tool call here: what went wrong and how to fix it."""
+    said = error.split("): ", 1)[1] if error.startswith("the tool process died") and "): " in error else error
+    if "namespace" in said or "uid map" in said:
+        fix = ("user namespaces are off for users other than root: enable them (sysctl -w "
+               "kernel.unprivileged_userns_clone=1 user.max_user_namespaces=15000), run as root, "
+               "or use sandbox.backend=apptainer")  # fmt: skip
+    elif "Permission denied" in said:
+        fix = (f"the sandbox's user cannot reach the Python at {backend.python!r}, its installation or the "
+               "pool's folder under $TMPDIR; make them readable by other users (chmod o+rx on each folder "
+               "above them) or point $TMPDIR at a folder that is")  # fmt: skip
+    elif "No such file" in said:
+        fix = f"the sandbox's Python {backend.python!r} or its installation is not there"
+    else:
+        fix = "see docs/sandbox.md"
+    return f"sandbox backend {backend.name!r} cannot run a tool call on this machine: {said.strip()}; {fix}"
 
 
 def _kill_group(pid: int) -> None:

@@ -105,7 +105,7 @@ def _local_pool_name(pools: Mapping[str, Any]) -> str:
 
 
 async def start_pools(settings: SandboxSettings) -> SandboxAccess:
-    """One pool actor per alive node; fails with the backend's one-line reason if it cannot run there."""
+    """One pool actor per alive node, each checked with a tool call; fails with a one-line reason if one cannot run."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -121,8 +121,9 @@ async def start_pools(settings: SandboxSettings) -> SandboxAccess:
             scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
         ).remote(settings, name=name)
     try:
-        await asyncio.gather(*(pool.stats.remote() for pool in pools.values()))
-    except ray.exceptions.RayActorError as exc:
+        await asyncio.gather(*(pool.check.remote() for pool in pools.values()))
+    except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as exc:
+        await stop_pools(SandboxAccess(pools))
         lines = str(getattr(exc, "error_msg", exc)).splitlines()
         reason = next((line.split("SetupError: ", 1)[1] for line in lines if "SetupError: " in line), lines[-1])
         raise SetupError(reason.strip()) from None

@@ -6,10 +6,19 @@ import shutil
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from streamflow.services.sandbox import Apptainer, Bubblewrap, Limits, SandboxError, SandboxPool, SandboxSettings
+from streamflow.services.sandbox import (
+    Apptainer,
+    Bubblewrap,
+    Interpreter,
+    Limits,
+    SandboxError,
+    SandboxPool,
+    SandboxSettings,
+)
 
 pytestmark = pytest.mark.skipif(
     shutil.which("bwrap") is None, reason="bubblewrap is not installed (apt-get install -y bubblewrap; .ci/run does)"
@@ -62,9 +71,11 @@ def test_state_persists_between_commands_of_one_sandbox_but_not_across_sandboxes
 def test_a_command_cannot_read_or_write_outside_its_sandbox(tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("host secret")
+    python_home = Interpreter.running().home
+    home = [str(entry) for entry in Path.home().iterdir() if not python_home.startswith(str(entry))]
     code = f"""
 import os
-for path in ({str(secret)!r}, '/etc/passwd', '/root', {os.getcwd()!r}):
+for path in ({str(secret)!r}, '/etc/passwd', {os.getcwd()!r}, *{home!r}):
     print(path, os.path.exists(path))
 for path in ('/usr/evil', '/evil', '../evil'):
     try:
@@ -207,17 +218,30 @@ def test_output_is_captured_up_to_a_cap():
     assert result.ok and len(result.stdout) == 1 << 20
 
 
-def test_bubblewrap_command_drops_privileges_limits_and_isolates():
-    command = Bubblewrap().command("/srv/box/3", [PY, "tool.py"], 200_003, Limits(memory_mb=128, processes=16))
-    assert command[:3] == ["setpriv", "--reuid=200003", "--regid=200003"]
-    assert "--as=134217728" in command and "--nproc=16" in command
-    assert "--unshare-all" in command and "--die-with-parent" in command
-    assert command[command.index("--bind") + 1 : command.index("--bind") + 3] == ["/srv/box/3", "/work"]
+def test_bubblewrap_as_root_mounts_then_drops_to_the_sandbox_user_with_no_capabilities():
+    python = Interpreter("/home/ann/.pyenv/versions/3.11.7/bin/python3.11", "/home/ann/.pyenv/versions/3.11.7")
+    command = Bubblewrap(python).command("/srv/box/3", [PY, "tool.py"], Limits(memory_mb=128, processes=16), 200_003)
+    assert command[0] == "prlimit" and "--as=134217728" in command and "--nproc=16" in command
+    bwrap = command[command.index("bwrap") : command.index("setpriv")]
+    assert "--unshare-net" in bwrap and "--unshare-pid" in bwrap and "--die-with-parent" in bwrap
+    assert bwrap[bwrap.index("--bind") + 1 : bwrap.index("--bind") + 3] == ["/srv/box/3", "/work"]
+    assert bwrap[bwrap.index("--ro-bind", bwrap.index("/work")) + 1] == python.home  # read-only, at its own path
+    for parent in ("/home", "/home/ann", "/home/ann/.pyenv", "/home/ann/.pyenv/versions"):
+        assert bwrap[bwrap.index(parent) - 3 : bwrap.index(parent)] == ["--perms", "0755", "--dir"]
+    assert bwrap[bwrap.index("PATH") + 1].startswith("/home/ann/.pyenv/versions/3.11.7/bin:")
+    setpriv = command[command.index("setpriv") : -2]
+    assert setpriv[1:3] == ["--reuid=200003", "--regid=200003"] and "--bounding-set=-all" in setpriv
     assert command[-2:] == [PY, "tool.py"]
 
 
+def test_bubblewrap_without_root_runs_as_the_caller_in_a_user_namespace():
+    command = Bubblewrap(Interpreter("/usr/bin/python3.11", "/usr")).command("/srv/box/3", ["ls"], Limits(), None)
+    assert "--unshare-all" in command and "setpriv" not in command and "--cap-add" not in command
+    assert "/usr/bin/python3.11" not in command  # an interpreter under /usr needs no mount of its own
+
+
 def test_apptainer_command_has_the_same_isolation_with_an_image():
-    command = Apptainer("/images/tools.sif").command("/srv/box/3", ["python3", "tool.py"], 200_003, Limits())
+    command = Apptainer("/images/tools.sif").command("/srv/box/3", ["python3", "tool.py"], Limits(), 200_003)
     assert command[:1] == ["setpriv"] and "apptainer" in command
     tail = command[command.index("apptainer") :]
     assert tail[:2] == ["apptainer", "exec"]
@@ -226,6 +250,26 @@ def test_apptainer_command_has_the_same_isolation_with_an_image():
     assert tail[tail.index("--network") + 1] == "none" and "--net" in tail
     assert tail[tail.index("--bind") + 1] == "/srv/box/3:/work" and tail[tail.index("--pwd") + 1] == "/work"
     assert tail[-3:] == ["/images/tools.sif", "python3", "tool.py"]
+
+
+def test_a_sandboxed_command_has_no_capability_and_cannot_become_root():
+    code = """
+import os
+status = dict(line.split(':', 1) for line in open('/proc/self/status').read().splitlines())
+print(os.getuid(), status['CapEff'].strip(), status['CapBnd'].strip(), status['NoNewPrivs'].strip())
+try:
+    os.setuid(0); print('became root')
+except PermissionError:
+    print('refused')
+"""
+
+    async def body(pool):
+        return await pool.run(await pool.acquire("row"), python(code)), pool.first_uid
+
+    result, first_uid = pool_run(body)
+    uid, effective, bounding, no_new_privs, setuid = result.stdout.split()
+    assert int(uid) == first_uid or os.geteuid() != 0
+    assert effective == bounding == "0000000000000000" and no_new_privs == "1" and setuid == "refused"
 
 
 def test_a_missing_backend_is_named_with_what_to_install(monkeypatch):
@@ -334,3 +378,35 @@ def test_python_tool_calls_are_as_isolated_as_commands():
     result = pool_run(body)
     passwd_visible, root = result.result
     assert passwd_visible is False and "etc" not in root
+
+
+def test_a_sandbox_that_cannot_start_python_is_refused_before_any_row_with_one_line():
+    from streamflow import SetupError
+
+    async def body(pool):
+        pool.backend = Bubblewrap(Interpreter("/opt/missing-python/bin/python3", "/opt/missing-python"))
+        await pool.check()
+
+    with pytest.raises(SetupError) as refused:
+        pool_run(body)
+    message = str(refused.value)
+    assert message.startswith("sandbox backend 'bubblewrap' cannot run a tool call on this machine: bwrap: ")
+    assert "/opt/missing-python" in message and "\n" not in message
+
+
+def test_user_namespaces_switched_off_are_named_with_the_fix():
+    from streamflow.services.sandbox.pool import _setup_problem
+
+    said = "the tool process died (exit 1): bwrap: No permissions to creating new namespace, likely because the kernel does not allow non-privileged user namespaces."
+    message = _setup_problem(Bubblewrap(), said)
+    assert message.startswith("sandbox backend 'bubblewrap' cannot run a tool call on this machine: bwrap: No perm")
+    assert "kernel.unprivileged_userns_clone=1" in message and "\n" not in message
+
+
+def test_a_working_sandbox_passes_the_check_and_leaves_no_sandbox_behind():
+    async def body(pool):
+        await pool.check()
+        return pool.stats()
+
+    stats = pool_run(body)
+    assert stats["in_use"] == 0 and stats["acquired"] == stats["released"] == 1
