@@ -19,7 +19,7 @@ import msgspec
 
 from streamflow.errors import RowError, error_kind
 from streamflow.flow import END, Flow
-from streamflow.message import Drop, Message, State, decode_batch, encode_batch
+from streamflow.message import Drop, Message, State
 from streamflow.operator import Context
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ __all__ = [
     "row_seed",
     "run_row",
     "run_step",
+    "settle",
     "step_contexts",
     "step_seed",
     "uses_sandbox",
@@ -51,16 +52,17 @@ async def run_step(flow: Flow, step: str, row: Message, ctx: Context) -> list[Me
     operator = flow.steps[step].operator
     try:
         result = await operator(row, ctx)
+        if isinstance(result, Drop):
+            dropped = settle(row, row.with_fields(**result.fields)) if result.fields else row
+            return [finish(dropped, f"filtered:{result.reason}")]
+        if isinstance(result, Message):
+            return [_address(flow, step, settle(row, result))]
+        if isinstance(result, list) and all(isinstance(item, Message) for item in result):
+            if not result:
+                return [finish(row, "filtered:no_output")]
+            return [_address(flow, step, child) for child in _fan_out(row, [settle(row, item) for item in result])]
     except Exception as exc:
         return [fail(row, exc)]
-    if isinstance(result, Drop):
-        return [finish(row.with_fields(**result.fields) if result.fields else row, f"filtered:{result.reason}")]
-    if isinstance(result, Message):
-        return [_address(flow, step, result)]
-    if isinstance(result, list) and all(isinstance(item, Message) for item in result):
-        if not result:
-            return [finish(row, "filtered:no_output")]
-        return [_address(flow, step, child) for child in _fan_out(row, result)]
     msg = (
         f"Operator {step!r} returned {type(result).__name__} for row {row.id!r}; "
         "return the row, a list of rows or Drop(reason)."
@@ -68,18 +70,61 @@ async def run_step(flow: Flow, step: str, row: Message, ctx: Context) -> list[Me
     return [fail(row, RowError(msg, kind="operator_contract"))]
 
 
+def settle(before: Message, after: Message) -> Message:
+    """``after`` with the values a step changed passed through the wire encoding once.
+
+    The next step then sees exactly what it would see after a hop between actors (a tuple
+    becomes a list, a ``msgspec.Struct`` a dict), whether it runs in this process or another,
+    in row mode, batch mode or ``streamflow.testing``. Only changed values are encoded, and of
+    a conversation history only the turns added: a value that crosses no process boundary is
+    never encoded whole. A value the wire cannot carry fails here, on its own row.
+    """
+    fields, state = after.fields, after.state
+    if fields is not before.fields:
+        old = before.fields
+        changed = {name: value for name, value in fields.items() if old.get(name, _ABSENT) is not value}
+        if changed:
+            fields = {**fields, **_wire(changed)}
+    if state is not before.state:
+        history, old_history = state.history, before.state.history
+        if history is not old_history:
+            kept = 0
+            for new_turn, old_turn in zip(history, old_history):
+                if new_turn is not old_turn:
+                    break
+                kept += 1
+            if kept < len(history):
+                history = [*history[:kept], *_wire(history[kept:])]
+        counters = state.counters if state.counters is before.state.counters else _wire(state.counters)
+        if history is not state.history or counters is not state.counters:
+            state = msgspec.structs.replace(state, history=history, counters=counters)
+    if fields is after.fields and state is after.state:
+        return after
+    return msgspec.structs.replace(after, fields=fields, state=state)
+
+
+_ABSENT = object()
+_wire_encode = msgspec.msgpack.Encoder().encode
+_wire_decode = msgspec.msgpack.Decoder().decode
+
+
+def _wire(value: Any) -> Any:
+    """``value`` as it comes out of the transport's msgpack encoding."""
+    return _wire_decode(_wire_encode(value))
+
+
 async def run_row(flow: Flow, row: Message, contexts: Mapping[str, Context]) -> list[Message]:
     """Carry ``row`` from its current step to ``END``; returns its finished rows, sorted by id.
 
-    Rows are encoded and decoded after every step, as the transport between row-mode actors
-    does, so each step (and the output) sees exactly the values it would see in row mode.
-    The pieces of a fan-out go on concurrently, as they would on separate actors.
+    ``run_step`` settles what each step changes (``settle``), so each step and the output see
+    exactly the values they would see in row mode. The pieces of a fan-out go on
+    concurrently, as they would on separate actors.
     """
     current = row
     while current.state.step != END:
         step = current.state.step
         ctx = contexts[step].for_row(step_seed(current, step))
-        results = decode_batch(encode_batch(await run_step(flow, step, current, ctx)))
+        results = await run_step(flow, step, current, ctx)
         if len(results) != 1:
             pieces = await asyncio.gather(*(run_row(flow, piece, contexts) for piece in results))
             return sorted((done for finished in pieces for done in finished), key=lambda m: m.id)

@@ -126,3 +126,30 @@ def test_rng_is_the_same_for_the_same_row_and_step():
     a = asyncio.run(run_step(flow, "only", ROW, Context(step="only").for_row(42)))
     b = asyncio.run(run_step(flow, "only", ROW, Context(step="only").for_row(42)))
     assert a[0]["draw"] == b[0]["draw"]
+
+
+def test_a_step_hands_on_values_as_the_wire_would_carry_them():
+    import msgspec
+
+    class Pair(msgspec.Struct):
+        left: int
+        right: tuple[int, int]
+
+    async def make(row, ctx):
+        said = {"role": "assistant", "content": "hi", "calls": (1, 2)}
+        return row.with_fields(pair=Pair(1, (2, 3)), items=(4, 5)).with_state(history=[*row.state.history, said])
+
+    start = ROW.with_state(history=[{"role": "user", "content": "hello"}])
+    [out] = run(one_step(make), "only", start)
+    assert out["pair"] == {"left": 1, "right": [2, 3]} and out["items"] == [4, 5]
+    assert out.state.history[-1]["calls"] == [1, 2]
+    assert out.state.history[0] is start.state.history[0]  # turns already settled are not encoded again
+    assert out["text"] is ROW["text"]
+
+
+def test_a_value_the_wire_cannot_carry_fails_only_its_row():
+    async def huge(row, ctx):
+        return row.with_fields(count=2**70)
+
+    [out] = run(one_step(huge), "only", ROW)
+    assert out.status == "error:overflow_error" and out.state.step == END
