@@ -54,7 +54,7 @@ from streamflow.result import RunResult
 from streamflow.schema import output_schema
 from streamflow.services.llm import LLMClient, Usage, merge_usage
 from streamflow.services.llm_service import LLMAccess, LLMService
-from streamflow.services.sandbox import SandboxAccess, start_pools, stop_pools
+from streamflow.services.sandbox import SandboxClient, SandboxPool, SandboxSettings
 
 __all__ = ["BatchOutput", "BatchWorker", "WorkerReport", "rows_in_flight", "run_batches"]
 
@@ -119,12 +119,14 @@ async def run_batches(
         "batch mode: %d actors x %d batches x %d rows = %d rows in flight at most (max_inflight=%d in row mode)",
         batch.actors, batch.batches_per_actor, batch.size, rows_in_flight(batch), cfg.max_inflight,
     )  # fmt: skip
-    sandbox = await start_pools(cfg.sandbox) if uses_sandbox(flow) else None
-    try:
-        service = await LLMService.start(cfg.llm, seed=cfg.seed, api_key=cfg.api_key(), log_dir=f"{run_dir}/logs")
-    except BaseException:
-        await stop_pools(sandbox)
-        raise
+    sandbox = cfg.sandbox if uses_sandbox(flow) else None
+    if sandbox is not None:  # a setup where sandboxes cannot work is refused here, before any batch
+        pool = SandboxPool(sandbox, name="check")
+        try:
+            await pool.check()
+        finally:
+            await pool.close()
+    service = await LLMService.start(cfg.llm, seed=cfg.seed, api_key=cfg.api_key(), log_dir=f"{run_dir}/logs")
     try:
         writer = PartWriter(f"{run_dir}/data", schema, prefix="part-000", part_rows=cfg.output.part_rows)
         collector = _Collector(writer, Progress(plan.total_rows - len(skip), mode=cfg.progress), rows_in_flight(batch))
@@ -144,7 +146,6 @@ async def run_batches(
         files = writer.close()
     finally:
         await service.stop()
-        await stop_pools(sandbox)
     return RunResult(
         pipeline=flow.name,
         run_id=os.path.basename(run_dir),
@@ -170,12 +171,13 @@ class BatchWorker:
     """
 
     def __init__(
-        self, recipe: Recipe, llm: LLMAccess, batches_per_actor: int, sandbox: SandboxAccess | None = None
+        self, recipe: Recipe, llm: LLMAccess, batches_per_actor: int, sandbox: SandboxSettings | None = None
     ) -> None:
         logging.basicConfig(level=logging.WARNING)
         self._flow, self._params = recipe.build()
         self._llm = llm
         self._sandbox = sandbox
+        self._pool: SandboxPool | None = None
         self._slots = asyncio.Semaphore(batches_per_actor)
         self._starting = asyncio.Lock()
         self._client: LLMClient | None = None  # None with llm.backend=none
@@ -215,7 +217,9 @@ class BatchWorker:
             if self._ready:
                 return
             client = self._llm.client()
-            sandbox = self._sandbox.client() if self._sandbox is not None else None
+            if self._sandbox is not None and self._pool is None:  # this actor's own: tool calls stay in process
+                self._pool = SandboxPool(self._sandbox, name=f"batch-{self._worker}")
+            sandbox = SandboxClient({self._pool.name: self._pool}) if self._pool is not None else None
             contexts = step_contexts(self._flow, client, self._params, sandbox=sandbox)
             for name, step in self._flow.steps.items():
                 try:
@@ -233,6 +237,8 @@ class BatchWorker:
             for step in self._flow.steps.values():
                 await step.operator.close()
         finally:
+            if self._pool is not None:
+                await self._pool.close()
             if self._client is not None:
                 await self._client.close()
 
@@ -304,7 +310,7 @@ def _dataset(
     batch: BatchConfig,
     seed: int,
     plan: InputPlan,
-    services: tuple[LLMAccess, SandboxAccess | None],
+    services: tuple[LLMAccess, SandboxSettings | None],
     skip: ray.ObjectRef | None = None,
 ) -> ray.data.Dataset:
     partitions = [{"partition": index} for index in range(len(plan.partitions))]

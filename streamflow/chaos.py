@@ -1,7 +1,8 @@
 """Fault injection for reliability tests and ``bench.chaos``: kill a run's actors while it runs.
 
-Actors of a row-mode run are named ``streamflow-<run id>-<step>-<replica>`` and
-``streamflow-<run id>-sink-<shard>``, so a killer only needs the run id::
+Actors of a row-mode run are named ``streamflow-<run id>-<steps>-<replica>`` (``<steps>``: the
+fused steps the actor hosts, joined by ``+``) and ``streamflow-<run id>-sink-<shard>``, so a
+killer only needs the run id::
 
     with ActorKiller(run_id="nightly", every_s=10, only=("question",)) as killer:
         streamflow.run("pipelines/natural_reasoning.py", ["run_id=nightly"])
@@ -21,7 +22,7 @@ __all__ = ["ActorKiller"]
 class ActorKiller(threading.Thread):
     """Every ``every_s`` seconds, kill one random actor of run ``run_id`` and let Ray restart it.
 
-    ``only`` limits the victims to some steps (``"sink"`` names the sinks); ``limit`` stops
+    ``only`` limits the victims to the actors hosting some steps (``"sink"`` names the sinks); ``limit`` stops
     after that many kills; ``when`` is checked before each kill (for example "rows are being
     written"), so kills land mid-run rather than during start-up. Deterministic for a given
     ``seed`` and set of live actors.
@@ -78,5 +79,5 @@ class ActorKiller(threading.Thread):
     def _eligible(self, name: str) -> bool:
         if not name.startswith(self.prefix):
             return False
-        step = name[len(self.prefix) :].rsplit("-", 1)[0]
-        return not self.only or step in self.only
+        steps = name[len(self.prefix) :].rsplit("-", 1)[0].split("+")
+        return not self.only or any(step in self.only for step in steps)

@@ -133,6 +133,7 @@ class OperatorConfig(msgspec.Struct, forbid_unknown_fields=True):
     replicas: int = 1
     concurrency: int | None = None
     num_cpus: float = 0.0
+    fuse: bool = True  # row mode: share an actor with neighbouring steps of the same replicas and CPUs
 
 
 class TransportConfig(msgspec.Struct, forbid_unknown_fields=True):

@@ -1,7 +1,7 @@
 """The per-hop event log: one record per row per step, written as Parquet under ``<run>/events/``.
 
-Each operator and sink actor keeps its own ``EventRecorder``: recording a hop appends one
-tuple to a list, and the list becomes a Parquet file every ``flush_rows`` records or
+Each step actor (hosting one step or several fused ones) and each sink keeps its own
+``EventRecorder``: recording a hop appends to flat buffers, and the list becomes a Parquet file every ``flush_rows`` records or
 ``flush_s`` seconds, written off the event loop. No event goes through the driver.
 
 A hop's timestamps split a row's time into parts that add up:
@@ -103,7 +103,7 @@ class EventRecorder:
     def __init__(
         self,
         directory: str,
-        step: str,
+        actor: str,
         replica: int,
         *,
         sample: float = 1.0,
@@ -111,9 +111,8 @@ class EventRecorder:
         flush_s: float = 10.0,
     ) -> None:
         self.directory = directory
-        self.step = step
         self.replica = replica
-        self.name = f"{step}-{replica}"
+        self.name = f"{actor}-{replica}"
         self.sample = sample
         self.node = _node_name()
         self._flush_rows = flush_rows
@@ -132,24 +131,30 @@ class EventRecorder:
 
     def hop(
         self,
+        step: str,
         row: Message,
+        sent_at: float,
         received_at: float,
         started_at: float,
         ended_at: float,
         results: Sequence[Message],
         usage: Usage | None = None,
     ) -> None:
-        """Record one row's pass through a step; ``results`` are the rows that left it."""
+        """Record one row's pass through ``step``; ``results`` are the rows that left it.
+
+        ``sent_at`` is when the row was handed on to this step: by another actor's outbox, or,
+        between fused steps, by the previous step in this actor (no transport time then).
+        """
         first = results[0] if results else row
         state = row.state
-        self._times.extend((row.admitted_at, row.sent_at, received_at, started_at, ended_at))
+        self._times.extend((row.admitted_at, sent_at, received_at, started_at, ended_at))
         if usage is not None and usage.requests:
             counts = (state.hops, state.turn, len(results), usage.requests, usage.retries)
             self._counts.extend((*counts, usage.prompt_tokens, usage.completion_tokens))
         else:
             self._counts.extend((state.hops, state.turn, len(results), 0, 0, 0, 0))
         error = first.error.split("\n", 1)[0][:500] if first.error else None
-        self._texts.extend((row.id, row.root or row.id, first.status, first.state.step, error))
+        self._texts.extend((step, row.id, row.root or row.id, first.status, first.state.step, error))
 
     def sink_hops(
         self, rows: Sequence[Message], received_at: float, started_at: float, ended_at: float, *, duplicate: bool
@@ -166,7 +171,7 @@ class EventRecorder:
             state = row.state
             times.extend((row.admitted_at, row.sent_at, received_at, started_at, ended_at))
             counts.extend((state.hops, state.turn, 0, 0, 0, 0, 0))
-            texts.extend((row.id, row.root or row.id, DUPLICATE if duplicate else row.status, None, None))
+            texts.extend((SINK_STEP, row.id, row.root or row.id, DUPLICATE if duplicate else row.status, None, None))
 
     def __len__(self) -> int:
         return len(self._times) // len(_TIMES)
@@ -199,7 +204,6 @@ class EventRecorder:
             arrays[name] = pa.array(numbers[:, index]).cast(EVENT_SCHEMA.field(name).type)
         for index, name in enumerate(_TEXTS):
             arrays[name] = pa.array(texts[index :: len(_TEXTS)], type=pa.string())
-        arrays["step"] = pa.array([self.step] * rows, pa.string())
         arrays["replica"] = pa.array(np.full(rows, self.replica, dtype=np.int32))
         arrays["node"] = pa.array([self.node] * rows, pa.string())
         table = pa.Table.from_arrays([arrays[field.name] for field in EVENT_SCHEMA], schema=EVENT_SCHEMA)
@@ -219,15 +223,15 @@ class EventRecorder:
 
 _TIMES = ("admitted_at", "sent_at", "received_at", "started_at", "ended_at")
 _COUNTS = ("hop", "turn", "outputs", "llm_calls", "llm_retries", "prompt_tokens", "completion_tokens")
-_TEXTS = ("row_id", "root_id", "status", "next_step", "error")
-"""The columns a recorder buffers per hop, in ``hop``'s order; step, replica and node are its own."""
+_TEXTS = ("step", "row_id", "root_id", "status", "next_step", "error")
+"""The columns a recorder buffers per hop, in ``hop``'s order; replica and node are the recorder's own."""
 
 
-def recorder(directory: str, step: str, replica: int, cfg: EventsConfig | None) -> EventRecorder | None:
+def recorder(directory: str, actor: str, replica: int, cfg: EventsConfig | None) -> EventRecorder | None:
     """The recorder of one actor, or None when the event log is off (no directory, or ``sample=0``)."""
     if not directory or cfg is None or cfg.sample <= 0:
         return None
-    return EventRecorder(directory, step, replica, sample=cfg.sample, flush_rows=cfg.flush_rows, flush_s=cfg.flush_s)
+    return EventRecorder(directory, actor, replica, sample=cfg.sample, flush_rows=cfg.flush_rows, flush_s=cfg.flush_s)
 
 
 async def write_when_due(events: EventRecorder, every_s: float = 0.5) -> None:

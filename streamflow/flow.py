@@ -39,7 +39,8 @@ class Step:
 
     ``replicas`` is the number of actors hosting the operator; ``concurrency`` bounds the
     rows one replica works on at once (``None``: bounded only by ``max_inflight``);
-    ``num_cpus`` is what each replica reserves from Ray (0 for I/O-bound steps).
+    ``num_cpus`` is what each replica reserves from Ray (0 for I/O-bound steps); ``fuse=False``
+    gives the step actors of its own even where its neighbours ask for the same resources.
     """
 
     name: str
@@ -47,6 +48,7 @@ class Step:
     replicas: int = 1
     concurrency: int | None = None
     num_cpus: float = 0.0
+    fuse: bool = True
 
 
 class Flow:
@@ -71,6 +73,7 @@ class Flow:
         replicas: int = 1,
         concurrency: int | None = None,
         num_cpus: float = 0.0,
+        fuse: bool = True,
     ) -> Flow:
         """Add a step; returns the flow so steps can be chained in workflow order."""
         _check_name(f"Flow {self.name!r}: step", name)
@@ -91,7 +94,7 @@ class Flow:
         if concurrency is not None and concurrency < 1:
             msg = f"Flow {self.name!r}: step {name!r} has concurrency={concurrency}; use 1 or more, or None."
             raise FlowError(msg)
-        self._steps[name] = Step(name, operator, replicas, concurrency, num_cpus)
+        self._steps[name] = Step(name, operator, replicas, concurrency, num_cpus, fuse)
         return self
 
     def edge(self, after: str, to: str) -> Flow:

@@ -62,6 +62,8 @@ Overrides use Hydra's syntax (key=value, lists as [a,b]). The main knobs:
   mode=batch batch.size=N   the Ray Data map_batches baseline instead of row mode
   operators.STEP.replicas=N actors hosting STEP (default: the pipeline's)
   operators.STEP.concurrency=N  rows one replica works on at once
+  operators.STEP.fuse=false STEP gets actors of its own (neighbouring steps with equal replicas and
+                            CPUs share actors by default)
   llm.base_url=URL llm.model=NAME   use an OpenAI-compatible server instead of the simulator
   llm.sim.time_scale=X      simulator speed (1.0 = real-time latencies)
   output.dir=DIR            where runs are written (default outputs)
@@ -88,8 +90,9 @@ def prepare(
         **spec.defaults,
         "pipeline": draft.name,
         "operators": {
-            name: {"replicas": s.replicas, "concurrency": s.concurrency, "num_cpus": s.num_cpus}
-            for name, s in draft.steps.items()
+            name: {"replicas": step.replicas, "concurrency": step.concurrency, "num_cpus": step.num_cpus,
+                   "fuse": step.fuse}
+            for name, step in draft.steps.items()
         },
         "params": msgspec.to_builtins(spec.default_params()),
     }

@@ -19,7 +19,7 @@ from streamflow.execution import new_row, run_row, step_contexts, uses_sandbox
 from streamflow.flow import Flow
 from streamflow.message import Message
 from streamflow.services.llm import LLMClient, Response
-from streamflow.services.sandbox import SandboxAccess, SandboxPool, SandboxSettings
+from streamflow.services.sandbox import SandboxClient, SandboxPool, SandboxSettings
 
 __all__ = ["ScriptedTransport", "fake_llm", "run_local", "run_local_async"]
 
@@ -62,7 +62,7 @@ async def run_local_async(
         except BaseException:
             await pool.close()
             raise
-    client = SandboxAccess({pool.name: pool}).client() if pool is not None else None
+    client = SandboxClient({pool.name: pool}) if pool is not None else None
     contexts = step_contexts(flow, llm, params, sandbox=client)
     for name, step in flow.steps.items():
         await step.operator.setup(contexts[name])

@@ -10,14 +10,13 @@ from streamflow.services.llm import Usage
 
 
 def test_a_hop_and_a_sink_hop_round_trip_through_parquet(tmp_path):
-    recorder = EventRecorder(str(tmp_path / "events"), "ask", 2)
+    recorder = EventRecorder(str(tmp_path / "events"), "ask+judge", 2)  # an actor of two fused steps
     now = time.time()
     row = Message(id="7/1", root="7", fields={}, state=State(step="ask", hops=3, turn=1), admitted_at=now - 2)
     row.sent_at = now - 1
     out = row.with_state(step="judge")
-    recorder.hop(
-        row, now - 0.5, now - 0.25, now, [out], Usage(requests=2, retries=1, prompt_tokens=50, completion_tokens=9)
-    )
+    usage = Usage(requests=2, retries=1, prompt_tokens=50, completion_tokens=9)
+    recorder.hop("ask", row, row.sent_at, now - 0.5, now - 0.25, now, [out], usage)
     recorder.sink_hops([row], now, now, now, duplicate=True)
     assert len(recorder) == 2
     recorder.flush()
@@ -35,13 +34,14 @@ def test_a_hop_and_a_sink_hop_round_trip_through_parquet(tmp_path):
     assert (hop["status"], hop["next_step"], hop["outputs"]) == ("ok", "judge", 1)
     assert (hop["llm_calls"], hop["llm_retries"], hop["prompt_tokens"], hop["completion_tokens"]) == (2, 1, 50, 9)
     assert abs(hop["started_at"].timestamp() - (now - 0.25)) < 1e-5
-    assert (sink["status"], sink["next_step"], sink["llm_calls"]) == ("duplicate", None, 0)
+    assert abs(hop["sent_at"].timestamp() - (now - 1)) < 1e-5
+    assert (sink["step"], sink["status"], sink["next_step"], sink["llm_calls"]) == ("sink", "duplicate", None, 0)
 
 
 def test_unset_times_are_null_not_1970(tmp_path):
     recorder = EventRecorder(str(tmp_path / "events"), "ask", 0)
     row = Message(id="1", fields={})  # never admitted nor sent: admitted_at = sent_at = 0
-    recorder.hop(row, 1.0, 2.0, 3.0, [row])
+    recorder.hop("ask", row, row.sent_at, 1.0, 2.0, 3.0, [row])
     recorder.flush()
     hop = pl.from_arrow(read_events(str(tmp_path))).row(0, named=True)
     assert hop["admitted_at"] is None and hop["sent_at"] is None and hop["ended_at"] is not None

@@ -43,7 +43,8 @@ from streamflow.message import Message, State
 from streamflow.pipeline import Recipe
 from streamflow.progress import Progress, Snapshot
 from streamflow.result import RunResult, TransferStats
-from streamflow.runtime.actor import StepActor, StepStats
+from streamflow.runtime.actor import ActorStats, StepActor, Wiring
+from streamflow.runtime.fusion import Group, fuse_steps
 from streamflow.runtime.ledger import Entry, Ledger
 from streamflow.runtime.metrics import MetricsServer, MetricsView, RunMetrics
 from streamflow.runtime.offload import ObjectKeeper, node_offloader
@@ -52,7 +53,6 @@ from streamflow.runtime.transport import Outbox, Peer, Peers
 from streamflow.schema import output_schema
 from streamflow.services.llm import Usage, merge_usage
 from streamflow.services.llm_service import LLMService
-from streamflow.services.sandbox import SandboxAccess, start_pools, stop_pools
 
 __all__ = ["run_rows"]
 
@@ -122,14 +122,16 @@ class _Driver:
         self.keepers: dict[str, Any] = {}
         self.objects_alive = 0
         self.objects_alive_peak = 0
-        self.steps: dict[str, list[Any]] = {}
+        self.groups: list[Group] = fuse_steps({name: cfg.operators[name] for name in flow.steps})
+        self.actors: dict[str, list[Any]] = {}
+        """The actors of each group, by group name."""
         self.sinks: list[Any] = []
         self.entry = Peers([])
         self.sink_peers: list[Peer] = []
         self.service: LLMService | None = None
-        self.sandbox: SandboxAccess | None = None
-        self.stats: dict[tuple[str, int], StepStats] = {}
-        self.earlier_usage: list[StepStats] = []
+        self.wiring: Wiring | None = None
+        self.stats: dict[tuple[str, int], ActorStats] = {}
+        self.earlier_usage: list[ActorStats] = []
         self.restarts = 0
         self._retire: list[list[str]] = []
         self._sink_incarnations: list[str] = []
@@ -170,45 +172,57 @@ class _Driver:
         self.sink_peers = [Peer(f"sink[{i}]", handle) for i, handle in enumerate(self.sinks)]
         self._retire = [[] for _ in self.sinks]
         step_cls = ray.remote(StepActor)
-        for name in self.flow.steps:
-            op = cfg.operators[name]
-            self.steps[name] = [
-                step_cls.options(num_cpus=op.num_cpus, name=f"streamflow-{run_id}-{name}-{replica}", **restarts).remote(
+        sandbox = cfg.sandbox if uses_sandbox(self.flow) else None
+        sandboxes: dict[str, Any] = {}
+        for group in self.groups:
+            handles = self.actors[group.name] = [
+                step_cls.options(
+                    num_cpus=group.num_cpus, name=f"streamflow-{run_id}-{group.name}-{replica}", **restarts
+                ).remote(
                     self.recipe,
-                    name,
+                    group.name,
+                    group.steps,
                     replica,
-                    concurrency=op.concurrency,
+                    concurrency={step: cfg.operators[step].concurrency for step in group.steps},
                     flush_rows=cfg.transport.flush_rows,
                     flush_ms=cfg.transport.flush_ms,
                     events_dir=self.events_dir,
                     events=cfg.events,
                     offload_threshold=cfg.offload_threshold,
+                    sandbox=sandbox,
                 )
-                for replica in range(op.replicas)
+                for replica in range(group.replicas)
             ]
-        first = self.flow.first
-        self.entry = Peers([Peer(f"{first}[{i}]", h) for i, h in enumerate(self.steps[first])])
-        if uses_sandbox(self.flow):  # first: a backend that cannot run here fails in a second, not after the LLM
-            self.sandbox = await start_pools(cfg.sandbox)
+            if any(self.flow.steps[step].operator.uses_sandbox for step in group.steps):
+                sandboxes.update({f"{group.name}[{replica}]": handle for replica, handle in enumerate(handles)})
+        self.wiring = Wiring(
+            groups=self.actors,
+            step_group={step: group.name for group in self.groups for step in group.steps},
+            sinks=self.sinks,
+            keepers=self.keepers,
+            sandboxes=sandboxes,
+        )
+        first = self.groups[0].name
+        self.entry = Peers([Peer(f"{first}[{i}]", h) for i, h in enumerate(self.actors[first])])
         self.service = await LLMService.start(
             cfg.llm, seed=cfg.seed, api_key=cfg.api_key(), log_dir=f"{self.run_dir}/logs"
         )
         llm = self.service.access()
         starts = [
-            (name, replica, handle, handle.start.remote(self.steps, self.sinks, llm, self.keepers, self.sandbox))
-            for name, handles in self.steps.items()
+            (name, replica, handle, handle.start.remote(self.wiring, llm))
+            for name, handles in self.actors.items()
             for replica, handle in enumerate(handles)
         ]
         for name, replica, handle, ref in starts:
             try:
-                again = functools.partial(handle.start.remote, self.steps, self.sinks, llm, self.keepers, self.sandbox)
+                again = functools.partial(handle.start.remote, self.wiring, llm)
                 incarnation = await _restarting_retried(ref, again)
-                self.stats[(name, replica)] = StepStats(step=name, replica=replica, incarnation=incarnation)
+                self.stats[(name, replica)] = ActorStats(group=name, replica=replica, incarnation=incarnation)
             except Exception as exc:
                 cause = _root_cause(exc)
                 if isinstance(cause, StreamflowError):
                     raise type(cause)(str(cause)) from None
-                msg = f"step {name!r} replica {replica} failed to start: {type(cause).__name__}: {cause}"
+                msg = f"{_hosting(name)} replica {replica} failed to start: {type(cause).__name__}: {cause}"
                 raise SetupError(msg) from None
         self._sink_incarnations = list(
             await asyncio.gather(*(_restarting_retried(sink.ping.remote(), sink.ping.remote) for sink in self.sinks))
@@ -328,10 +342,12 @@ class _Driver:
         out dead or restarted (``_lost_holder``).
         """
         asked = time.monotonic()
-        in_driver = self.outbox.held_roots()
+        in_driver = [root for root, _ in self.outbox.held_roots()]
+        # Rows admitted less than half a lease ago need no renewal yet: actors leave them out.
+        older_than = time.time() - self.cfg.recovery.lease_s / 2
         calls = {
-            asyncio.wrap_future(handle.stats.remote().future()): ((name, replica), handle)
-            for name, handles in self.steps.items()
+            asyncio.wrap_future(handle.stats.remote(older_than).future()): ((name, replica), handle)
+            for name, handles in self.actors.items()
             for replica, handle in enumerate(handles)
         }
         counting = asyncio.ensure_future(self._count_objects())
@@ -355,13 +371,13 @@ class _Driver:
         self.objects_alive = sum(n for n in counts if isinstance(n, int))
         self.objects_alive_peak = max(self.objects_alive_peak, self.objects_alive)
 
-    def _on_stats(self, key: tuple[str, int], handle: Any, asked: float, future: asyncio.Future[StepStats]) -> None:
+    def _on_stats(self, key: tuple[str, int], handle: Any, asked: float, future: asyncio.Future[ActorStats]) -> None:
         """Renew the leases of the rows a replica holds; re-wire it if it is a new incarnation."""
         name, replica = key
         try:
             stats = future.result()
         except ray.exceptions.ActorDiedError as exc:
-            self._fatal = RunError(_dead(f"step {name!r} replica {replica}", self.cfg.recovery.max_restarts, exc))
+            self._fatal = RunError(_dead(f"{_hosting(name)} replica {replica}", self.cfg.recovery.max_restarts, exc))
             return
         except ray.exceptions.RayActorError:
             self._lost_holder(key)  # restarting: what it held is lost
@@ -371,7 +387,7 @@ class _Driver:
             self._lost_holder(key)
             self.restarts += 1
             self.earlier_usage.append(previous)
-            log.warning("step %r replica %d restarted; wiring it again", name, replica)
+            log.warning("%s replica %d restarted; wiring it again", _hosting(name), replica)
         self.stats[key] = stats
         self._held_by[key] = (asked, stats.held)
         self.ledger.renew(stats.held, asked)
@@ -385,14 +401,14 @@ class _Driver:
 
     async def _rewire(self, name: str, replica: int, handle: Any) -> None:
         """Give a restarted replica its peers, LLM access and operator setup again."""
-        assert self.service is not None
+        assert self.service is not None and self.wiring is not None
         try:
-            await handle.start.remote(self.steps, self.sinks, self.service.access(), self.keepers, self.sandbox)
+            await handle.start.remote(self.wiring, self.service.access())
         except ray.exceptions.RayActorError:
             pass  # it died again; the next poll tries again
         except Exception as exc:
             cause = _root_cause(exc)
-            self._fatal = RunError(f"step {name!r} replica {replica} restarted but could not start again: {cause}")
+            self._fatal = RunError(f"{_hosting(name)} replica {replica} restarted but could not start again: {cause}")
         finally:
             self._rewiring.pop((name, replica), None)
 
@@ -442,10 +458,10 @@ class _Driver:
 
     async def finish(self) -> tuple[list[str], dict[str, Usage], dict[str, Usage], TransferStats]:
         """Stop the actors once every row is committed; an actor dying now costs only its last counters."""
-        handles = [((name, i), h) for name, hs in self.steps.items() for i, h in enumerate(hs)]
+        handles = [((name, i), h) for name, hs in self.actors.items() for i, h in enumerate(hs)]
         stopped = await asyncio.gather(*(h.stop.remote() for _, h in handles), return_exceptions=True)
         final = [
-            result if isinstance(result, StepStats) else self.stats.get(key, StepStats(step=key[0], replica=key[1]))
+            result if isinstance(result, ActorStats) else self.stats.get(key, ActorStats(group=key[0], replica=key[1]))
             for (key, _), result in zip(handles, stopped, strict=True)
         ]
         closed = await asyncio.gather(*(sink.close.remote() for sink in self.sinks), return_exceptions=True)
@@ -460,7 +476,7 @@ class _Driver:
         replicas = merge_usage([s.replica_usage for s in [*final, *self.earlier_usage]])
         return sorted(files), usage, replicas, transfer
 
-    def _transfer(self, sinks: Sequence[TransferStats], replicas: Sequence[StepStats]) -> TransferStats:
+    def _transfer(self, sinks: Sequence[TransferStats], replicas: Sequence[ActorStats]) -> TransferStats:
         """Bytes moved by the driver, every replica (dead incarnations included) and the sinks."""
         total = TransferStats(inline_bytes=self.outbox.bytes_sent)
         if self.outbox.offloader is not None:
@@ -475,8 +491,7 @@ class _Driver:
             self.metrics_server.close()
         if self.service is not None:
             await self.service.stop()
-        await stop_pools(self.sandbox)
-        for handle in [*self.sinks, *(h for hs in self.steps.values() for h in hs), *self.keepers.values()]:
+        for handle in [*self.sinks, *(h for hs in self.actors.values() for h in hs), *self.keepers.values()]:
             try:
                 ray.kill(handle, no_restart=True)
             except Exception as exc:  # an actor that is already gone is fine
@@ -567,6 +582,11 @@ def _lost(entry: Entry) -> Message:
         share=(remaining.numerator, remaining.denominator),
         admitted_at=original.admitted_at,
     )
+
+
+def _hosting(group: str) -> str:
+    """How messages name the actor of a group: ``step 'ask'``, or ``steps 'ask+judge'`` when fused."""
+    return f"steps {group!r}" if "+" in group else f"step {group!r}"
 
 
 def _dead(what: str, max_restarts: int, exc: BaseException) -> str:

@@ -18,7 +18,7 @@ import msgspec
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from streamflow.runtime.actor import StepStats
+from streamflow.runtime.actor import ActorStats
 from streamflow.services.llm import Usage, merge_usage
 from streamflow.services.llm.usage import LATENCY_BOUNDS_S
 
@@ -37,8 +37,8 @@ class MetricsView(msgspec.Struct, frozen=True):
     readmitted: int = 0
     restarts: int = 0
     objects_alive: int = 0
-    replicas: tuple[StepStats, ...] = ()
-    earlier: tuple[StepStats, ...] = ()
+    replicas: tuple[ActorStats, ...] = ()
+    earlier: tuple[ActorStats, ...] = ()
 
 
 class RunMetrics:
@@ -84,18 +84,20 @@ class RunMetrics:
         running = self._family(
             GaugeMetricFamily, "streamflow_step_running_rows", "Rows an operator works on now.", "step", "replica"
         )
-        for stats in view.replicas:
-            labels = [*self._labels.values(), stats.step, str(stats.replica)]
-            queued.add_metric(labels, stats.queued)
-            running.add_metric(labels, stats.inflight - stats.queued)
+        for actor in view.replicas:
+            for step, counts in actor.steps.items():
+                labels = [*self._labels.values(), step, str(actor.replica)]
+                queued.add_metric(labels, counts.queued)
+                running.add_metric(labels, counts.running)
         yield queued
         yield running
         totals: dict[str, list[float]] = {}
-        for stats in (*view.replicas, *view.earlier):
-            total = totals.setdefault(stats.step, [0, 0, 0.0])
-            total[0] += stats.rows_in
-            total[1] += stats.rows_out
-            total[2] += stats.busy_s
+        for actor in (*view.replicas, *view.earlier):
+            for step, counts in actor.steps.items():
+                total = totals.setdefault(step, [0, 0, 0.0])
+                total[0] += counts.rows_in
+                total[1] += counts.rows_out
+                total[2] += counts.busy_s
         names = (
             ("streamflow_step_rows_in", "Rows a step received."),
             ("streamflow_step_rows_out", "Rows a step handed on."),
@@ -109,14 +111,15 @@ class RunMetrics:
         moved = self._family(
             CounterMetricFamily,
             "streamflow_transfer_bytes",
-            "Bytes operator replicas moved: sent inline, put in the object store, fetched from it.",
+            "Bytes step actors moved: sent inline, put in the object store, fetched from it (step: the actors'"
+            " group of fused steps).",
             "step",
             "kind",
         )
         kinds = ("inline_bytes", "offloaded_bytes", "fetched_bytes", "fetched_remote_bytes")
         per_step: dict[str, list[int]] = {}
         for stats in (*view.replicas, *view.earlier):
-            sums = per_step.setdefault(stats.step, [0] * len(kinds))
+            sums = per_step.setdefault(stats.group, [0] * len(kinds))
             for index, kind in enumerate(kinds):
                 sums[index] += getattr(stats.transfer, kind)
         for step, sums in sorted(per_step.items()):
@@ -165,7 +168,7 @@ class RunMetrics:
                 hits.add_metric([*self._labels.values(), name], u.cache_hits)
             yield hits
 
-    def _latency(self, every: Sequence[StepStats], per_step: dict[str, Usage]) -> Metric:
+    def _latency(self, every: Sequence[ActorStats], per_step: dict[str, Usage]) -> Metric:
         family = self._family(
             HistogramMetricFamily, "streamflow_llm_request_seconds", "Latency of answered LLM requests.", "step"
         )

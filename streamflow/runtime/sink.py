@@ -30,6 +30,7 @@ import ray
 
 from streamflow.config import EventsConfig
 from streamflow.events import SINK_STEP, recorder, write_when_due
+from streamflow.io.arrow import skip_pandas_probe
 from streamflow.io.sink import PartWriter, part_row_ids
 from streamflow.message import Message
 from streamflow.result import TransferStats
@@ -68,6 +69,7 @@ class SinkActor:
         events: EventsConfig | None = None,
     ) -> None:
         logging.basicConfig(level=logging.WARNING)
+        skip_pandas_probe()  # its Arrow arrays are built from Python values: no pandas import
         prefix = f"part-{shard:03d}"
         self._events = recorder(events_dir, SINK_STEP, shard, events)
         self._writing_events: asyncio.Task[None] | None = None

@@ -204,6 +204,15 @@ def test_batch_mode_runs_the_same_trajectories(both_modes, runs):
     assert runs.read(batch).select(columns).equals(runs.read(row).select(columns))
 
 
+def test_a_sandbox_opened_on_one_actor_serves_tool_calls_made_on_another(both_modes, runs, tmp_path):
+    row, _ = both_modes
+    overrides = [f"output.dir={tmp_path}", "llm.sim.time_scale=0.01", "progress=off", "limit=40",
+                 "operators.open.fuse=false"]  # fmt: skip
+    apart = streamflow.run(str(TAU2), overrides)
+    columns = ["row_id", "status", "reward", "db_diff", "ended", "turns"]
+    assert runs.read(apart).select(columns).equals(runs.read(row).select(columns))
+
+
 def test_sandboxes_are_gone_after_the_runs(both_modes):
     import glob
     import tempfile

@@ -3,7 +3,7 @@
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamflow.runtime.actor import StepStats
+from streamflow.runtime.actor import ActorStats, StepCounts
 from streamflow.runtime.metrics import MetricsView, RunMetrics
 from streamflow.services.llm import Usage
 from streamflow.services.llm.usage import LATENCY_BOUNDS_S
@@ -18,13 +18,11 @@ def samples(metrics: RunMetrics) -> dict:
     }
 
 
-def stats(replica: int, *, rows_in: int, latency: list[int], tokens: int, queued: int = 0) -> StepStats:
-    return StepStats(
-        step="ask",
+def stats(replica: int, *, rows_in: int, latency: list[int], tokens: int, queued: int = 0) -> ActorStats:
+    return ActorStats(
+        group="ask",
         replica=replica,
-        rows_in=rows_in,
-        inflight=queued + 2,
-        queued=queued,
+        steps={"ask": StepCounts(rows_in=rows_in, running=2, queued=queued)},
         usage={"ask": Usage(requests=sum(latency), completion_tokens=tokens, latency_s=1.5)},
         replica_usage={"http://127.0.0.1:1/v1": Usage(requests=sum(latency), completion_tokens=tokens)},
         llm_latency={"ask": latency},

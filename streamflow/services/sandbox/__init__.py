@@ -7,7 +7,7 @@ await ctx.sandbox.release(box)
 
 from streamflow.services.sandbox.backends import Apptainer, Bubblewrap, Interpreter, Limits
 from streamflow.services.sandbox.pool import CallResult, ExecResult, SandboxError, SandboxPool, SandboxSettings
-from streamflow.services.sandbox.service import SandboxAccess, SandboxClient, start_pools, stop_pools
+from streamflow.services.sandbox.service import SandboxClient
 
 __all__ = [
     "Apptainer",
@@ -16,11 +16,8 @@ __all__ = [
     "ExecResult",
     "Interpreter",
     "Limits",
-    "SandboxAccess",
     "SandboxClient",
     "SandboxError",
     "SandboxPool",
     "SandboxSettings",
-    "start_pools",
-    "stop_pools",
 ]

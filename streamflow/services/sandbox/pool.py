@@ -1,11 +1,11 @@
-"""A node's pool of sandboxes: private directories, each with its own user id, where commands run isolated.
+"""A process's pool of sandboxes: private directories, each with its own user id, where commands run isolated.
 
 A sandbox is cheap while idle (a directory and a reserved uid); a process exists only while a
-command runs, and at most ``running`` commands run at once per node. A row acquires a sandbox,
+command runs, and at most ``running`` commands run at once per pool. A row acquires a sandbox,
 runs commands and reads or writes its files over several steps, and releases it; a sandbox
 nobody touched for ``idle_s`` is reclaimed, which is how sandboxes of rows that crashed or were
-re-admitted elsewhere come back. Run one pool per node as a Ray actor (``start_pools``) or
-in-process (tests, ``run_local``).
+re-admitted elsewhere come back. Each actor running sandboxed steps (and ``run_local``) has a
+pool of its own, so a tool call never leaves the process that asks for it.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ class SandboxSettings(msgspec.Struct, forbid_unknown_fields=True):
 
     backend: Literal["bubblewrap", "apptainer"] = "bubblewrap"
     image: str | None = None  # apptainer: the .sif image
-    size: int = 1024  # sandboxes per node (a directory and a uid each; no process while idle)
-    running: int = 0  # commands running at once per node; 0: twice the node's CPUs
+    size: int = 1024  # sandboxes per pool (a directory and a uid each; no process while idle)
+    running: int = 0  # commands running at once per pool (per actor with sandboxed steps); 0: twice the CPUs
     timeout_s: float = 30.0  # per command, wall clock
     memory_mb: int = 512  # address space per command
     processes: int = 64  # processes per sandbox
@@ -118,8 +118,15 @@ class SandboxPool:
         self._uid_block: IO[str] | None = None
         self.first_uid = os.geteuid()
         if self.as_root:
-            self._uid_block, self.first_uid = _claim_uid_block(settings)
-        self.root = tempfile.mkdtemp(prefix=f"streamflow-sandbox-{name}-")
+            self._uid_block, block = _claim_uid_block(settings)
+            self.first_uid = settings.first_uid + block * settings.size
+            # Named by its uid block: a pool whose process was killed left this folder behind,
+            # and the next pool to hold the block removes it.
+            self.root = os.path.join(tempfile.gettempdir(), f"streamflow-sandbox-{block}")
+            shutil.rmtree(self.root, ignore_errors=True)
+            os.mkdir(self.root, 0o711)
+        else:
+            self.root = tempfile.mkdtemp(prefix="streamflow-sandbox-")
         os.chmod(self.root, 0o711)  # sandbox users may enter their own directory, not list the others
         self._free = list(range(settings.size))[::-1]
         self._slots = asyncio.Semaphore(settings.size)
@@ -423,7 +430,7 @@ _UID_BLOCKS = 4096
 
 
 def _claim_uid_block(settings: SandboxSettings) -> tuple[IO[str], int]:
-    """A block of ``size`` user ids no other pool on this machine uses, held by a lock while the pool lives.
+    """A block of ``size`` user ids no other pool on this machine uses (its lock and number), held while the pool lives.
 
     Pools of concurrent runs (or of one run's nodes on one machine) must not share ids: releasing a
     sandbox kills every process of its id, and the process limit counts per id.
@@ -436,7 +443,7 @@ def _claim_uid_block(settings: SandboxSettings) -> tuple[IO[str], int]:
         except BlockingIOError:
             handle.close()
             continue
-        return handle, settings.first_uid + block * settings.size
+        return handle, block
     msg = f"all {_UID_BLOCKS} blocks of sandbox user ids are taken by other pools on this machine"
     raise SetupError(msg)
 
