@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import secrets
+import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -185,6 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Interrupted as exc:
         print(f"streamflow: {exc}", file=sys.stderr)
         return 128 + exc.signum
+    except KeyboardInterrupt:  # Ctrl-C while starting (before any row) or a second one while committing
+        print("streamflow: stopped by SIGINT; rows not committed run again on resume", file=sys.stderr)
+        return 128 + signal.SIGINT
     except StreamflowError as exc:
         print(f"streamflow: run failed: {exc}", file=sys.stderr)
         return 1

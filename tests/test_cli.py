@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -88,3 +90,27 @@ def test_a_setup_that_cannot_work_exits_2_with_its_one_line(monkeypatch, capsys)
     assert run_module.main(["pipelines/tau2.py"]) == 2
     err = capsys.readouterr().err
     assert err == "streamflow: error: sandbox backend 'bubblewrap' cannot run a tool call on this machine: ...; enable them\n"
+
+
+def test_ctrl_c_commits_what_the_sinks_hold_and_exits_130_with_the_resume_line(tmp_path):
+    import signal
+    import time
+
+    command = [sys.executable, "-m", "streamflow.run", "pipelines/natural_reasoning.py", "limit=2000", "run_id=cut",
+               "llm.sim.time_scale=0.5", "output.commit_s=600", f"output.dir={tmp_path}", "progress=log",
+               "metrics.enabled=false"]  # fmt: skip
+    running = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    events = tmp_path / "natural_reasoning" / "cut" / "events"
+    deadline = time.monotonic() + 120
+    while not any(events.glob("*.parquet")) and time.monotonic() < deadline:  # rows are flowing by now
+        time.sleep(0.2)
+    time.sleep(2)
+    running.send_signal(signal.SIGINT)
+    _, err = running.communicate(timeout=120)
+    assert running.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"streamflow: stopped by SIGINT; committed rows are kept, continue with resume={tmp_path}/natural_reasoning/cut"
+    )
+    committed = pl.read_parquet(tmp_path / "natural_reasoning" / "cut" / "data" / "*.parquet")
+    assert 0 < committed.height < 2000  # commit_s=600: only the stop itself committed them

@@ -12,14 +12,15 @@ Phases, in order:
 5. when every admitted row was accepted, ask the sinks to commit; once every row is
    committed: stop the actors, collect usage, stop.
 
-SIGTERM (``scancel``, a SLURM time limit, ``kill``) ends phase 4 early: the sinks commit
-what they hold, the actors stop, and the run raises ``Interrupted``; a resume reruns only
-the rows that were not committed.
+SIGTERM (``scancel``, a SLURM time limit, ``kill``) or SIGINT (Ctrl-C) ends phase 4 early:
+the sinks commit what they hold, the actors stop, and the run raises ``Interrupted``; a
+resume reruns only the rows that were not committed. A second Ctrl-C stops at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -60,7 +61,7 @@ log = logging.getLogger(__name__)
 
 HEALTH_EVERY_S = 1.0
 CENSUS_TIMEOUT_S = 30.0
-STOP_SIGNALS = (signal.SIGTERM,)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 STOP_COMMIT_TIMEOUT_S = 20.0  # SLURM sends SIGKILL KillWait (default 30 s) after SIGTERM
 
 
@@ -507,6 +508,10 @@ async def _stream_until_stopped(driver: _Driver) -> None:
     def stop(signum: signal.Signals) -> None:
         received.append(signum)
         streaming.cancel()
+        # A second Ctrl-C while the sinks commit means "now": Python's own handler interrupts the wait.
+        with contextlib.suppress(ValueError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGINT)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
     previous = {}
     for signum in STOP_SIGNALS:
@@ -533,7 +538,7 @@ async def _stream_until_stopped(driver: _Driver) -> None:
     finally:
         for signum, handler in previous.items():
             loop.remove_signal_handler(signum)
-            signal.signal(signum, handler)  # e.g. Ray's own, outside streaming
+            signal.signal(signum, handler)  # e.g. Ray's own, or asyncio's for Ctrl-C, outside streaming
 
 
 def _start_keepers(run_id: str) -> dict[str, Any]:

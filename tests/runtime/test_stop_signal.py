@@ -1,4 +1,4 @@
-"""SIGTERM (scancel, a SLURM time limit, kill) stops a row-mode run cleanly: what the sinks hold is committed."""
+"""SIGTERM (scancel, a SLURM time limit, kill) and SIGINT (Ctrl-C) stop a row-mode run cleanly: what the sinks hold is committed."""
 
 import asyncio
 import os
@@ -44,26 +44,29 @@ def previous_handler(signum, frame):
 
 @pytest.fixture(autouse=True)
 def earlier_handler():
-    before = signal.signal(signal.SIGTERM, previous_handler)
+    before = {signum: signal.signal(signum, previous_handler) for signum in (signal.SIGTERM, signal.SIGINT)}
     yield
-    signal.signal(signal.SIGTERM, before)
+    for signum, handler in before.items():
+        signal.signal(signum, handler)
 
 
-def test_sigterm_stops_streaming_commits_the_sinks_and_names_the_resume():
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_ends_streaming_commits_the_sinks_and_names_the_resume(signum):
     driver = StreamingForever()
 
     async def scenario():
         stopping = asyncio.ensure_future(_stream_until_stopped(driver))
         await asyncio.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signum)
         await stopping
 
     with pytest.raises(Interrupted) as stopped:
         asyncio.run(scenario())
     assert driver.cancelled and [sink.flushed for sink in driver.sinks] == [1, 1]
-    assert stopped.value.signum == signal.SIGTERM
-    assert str(stopped.value) == ("stopped by SIGTERM; committed rows are kept, continue with resume=/runs/nr/slurm-7")
-    assert signal.getsignal(signal.SIGTERM) is previous_handler  # the run's handler is gone with it
+    assert stopped.value.signum == signum
+    name = signal.Signals(signum).name
+    assert str(stopped.value) == f"stopped by {name}; committed rows are kept, continue with resume=/runs/nr/slurm-7"
+    assert signal.getsignal(signum) is previous_handler  # the run's handler is gone with it
 
 
 def test_a_run_that_finishes_gives_the_process_its_handler_back():
