@@ -12,9 +12,13 @@ flight (equal concurrency):
 - Ray Data's own LLM API (``ray.data.llm`` HTTP processor), as documented, for the
   NaturalReasoning pipeline only.
 
-Output tokens/s is measured by the server, over the window from its first request to
-its last output token (so Ray start-up is excluded for every system); "end to end" adds
-the time from the call to the end of the run. Run:
+Each system runs as a command of its own (``bench/systems.py``), in a fresh process, the way
+a user runs it, against fresh servers; ``--runs`` rounds of every system, interleaved, give a
+median and a spread. Output tokens/s is measured by the servers between their first request
+and their last output token (so start-up is excluded for every system); "e2e" counts from the
+command to the last row written, Python and Ray start-up included; "start" from the command
+to the first LLM request. CPU counts every process of the system (the command and all it
+started: Ray's daemons and workers, sandboxes), the simulated servers apart. Run:
 
     python -m bench.row_vs_batch                                  # NaturalReasoning, 2,000 docs, ~8 min
     python -m bench.row_vs_batch pipeline=coral                   # Coral dialogues, 1,000 problems
@@ -30,183 +34,72 @@ is trajectories/s; every system runs the tool calls in bubblewrap sandboxes.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import importlib.util
 import json
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import ray
+import msgspec
 
-import streamflow
+from bench.cpu import CommandCPU
 from bench.simproc import SimProcess
-from streamflow.execution import new_row, run_row, step_contexts, uses_sandbox
-from streamflow.histogram import LatencyHistogram
-from streamflow.io.source import plan_input, read_unit
-from streamflow.pipeline import load_pipeline
-from streamflow.services.llm import LLMClient
-from streamflow.services.sandbox import SandboxAccess, SandboxPool, SandboxSettings
+from bench.systems import SystemRun
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINES = {name: REPO / "pipelines" / f"{name}.py" for name in ("natural_reasoning", "coral", "tau2")}
 
 
-def measure(name: str, config: str, sim: SimProcess, wall_s: float, rows: int, ok: int,
-            latency: LatencyHistogram, quality: dict[str, float] | None = None) -> dict[str, Any]:
-    started, ended = sim.busy_window()
+def run_system(
+    name: str, config: str, system: str, pipeline: Path, sim_args: dict[str, Any], args: argparse.Namespace,
+    overrides: list[str] = (), *, limit: int | None = None,
+) -> dict[str, Any]:
+    """Run one system as its own command against fresh simulated servers; measure it from the outside."""
+    with tempfile.TemporaryDirectory() as out, SimProcess(**sim_args) as sim:
+        summary = os.path.join(out, "run.json")
+        command = [sys.executable, "-m", "bench.systems", system, str(pipeline), "--endpoints", *sim.urls,
+                   "--inflight", str(args.inflight), "--limit", str(limit or args.limit), "--seed", str(args.seed),
+                   "--out", out, "--json", summary, "--overrides", *overrides]  # fmt: skip
+        sim_cpu = sim.cpu_s()
+        with CommandCPU() as meter:
+            started = time.time()
+            subprocess.run(meter.wrap(command), check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+            cpu = meter.seconds()
+        run = msgspec.json.decode(Path(summary).read_bytes(), type=SystemRun)
+        sim_cpu = sim.cpu_s() - sim_cpu
+    first, last = sim.busy_window()
     return {
         "system": name,
         "config": config,
-        "rows": rows,
-        "ok": ok,
-        "quality": quality or {},
-        "end_to_end_s": round(wall_s, 2),
-        "busy_s": round(ended - started, 2),
-        "rows_per_s": round(rows / (ended - started), 2),
+        "rows": run.rows,
+        "ok": run.ok,
+        "quality": run.quality,
+        "end_to_end_s": round(run.finished_at - started, 2),
+        "start_s": round(first - started, 2),
+        "busy_s": round(last - first, 2),
+        "rows_per_s": round(run.rows / (last - first), 2),
         "output_tokens": sim.output_tokens(),
-        "output_tokens_per_s": round(sim.output_tokens() / (ended - started), 1),
+        "output_tokens_per_s": round(sim.output_tokens() / (last - first), 1),
+        "e2e_output_tokens_per_s": round(sim.output_tokens() / (run.finished_at - started), 1),
+        "cpu_s_per_1000_rows": round(cpu / run.rows * 1000, 1),
+        "cpu_method": meter.method,
+        "sim_cpu_s_per_1000_rows": round(sim_cpu / run.rows * 1000, 1),
         "llm_utilization": round(sim.utilization(), 3),
-        "latency_p50_s": round(latency.quantile(0.5), 2),
-        "latency_p99_s": round(latency.quantile(0.99), 2),
+        "latency_p50_s": round(run.latency.quantile(0.5), 2),
+        "latency_p99_s": round(run.latency.quantile(0.99), 2),
         "tokens_series": sim.tokens_per_s_series(),
-        "latency_cdf": latency.cdf(),
+        "latency_cdf": run.latency.cdf(),
     }
-
-
-# -- the systems ---------------------------------------------------------------------------
-
-
-def plain_loop(
-    pipeline: Path, urls: list[str], inflight: int, limit: int, seed: int
-) -> tuple[int, int, LatencyHistogram, dict[str, float]]:
-    """The same flow in one process: a semaphore of ``inflight`` rows, nothing else."""
-    spec = load_pipeline(pipeline)
-    params = spec.default_params()
-    flow = spec.build(params).validate()
-    plan = plan_input(str(spec.defaults["input"]["path"]), limit=limit, requires=flow.requires)
-    histogram = LatencyHistogram()
-
-    async def go() -> tuple[int, list[dict[str, Any]]]:
-        client = LLMClient(urls, model="sim-8b")
-        pool = SandboxPool(SandboxSettings()) if uses_sandbox(flow) else None
-        sandbox = SandboxAccess({pool.name: pool}).client() if pool is not None else None
-        contexts = step_contexts(flow, client, params, sandbox=sandbox)
-        for name, step in flow.steps.items():
-            await step.operator.setup(contexts[name])
-        slots = asyncio.Semaphore(inflight)
-        done: list[dict[str, Any]] = []
-
-        async def one(row_id: str, fields: dict[str, Any]) -> None:
-            async with slots:
-                started = time.monotonic()
-                finished = await run_row(flow, new_row(row_id, fields, flow.first, seed), contexts)
-                histogram.add(time.monotonic() - started)
-                done.extend({**row.fields, "status": row.status} for row in finished)
-
-        tasks = [
-            one(row_id, fields)
-            for units in plan.partitions for unit in units for ids, rows in read_unit(plan, unit)
-            for row_id, fields in zip(ids, rows)
-        ]
-        await asyncio.gather(*tasks)
-        await client.close()
-        if pool is not None:
-            await pool.close()
-        return len(tasks), done
-
-    rows, done = asyncio.run(go())
-    ok = sum(row["status"] == "ok" for row in done)
-    quality = {}
-    if spec.metrics is not None:
-        import polars as pl
-
-        quality = dict(spec.metrics(pl.from_dicts(done, infer_schema_length=None).lazy()))
-    return rows, ok, histogram, quality
-
-
-def streamflow_run(pipeline: Path, urls: list[str], overrides: list[str], out: str) -> streamflow.RunResult:
-    endpoints = "[" + ",".join(urls) + "]"
-    return streamflow.run(str(pipeline), [f"llm.endpoints={endpoints}", "llm.model=sim-8b", f"output.dir={out}",
-                                          "progress=off", *overrides])
 
 
 def batch_shape(inflight: int, size: int) -> tuple[int, int]:
     """(actors, batches per actor) so that actors x batches x size = inflight (at least one of each)."""
     actors = max(1, min(4, inflight // size))
     return actors, max(1, inflight // (actors * size))
-
-
-def ray_data_llm(pipeline: Path, url: str, inflight: int, limit: int) -> tuple[int, int]:
-    """NaturalReasoning with ``ray.data.llm`` HTTP processors, one per LLM step, as documented."""
-    from ray.data.llm import HttpRequestProcessorConfig, build_processor
-
-    # Imported by name (the pipelines folder is on every worker's path, see main) so that
-    # Ray pickles its msgspec Structs by reference.
-    sys.path.insert(0, str(pipeline.parent))
-    nr = importlib.import_module(pipeline.stem)
-    from operators.parsing import extract_json, first_word
-
-    params = nr.Params()
-    prompts = {name: nr.prompt(name, chars) for name, chars in
-               (("classify", params.classifier_doc_chars), ("score", params.max_doc_chars),
-                ("question", params.max_doc_chars))}
-    threshold = params.english_min_score
-    stages = 3
-    config = HttpRequestProcessorConfig(url=f"{url}/chat/completions", concurrency=max(1, inflight // (64 * stages)),
-                                        batch_size=64)
-
-    def processor(name: str, max_tokens: int, parse: Any) -> Any:
-        from streamflow import Message
-
-        return build_processor(
-            config,
-            preprocess=lambda row: {"payload": {
-                "model": "sim-8b", "max_tokens": max_tokens, "temperature": 0.0,
-                "messages": prompts[name].render(Message(id="x", fields={"text": row["text"]})),
-            }},
-            postprocess=lambda row: {"text": row["text"], "keep": parse(row["http_response"])},
-        )
-
-    def answer(response: dict[str, Any]) -> str:
-        return response["choices"][0]["message"]["content"] or ""
-
-    def passes(schema: Any, check: Any) -> Any:
-        """A postprocess test: the answer parses as ``schema`` and ``check`` finds nothing wrong."""
-
-        def test(response: dict[str, Any]) -> bool:
-            data = extract_json(answer(response))
-            try:
-                return data is not None and check(nr.msgspec.convert(data, schema, strict=False)) is None
-            except nr.msgspec.ValidationError:
-                return False
-
-        return test
-
-    class English:
-        def __init__(self) -> None:
-            from py3langid.langid import MODEL_FILE, LanguageIdentifier
-
-            self.identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
-
-        def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-            keep = [t for t in batch["text"] if t is not None and self._english(t)]
-            return {"text": keep}
-
-        def _english(self, text: str) -> bool:
-            language, score = self.identifier.classify(text[:2000])
-            return language == "en" and score >= threshold
-
-    ds = ray.data.read_parquet(str(nr.DEFAULTS["input"]["path"])).limit(limit).select_columns(["text"])
-    ds = ds.map_batches(English, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.25, batch_size=256)
-    ds = processor("classify", 8, lambda r: first_word(answer(r)) == "yes")(ds).filter(lambda r: r["keep"])
-    ds = processor("score", 128, passes(nr.Scores, nr.low_score))(ds).filter(lambda r: r["keep"])
-    ds = processor("question", params.question_max_tokens, passes(nr.Question, nr.unusable_question))(ds)
-    ds = ds.filter(lambda r: r["keep"])
-    return limit, ds.count()
 
 
 # -- the run -------------------------------------------------------------------------------
@@ -226,80 +119,96 @@ def main() -> None:
                         help="rows for the ray.data.llm reference (it sends a batch's requests one by one and "
                              "is slow; its tokens/s does not depend on the row count)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs", type=int, default=3, help="rounds of every system, interleaved")
     parser.add_argument("--skip-ray-data-llm", action="store_true")
+    parser.add_argument("--row-overrides", nargs="*", default=[],
+                        help="extra streamflow overrides for row mode (e.g. operators.STEP.replicas=2)")
     parser.add_argument("--json", help="write all results (with time series) to this file")
     parser.add_argument("--plot", help="write tokens/s over time and latency CDFs to this PNG")
     args = parser.parse_args(_as_flags(sys.argv[1:]))
     pipeline = PIPELINES[args.pipeline]
-    pythonpath = os.pathsep.join([str(REPO), str(pipeline.parent), os.environ.get("PYTHONPATH", "")])
-    # Logical CPUs above the physical count: Ray Data's LLM stages reserve a CPU per actor and
-    # would otherwise wait forever for one on a 2-core machine. Every system here is I/O-bound.
-    ray.init(num_cpus=max(8, os.cpu_count() or 1), include_dashboard=False, logging_level="WARNING",
-             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
-    results: list[dict[str, Any]] = []
     sim_args = {"time_scale": args.time_scale, "seed": args.seed, "replicas": args.sim_replicas}
-    with tempfile.TemporaryDirectory() as out:
-        with SimProcess(**sim_args) as sim:
-            started = time.monotonic()
-            rows, ok, latency, quality = plain_loop(pipeline, sim.urls, args.inflight, args.limit, args.seed)
-            wall = time.monotonic() - started
-        results.append(measure("plain asyncio loop", f"{args.inflight} rows in flight, 1 process", sim, wall, rows,
-                               ok, latency, quality))
-        with SimProcess(**sim_args) as sim:
-            result = streamflow_run(pipeline, sim.urls, [f"max_inflight={args.inflight}", f"limit={args.limit}"], out)
-        results.append(measure("streamflow row mode", f"max_inflight={args.inflight}", sim, result.wall_s,
-                               result.rows_read, result.ok, result.latency, result.quality))
-        for size in args.batch_sizes:
-            actors, per_actor = batch_shape(args.inflight, size)
-            overrides = ["mode=batch", f"batch.size={size}", f"batch.actors={actors}",
-                         f"batch.batches_per_actor={per_actor}", f"limit={args.limit}"]
-            with SimProcess(**sim_args) as sim:
-                result = streamflow_run(pipeline, sim.urls, overrides, out)
-            results.append(measure("batch (map_batches)", f"size {size}, {actors} actors x {per_actor} batches",
-                                   sim, result.wall_s, result.rows_read, result.ok, result.latency, result.quality))
-        if not args.skip_ray_data_llm and args.pipeline == "natural_reasoning":
-            # One URL per processor stage, as its config takes: the first replica. It keeps far
-            # fewer requests in flight than one replica can serve, so the others would stay idle.
-            with SimProcess(**{**sim_args, "replicas": 1}) as sim:
-                started = time.monotonic()
-                rows, ok = ray_data_llm(pipeline, sim.urls[0], args.inflight, min(args.limit, args.ray_data_llm_limit))
-                wall = time.monotonic() - started
-            results.append(measure("ray.data.llm HTTP", f"batch_size 64, as documented, {rows} rows", sim, wall,
-                                   rows, ok, LatencyHistogram()))
-    ray.shutdown()
-    report(results, args)
+    rounds = [systems(pipeline, sim_args, args) for _ in range(args.runs)]
+    report(rounds, args)
 
 
-def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    limit = results[0]["output_tokens_per_s"]
-    batches = [r for r in results if r["system"].startswith("batch")]
-    best = max(batches, key=lambda r: r["output_tokens_per_s"]) if batches else None
-    row = next(r for r in results if r["system"] == "streamflow row mode")
-    print(f"{args.pipeline}: {results[0]['rows']} rows, {args.inflight} in flight, {args.sim_replicas} simulated "
+def systems(pipeline: Path, sim_args: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One round: every system once, the plain loop first."""
+    results = [
+        run_system("plain asyncio loop", f"{args.inflight} rows in flight, 1 process", "plain", pipeline, sim_args,
+                   args),
+        run_system("streamflow row mode", " ".join([f"max_inflight={args.inflight}", *args.row_overrides]),
+                   "streamflow", pipeline, sim_args, args, [f"max_inflight={args.inflight}", *args.row_overrides]),
+    ]  # fmt: skip
+    for size in args.batch_sizes:
+        actors, per_actor = batch_shape(args.inflight, size)
+        overrides = ["mode=batch", f"batch.size={size}", f"batch.actors={actors}", f"batch.batches_per_actor={per_actor}"]
+        results.append(run_system("batch (map_batches)", f"size {size}, {actors} actors x {per_actor} batches",
+                                  "streamflow", pipeline, sim_args, args, overrides))  # fmt: skip
+    if not args.skip_ray_data_llm and args.pipeline == "natural_reasoning":
+        # One URL per processor stage, as its config takes: the first replica. It keeps far
+        # fewer requests in flight than one replica can serve, so the others would stay idle.
+        limit = min(args.limit, args.ray_data_llm_limit)
+        results.append(run_system("ray.data.llm HTTP", f"batch_size 64, as documented, {limit} rows",
+                                  "ray-data-llm", pipeline, {**sim_args, "replicas": 1}, args, limit=limit))
+    return results
+
+
+def report(rounds: list[list[dict[str, Any]]], args: argparse.Namespace) -> None:
+    """Medians over the rounds, with [min-max]; shares of the plain loop are taken within each round."""
+    first = rounds[0]
+    plain = first[0]
+    print(f"{args.pipeline}: {plain['rows']} rows, {args.inflight} in flight, {args.sim_replicas} simulated "
           f"llama-8b-h100 server(s) (max_num_seqs 256, time_scale {args.time_scale}), {os.cpu_count()} cores, "
-          "one run per system")
-    print(f"{'system':<22} {'config':<30} {'rows/s':>7} {'out tok/s':>9} {'share':>6} {'LLM util':>8} "
-          f"{'P50 s':>6} {'P99 s':>6} {'ok':>5} {'e2e s':>6}")
-    for r in results:
-        print(f"{r['system']:<22} {r['config']:<30} {r['rows_per_s']:>7.1f} {r['output_tokens_per_s']:>9,.0f} "
-              f"{r['output_tokens_per_s'] / limit:>6.0%} {r['llm_utilization']:>8.0%} {r['latency_p50_s']:>6.1f} "
-              f"{r['latency_p99_s']:>6.1f} {r['ok']:>5} {r['end_to_end_s']:>6.1f}")
-    if best is not None:
-        ratio = row["output_tokens_per_s"] / best["output_tokens_per_s"]
-        print(f"row mode / best batch ({best['config']}): {ratio:.2f}x output tokens/s; "
-              f"row mode = {row['output_tokens_per_s'] / limit:.0%} of the plain asyncio loop")
-    names = list(dict.fromkeys(name for r in results for name in r["quality"]))
+          f"{len(rounds)} round(s), systems interleaved; median [min-max]")
+    print("  out tok/s and share: between the servers' first request and last token; e2e: from the command to the "
+          "last row written; start: from the command to the first LLM request; CPU: every process of the system, "
+          f"per 1,000 input rows (the simulated servers apart; counted by {first[0]['cpu_method']})")
+    print(f"{'system':<20} {'config':<32} {'out tok/s':>19} {'share':>15} {'e2e s':>17} {'e2e share':>15} "
+          f"{'start s':>7} {'CPU s/1k':>8} {'sim CPU':>7} {'P50 s':>5} {'P99 s':>5} {'ok':>5}")
+    for index, r in enumerate(first):
+        runs = [round_[index] for round_ in rounds]
+        shares = [run["output_tokens_per_s"] / round_[0]["output_tokens_per_s"] for run, round_ in zip(runs, rounds)]
+        e2e_shares = [round_[0]["end_to_end_s"] / run["end_to_end_s"] for run, round_ in zip(runs, rounds)]
+        print(f"{r['system']:<20} {r['config'][:32]:<32} {_spread([x['output_tokens_per_s'] for x in runs], '{:,.0f}'):>19} "
+              f"{_spread(shares, '{:.0%}'):>15} {_spread([x['end_to_end_s'] for x in runs], '{:.1f}'):>17} "
+              f"{_spread(e2e_shares, '{:.0%}'):>15} {_median([x['start_s'] for x in runs]):>7.1f} "
+              f"{_median([x['cpu_s_per_1000_rows'] for x in runs]):>8.1f} "
+              f"{_median([x['sim_cpu_s_per_1000_rows'] for x in runs]):>7.1f} "
+              f"{_median([x['latency_p50_s'] for x in runs]):>5.1f} {_median([x['latency_p99_s'] for x in runs]):>5.1f} "
+              f"{r['ok']:>5}")  # fmt: skip
+    row = next(i for i, r in enumerate(first) if r["system"] == "streamflow row mode")
+    batches = [i for i, r in enumerate(first) if r["system"].startswith("batch")]
+    if batches:
+        best = [max((round_[i] for i in batches), key=lambda r: r["output_tokens_per_s"]) for round_ in rounds]
+        ratios = [round_[row]["output_tokens_per_s"] / b["output_tokens_per_s"] for round_, b in zip(rounds, best)]
+        print(f"row mode / best batch configuration of each round: {_spread(ratios, '{:.2f}x')} output tokens/s")
+    cpu = [round_[row]["cpu_s_per_1000_rows"] / round_[0]["cpu_s_per_1000_rows"] for round_ in rounds]
+    print(f"row mode CPU per row / plain loop's: {_spread(cpu, '{:.2f}x')}")
+    names = list(dict.fromkeys(name for r in first for name in r["quality"]))
     if names:
         widths = [max(len(name), 8) for name in names]
-        print(f"\n{'output quality':<53}" + "".join(f" {name:>{w}}" for name, w in zip(names, widths)))
-        for r in results:
-            print(f"{r['system']:<22} {r['config']:<30}"
+        print(f"\n{'output quality (first round)':<53}" + "".join(f" {name:>{w}}" for name, w in zip(names, widths)))
+        for r in first:
+            print(f"{r['system']:<20} {r['config'][:32]:<32}"
                   + "".join(f" {_figure(r['quality'].get(name)):>{w}}" for name, w in zip(names, widths)))
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"config": vars(args), "results": results}, handle, indent=2)
+            json.dump({"config": vars(args), "rounds": rounds}, handle, indent=2)
     if args.plot:
-        plot(results, args.plot)
+        plot(first, args.plot)
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def _spread(values: list[float], form: str) -> str:
+    """The median, and [min-max] when there is more than one value."""
+    text = form.format(statistics.median(values))
+    if len(values) > 1:
+        text += f" [{form.format(min(values))}-{form.format(max(values))}]"
+    return text
 
 
 def _figure(value: float | None) -> str:

@@ -17,6 +17,8 @@ import time
 import urllib.request
 from typing import Any
 
+from bench.cpu import cpu_by_process
+
 __all__ = ["SimProcess"]
 
 
@@ -62,36 +64,49 @@ class SimProcess:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._poller.join()
-        self.series.append({"t": time.monotonic(), **self.stats()})
+        self.series.append({"t": time.monotonic(), "t_wall": time.time(), **self.stats()})
         for proc in self._procs:
             proc.terminate()
             proc.wait(10)
 
     def stats(self) -> dict[str, Any]:
-        """The servers' counters, summed over replicas."""
+        """The servers' counters, summed over replicas; the first request and last completion over all of them."""
         total: dict[str, Any] = dict.fromkeys(_SUMMED, 0)
+        firsts, lasts = [], []
         for port in self.ports:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as reply:
                 stats = json.loads(reply.read())
             for key in _SUMMED:
                 total[key] += stats[key]
+            firsts.append(stats["first_request_at"])
+            lasts.append(stats["last_completion_at"])
+        total["first_request_at"] = min((t for t in firsts if t), default=0.0)
+        total["last_completion_at"] = max(lasts)
         return total
+
+    def cpu_s(self) -> float:
+        """CPU seconds the servers used so far (call before leaving the ``with`` block)."""
+        processes = cpu_by_process()
+        return sum(processes[p.pid].own_s for p in self._procs if p.pid in processes)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs]
 
     def _poll(self) -> None:
         while not self._stop.wait(self.poll_s):
             try:
-                self.series.append({"t": time.monotonic(), **self.stats()})
+                self.series.append({"t": time.monotonic(), "t_wall": time.time(), **self.stats()})
             except OSError:
                 continue
 
     # -- what the series says ---------------------------------------------------------
 
     def busy_window(self) -> tuple[float, float]:
-        """From the first request to the last output token, in this process's monotonic clock."""
-        started = next((p["t"] for p in self.series if p["requests_total"] > 0), self.series[-1]["t"])
-        final = self.series[-1]["completion_tokens"]
-        ended = next((p["t"] for p in self.series if p["completion_tokens"] >= final), self.series[-1]["t"])
-        return started, max(ended, started + 1e-9)
+        """From the first request to the last output token, as the servers clocked them (epoch seconds)."""
+        last = self.series[-1]
+        started = last["first_request_at"] or last["t_wall"]
+        return started, max(last["last_completion_at"], started + 1e-9)
 
     def output_tokens(self) -> int:
         return int(self.series[-1]["completion_tokens"])
@@ -108,10 +123,10 @@ class SimProcess:
         started, _ = self.busy_window()
         points = []
         for before, after in zip(self.series, self.series[1:]):
-            if after["t"] < started:
+            if after["t_wall"] < started:
                 continue
             rate = (after["completion_tokens"] - before["completion_tokens"]) / max(after["t"] - before["t"], 1e-9)
-            points.append((after["t"] - started, rate))
+            points.append((after["t_wall"] - started, rate))
         return points
 
 
