@@ -19,6 +19,7 @@ import enum
 import heapq
 import itertools
 import math
+import time
 from collections import deque
 
 import msgspec
@@ -55,6 +56,10 @@ class EngineStats(msgspec.Struct, frozen=True):
     sim_time_s: float
     max_num_seqs: int
     utilization: float
+    first_request_at: float = 0.0
+    """Wall-clock time (epoch seconds) of the first request; 0 before it (benchmarks time start-up with it)."""
+    last_completion_at: float = 0.0
+    """Wall-clock time the latest request finished (its last token); 0 before any did."""
 
 
 class _Phase(enum.Enum):
@@ -202,6 +207,8 @@ class BatchingEngine:
         self._aborted = 0
         self._prompt_tokens = 0
         self._completion_tokens = 0
+        self._first_request_at = 0.0
+        self._last_completion_at = 0.0
 
     def submit(self, prompt_tokens: int, output_tokens: int) -> SimRequest:
         """Enqueue a request that will generate ``output_tokens`` tokens; must be called from the event loop."""
@@ -209,11 +216,14 @@ class BatchingEngine:
             msg = f"BatchingEngine: need prompt_tokens >= 0, output_tokens >= 1; got {prompt_tokens}, {output_tokens}."
             raise ValueError(msg)
         seq_id = next(self._ids)
+        if not self._requests_total:
+            self._first_request_at = time.time()
         self._requests_total += 1
         self._prompt_tokens += prompt_tokens
         if self.time_scale == 0:
             self._completed += 1
             self._completion_tokens += output_tokens
+            self._last_completion_at = time.time()
             return _InstantRequest(self, seq_id, prompt_tokens, output_tokens)
         now = self._now()
         self._advance(now)
@@ -257,6 +267,8 @@ class BatchingEngine:
             sim_time_s=sim_time,
             max_num_seqs=self.profile.max_num_seqs,
             utilization=busy / capacity if capacity > 0 else 0.0,
+            first_request_at=self._first_request_at,
+            last_completion_at=self._last_completion_at,
         )
 
     # -- clock -----------------------------------------------------------------------------------
@@ -365,6 +377,7 @@ class BatchingEngine:
         request._phase = _Phase.DONE
         self._completed += 1
         self._completion_tokens += request.output_tokens
+        self._last_completion_at = time.time()
         self._release(decoding=True)
         _settle(request._first)
         _settle(request._done)
