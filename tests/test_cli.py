@@ -29,7 +29,14 @@ def test_bad_override_exits_2_with_one_line_on_stderr():
     done = cli("pipelines/natural_reasoning.py", "max_inflight=lots")
     assert done.returncode == 2
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert lines == ["streamflow: error: config: Expected `int`, got `str` - at `$.max_inflight`"]
+    assert lines == ["streamflow: error: config: max_inflight=lots; expected `int`, got `str`."]
+
+
+def test_a_mistyped_key_exits_2_naming_the_closest_key():
+    done = cli("pipelines/natural_reasoning.py", "max_inflght=10")
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines == ["streamflow: error: config: unknown key 'max_inflght'; did you mean 'max_inflight'?"]
 
 
 def test_missing_pipeline_file_is_named():
@@ -87,4 +94,7 @@ def test_a_setup_that_cannot_work_exits_2_with_its_one_line(monkeypatch, capsys)
     monkeypatch.setattr(run_module, "run", refused)
     assert run_module.main(["pipelines/tau2.py"]) == 2
     err = capsys.readouterr().err
-    assert err == "streamflow: error: sandbox backend 'bubblewrap' cannot run a tool call on this machine: ...; enable them\n"
+    assert (
+        err
+        == "streamflow: error: sandbox backend 'bubblewrap' cannot run a tool call on this machine: ...; enable them\n"
+    )

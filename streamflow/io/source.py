@@ -172,11 +172,8 @@ def _check_knobs(wanted: str, partitions: int, limit: int | None) -> None:
     if partitions < 1:
         msg = f"input.partitions is {partitions}; set it to 1 or more."
         raise ConfigError(msg)
-    if limit is not None and limit < 0:
-        msg = f"input.limit is {limit}; set it to a positive number of rows, or leave it unset to read all rows."
-        raise ConfigError(msg)
-    if limit == 0:
-        msg = "input.limit is 0, so no row would be read; set it to a positive number or leave it unset."
+    if limit is not None and limit < 1:
+        msg = f"limit is {limit}, so no row would be read; set it to 1 or more rows, or leave it unset to read all."
         raise ConfigError(msg)
 
 
@@ -314,8 +311,7 @@ def _unify(schemas: list[pa.Schema], path: str) -> pa.Schema:
         return pa.unify_schemas(plain, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         msg = (
-            f"input.path {path!r}: files disagree on column types ({exc}); "
-            "make the files agree on each column's type."
+            f"input.path {path!r}: files disagree on column types ({exc}); make the files agree on each column's type."
         )
         raise ConfigError(msg) from exc
 

@@ -232,8 +232,8 @@ def test_missing_id_column_is_a_config_error(mixed_dir):
     ("knobs", "match"),
     [
         ({"partitions": 0}, "input.partitions is 0"),
-        ({"limit": -1}, "input.limit is -1"),
-        ({"limit": 0}, "input.limit is 0"),
+        ({"limit": -1}, "^limit is -1"),
+        ({"limit": 0}, "^limit is 0"),
         ({"format": "csv"}, "input.format 'csv'"),
     ],
 )
