@@ -37,6 +37,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,8 @@ import streamflow
 from bench.simproc import SimProcess
 from streamflow.execution import new_row, run_row, step_contexts, uses_sandbox
 from streamflow.histogram import LatencyHistogram
-from streamflow.io.source import plan_input, read_unit
+from streamflow.io.source import BadInput, Unreadable, plan_input, read_unit
+from streamflow.message import Message
 from streamflow.pipeline import load_pipeline
 from streamflow.services.llm import LLMClient
 from streamflow.services.sandbox import SandboxAccess, SandboxPool, SandboxSettings
@@ -55,8 +57,16 @@ REPO = Path(__file__).resolve().parents[1]
 PIPELINES = {name: REPO / "pipelines" / f"{name}.py" for name in ("natural_reasoning", "coral", "tau2")}
 
 
-def measure(name: str, config: str, sim: SimProcess, wall_s: float, rows: int, ok: int,
-            latency: LatencyHistogram, quality: dict[str, float] | None = None) -> dict[str, Any]:
+def measure(
+    name: str,
+    config: str,
+    sim: SimProcess,
+    wall_s: float,
+    rows: int,
+    ok: int,
+    latency: LatencyHistogram,
+    quality: dict[str, float] | None = None,
+) -> dict[str, Any]:
     started, ended = sim.busy_window()
     return {
         "system": name,
@@ -100,18 +110,25 @@ def plain_loop(
         slots = asyncio.Semaphore(inflight)
         done: list[dict[str, Any]] = []
 
-        async def one(row_id: str, fields: dict[str, Any]) -> None:
+        async def one(row: Message) -> None:
             async with slots:
                 started = time.monotonic()
-                finished = await run_row(flow, new_row(row_id, fields, flow.first, seed), contexts)
+                finished = await run_row(flow, row, contexts)
                 histogram.add(time.monotonic() - started)
                 done.extend({**row.fields, "status": row.status} for row in finished)
 
-        tasks = [
-            one(row_id, fields)
-            for units in plan.partitions for unit in units for ids, rows in read_unit(plan, unit)
-            for row_id, fields in zip(ids, rows)
-        ]
+        def admitted() -> Iterator[Message]:
+            """The input rows as the run modes admit them: bad input already finished, unreadable ranges left out."""
+            for unit in (unit for units in plan.partitions for unit in units):
+                for read in read_unit(plan, unit):
+                    if isinstance(read, BadInput):
+                        yield from read.rows
+                    elif not isinstance(read, Unreadable):
+                        yield from (
+                            new_row(row_id, fields, flow.first, seed) for row_id, fields in zip(*read, strict=True)
+                        )
+
+        tasks = [one(row) for row in admitted()]
         await asyncio.gather(*tasks)
         await client.close()
         if pool is not None:
@@ -130,8 +147,10 @@ def plain_loop(
 
 def streamflow_run(pipeline: Path, urls: list[str], overrides: list[str], out: str) -> streamflow.RunResult:
     endpoints = "[" + ",".join(urls) + "]"
-    return streamflow.run(str(pipeline), [f"llm.endpoints={endpoints}", "llm.model=sim-8b", f"output.dir={out}",
-                                          "progress=off", *overrides])
+    return streamflow.run(
+        str(pipeline),
+        [f"llm.endpoints={endpoints}", "llm.model=sim-8b", f"output.dir={out}", "progress=off", *overrides],
+    )
 
 
 def batch_shape(inflight: int, size: int) -> tuple[int, int]:
@@ -151,23 +170,33 @@ def ray_data_llm(pipeline: Path, url: str, inflight: int, limit: int) -> tuple[i
     from operators.parsing import extract_json, first_word
 
     params = nr.Params()
-    prompts = {name: nr.prompt(name, chars) for name, chars in
-               (("classify", params.classifier_doc_chars), ("score", params.max_doc_chars),
-                ("question", params.max_doc_chars))}
+    prompts = {
+        name: nr.prompt(name, chars)
+        for name, chars in (
+            ("classify", params.classifier_doc_chars),
+            ("score", params.max_doc_chars),
+            ("question", params.max_doc_chars),
+        )
+    }
     threshold = params.english_min_score
     stages = 3
-    config = HttpRequestProcessorConfig(url=f"{url}/chat/completions", concurrency=max(1, inflight // (64 * stages)),
-                                        batch_size=64)
+    config = HttpRequestProcessorConfig(
+        url=f"{url}/chat/completions", concurrency=max(1, inflight // (64 * stages)), batch_size=64
+    )
 
     def processor(name: str, max_tokens: int, parse: Any) -> Any:
         from streamflow import Message
 
         return build_processor(
             config,
-            preprocess=lambda row: {"payload": {
-                "model": "sim-8b", "max_tokens": max_tokens, "temperature": 0.0,
-                "messages": prompts[name].render(Message(id="x", fields={"text": row["text"]})),
-            }},
+            preprocess=lambda row: {
+                "payload": {
+                    "model": "sim-8b",
+                    "max_tokens": max_tokens,
+                    "temperature": 0.0,
+                    "messages": prompts[name].render(Message(id="x", fields={"text": row["text"]})),
+                }
+            },
             postprocess=lambda row: {"text": row["text"], "keep": parse(row["http_response"])},
         )
 
@@ -219,12 +248,20 @@ def main() -> None:
     parser.add_argument("--inflight", type=int, default=256)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32, 64])
     parser.add_argument("--time-scale", type=float, default=1.0)
-    parser.add_argument("--sim-replicas", type=int, default=4,
-                        help="simulated servers shared by the rows; with 1 the workload is bound by the server's "
-                             "prompt processing and every system that keeps it busy ties")
-    parser.add_argument("--ray-data-llm-limit", type=int, default=400,
-                        help="rows for the ray.data.llm reference (it sends a batch's requests one by one and "
-                             "is slow; its tokens/s does not depend on the row count)")
+    parser.add_argument(
+        "--sim-replicas",
+        type=int,
+        default=4,
+        help="simulated servers shared by the rows; with 1 the workload is bound by the server's "
+        "prompt processing and every system that keeps it busy ties",
+    )
+    parser.add_argument(
+        "--ray-data-llm-limit",
+        type=int,
+        default=400,
+        help="rows for the ray.data.llm reference (it sends a batch's requests one by one and "
+        "is slow; its tokens/s does not depend on the row count)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-ray-data-llm", action="store_true")
     parser.add_argument("--json", help="write all results (with time series) to this file")
@@ -234,8 +271,12 @@ def main() -> None:
     pythonpath = os.pathsep.join([str(REPO), str(pipeline.parent), os.environ.get("PYTHONPATH", "")])
     # Logical CPUs above the physical count: Ray Data's LLM stages reserve a CPU per actor and
     # would otherwise wait forever for one on a 2-core machine. Every system here is I/O-bound.
-    ray.init(num_cpus=max(8, os.cpu_count() or 1), include_dashboard=False, logging_level="WARNING",
-             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    ray.init(
+        num_cpus=max(8, os.cpu_count() or 1),
+        include_dashboard=False,
+        logging_level="WARNING",
+        runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+    )
     results: list[dict[str, Any]] = []
     sim_args = {"time_scale": args.time_scale, "seed": args.seed, "replicas": args.sim_replicas}
     with tempfile.TemporaryDirectory() as out:
@@ -243,20 +284,55 @@ def main() -> None:
             started = time.monotonic()
             rows, ok, latency, quality = plain_loop(pipeline, sim.urls, args.inflight, args.limit, args.seed)
             wall = time.monotonic() - started
-        results.append(measure("plain asyncio loop", f"{args.inflight} rows in flight, 1 process", sim, wall, rows,
-                               ok, latency, quality))
+        results.append(
+            measure(
+                "plain asyncio loop",
+                f"{args.inflight} rows in flight, 1 process",
+                sim,
+                wall,
+                rows,
+                ok,
+                latency,
+                quality,
+            )
+        )
         with SimProcess(**sim_args) as sim:
             result = streamflow_run(pipeline, sim.urls, [f"max_inflight={args.inflight}", f"limit={args.limit}"], out)
-        results.append(measure("streamflow row mode", f"max_inflight={args.inflight}", sim, result.wall_s,
-                               result.rows_read, result.ok, result.latency, result.quality))
+        results.append(
+            measure(
+                "streamflow row mode",
+                f"max_inflight={args.inflight}",
+                sim,
+                result.wall_s,
+                result.rows_read,
+                result.ok,
+                result.latency,
+                result.quality,
+            )
+        )
         for size in args.batch_sizes:
             actors, per_actor = batch_shape(args.inflight, size)
-            overrides = ["mode=batch", f"batch.size={size}", f"batch.actors={actors}",
-                         f"batch.batches_per_actor={per_actor}", f"limit={args.limit}"]
+            overrides = [
+                "mode=batch",
+                f"batch.size={size}",
+                f"batch.actors={actors}",
+                f"batch.batches_per_actor={per_actor}",
+                f"limit={args.limit}",
+            ]
             with SimProcess(**sim_args) as sim:
                 result = streamflow_run(pipeline, sim.urls, overrides, out)
-            results.append(measure("batch (map_batches)", f"size {size}, {actors} actors x {per_actor} batches",
-                                   sim, result.wall_s, result.rows_read, result.ok, result.latency, result.quality))
+            results.append(
+                measure(
+                    "batch (map_batches)",
+                    f"size {size}, {actors} actors x {per_actor} batches",
+                    sim,
+                    result.wall_s,
+                    result.rows_read,
+                    result.ok,
+                    result.latency,
+                    result.quality,
+                )
+            )
         if not args.skip_ray_data_llm and args.pipeline == "natural_reasoning":
             # One URL per processor stage, as its config takes: the first replica. It keeps far
             # fewer requests in flight than one replica can serve, so the others would stay idle.
@@ -264,8 +340,17 @@ def main() -> None:
                 started = time.monotonic()
                 rows, ok = ray_data_llm(pipeline, sim.urls[0], args.inflight, min(args.limit, args.ray_data_llm_limit))
                 wall = time.monotonic() - started
-            results.append(measure("ray.data.llm HTTP", f"batch_size 64, as documented, {rows} rows", sim, wall,
-                                   rows, ok, LatencyHistogram()))
+            results.append(
+                measure(
+                    "ray.data.llm HTTP",
+                    f"batch_size 64, as documented, {rows} rows",
+                    sim,
+                    wall,
+                    rows,
+                    ok,
+                    LatencyHistogram(),
+                )
+            )
     ray.shutdown()
     report(results, args)
 
@@ -275,26 +360,36 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     batches = [r for r in results if r["system"].startswith("batch")]
     best = max(batches, key=lambda r: r["output_tokens_per_s"]) if batches else None
     row = next(r for r in results if r["system"] == "streamflow row mode")
-    print(f"{args.pipeline}: {results[0]['rows']} rows, {args.inflight} in flight, {args.sim_replicas} simulated "
-          f"llama-8b-h100 server(s) (max_num_seqs 256, time_scale {args.time_scale}), {os.cpu_count()} cores, "
-          "one run per system")
-    print(f"{'system':<22} {'config':<30} {'rows/s':>7} {'out tok/s':>9} {'share':>6} {'LLM util':>8} "
-          f"{'P50 s':>6} {'P99 s':>6} {'ok':>5} {'e2e s':>6}")
+    print(
+        f"{args.pipeline}: {results[0]['rows']} rows, {args.inflight} in flight, {args.sim_replicas} simulated "
+        f"llama-8b-h100 server(s) (max_num_seqs 256, time_scale {args.time_scale}), {os.cpu_count()} cores, "
+        "one run per system"
+    )
+    print(
+        f"{'system':<22} {'config':<30} {'rows/s':>7} {'out tok/s':>9} {'share':>6} {'LLM util':>8} "
+        f"{'P50 s':>6} {'P99 s':>6} {'ok':>5} {'e2e s':>6}"
+    )
     for r in results:
-        print(f"{r['system']:<22} {r['config']:<30} {r['rows_per_s']:>7.1f} {r['output_tokens_per_s']:>9,.0f} "
-              f"{r['output_tokens_per_s'] / limit:>6.0%} {r['llm_utilization']:>8.0%} {r['latency_p50_s']:>6.1f} "
-              f"{r['latency_p99_s']:>6.1f} {r['ok']:>5} {r['end_to_end_s']:>6.1f}")
+        print(
+            f"{r['system']:<22} {r['config']:<30} {r['rows_per_s']:>7.1f} {r['output_tokens_per_s']:>9,.0f} "
+            f"{r['output_tokens_per_s'] / limit:>6.0%} {r['llm_utilization']:>8.0%} {r['latency_p50_s']:>6.1f} "
+            f"{r['latency_p99_s']:>6.1f} {r['ok']:>5} {r['end_to_end_s']:>6.1f}"
+        )
     if best is not None:
         ratio = row["output_tokens_per_s"] / best["output_tokens_per_s"]
-        print(f"row mode / best batch ({best['config']}): {ratio:.2f}x output tokens/s; "
-              f"row mode = {row['output_tokens_per_s'] / limit:.0%} of the plain asyncio loop")
+        print(
+            f"row mode / best batch ({best['config']}): {ratio:.2f}x output tokens/s; "
+            f"row mode = {row['output_tokens_per_s'] / limit:.0%} of the plain asyncio loop"
+        )
     names = list(dict.fromkeys(name for r in results for name in r["quality"]))
     if names:
         widths = [max(len(name), 8) for name in names]
         print(f"\n{'output quality':<53}" + "".join(f" {name:>{w}}" for name, w in zip(names, widths)))
         for r in results:
-            print(f"{r['system']:<22} {r['config']:<30}"
-                  + "".join(f" {_figure(r['quality'].get(name)):>{w}}" for name, w in zip(names, widths)))
+            print(
+                f"{r['system']:<22} {r['config']:<30}"
+                + "".join(f" {_figure(r['quality'].get(name)):>{w}}" for name, w in zip(names, widths))
+            )
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"config": vars(args), "results": results}, handle, indent=2)
@@ -336,7 +431,12 @@ def plot(results: list[dict[str, Any]], path: str) -> None:
             left.plot(xs, ys, label=f"{r['system']} ({r['config']})", linewidth=1)
         if r["latency_cdf"]:
             xs, ys = zip(*r["latency_cdf"])
-            right.step(xs, ys, where="post", label=r["system"] + ("" if "batch" not in r["system"] else f" {r['config'].split(',')[0]}"))
+            right.step(
+                xs,
+                ys,
+                where="post",
+                label=r["system"] + ("" if "batch" not in r["system"] else f" {r['config'].split(',')[0]}"),
+            )
     left.set(title="output tokens/s over time", xlabel="s since first request", ylabel="tokens/s")
     right.set(title="row latency CDF", xlabel="seconds", ylabel="share of rows", xscale="log")
     left.legend(fontsize=7)
