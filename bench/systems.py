@@ -18,6 +18,7 @@ import importlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ import msgspec
 import streamflow
 from streamflow.execution import new_row, run_row, step_contexts, uses_sandbox
 from streamflow.histogram import LatencyHistogram
-from streamflow.io.source import plan_input, read_unit
+from streamflow.io.source import BadInput, Unreadable, plan_input, read_unit
+from streamflow.message import Message
 from streamflow.pipeline import load_pipeline
 from streamflow.services.llm import LLMClient
 from streamflow.services.sandbox import SandboxClient, SandboxPool, SandboxSettings
@@ -68,18 +70,23 @@ def plain_loop(
         slots = asyncio.Semaphore(inflight)
         done: list[dict[str, Any]] = []
 
-        async def one(row_id: str, fields: dict[str, Any]) -> None:
+        async def one(row: Message) -> None:
             async with slots:
                 started = time.monotonic()
-                finished = await run_row(flow, new_row(row_id, fields, flow.first, seed), contexts)
+                finished = await run_row(flow, row, contexts)
                 histogram.add(time.monotonic() - started)
                 done.extend({**row.fields, "status": row.status} for row in finished)
 
-        tasks = [
-            one(row_id, fields)
-            for units in plan.partitions for unit in units for ids, rows in read_unit(plan, unit)
-            for row_id, fields in zip(ids, rows)
-        ]
+        def admitted() -> Iterator[Message]:
+            """The input rows as the run modes admit them: bad input already finished, unreadable ranges left out."""
+            for unit in (unit for units in plan.partitions for unit in units):
+                for read in read_unit(plan, unit):
+                    if isinstance(read, BadInput):
+                        yield from read.rows
+                    elif not isinstance(read, Unreadable):
+                        yield from (new_row(row_id, fields, flow.first, seed) for row_id, fields in zip(*read, strict=True))
+
+        tasks = [one(row) for row in admitted()]
         await asyncio.gather(*tasks)
         await client.close()
         if pool is not None:

@@ -7,6 +7,8 @@ Phases, in order:
    ``read_unit`` (so row ids and row seeds are row mode's) and, through a streaming
    repartition fused into the same task, cuts them into blocks of at most ``batch.size``
    rows, so the batches spread over all actors instead of queueing behind one big block;
+   rows finished as bad input pass through the actors untouched, and a range that could not
+   be read travels as one ``UNREADABLE`` entry for the driver to count, as in row mode;
 3. ``map_batches`` on a fixed pool of async actors (``BatchWorker``): a batch runs its rows'
    whole workflows concurrently with ``run_row`` and is done when its slowest row is done;
    that wait is the cost of batch-level scheduling the comparison is about;
@@ -45,7 +47,7 @@ from streamflow.execution import new_row, run_row, step_contexts, uses_sandbox
 from streamflow.flow import Flow
 from streamflow.histogram import LatencyHistogram
 from streamflow.io.sink import PartWriter
-from streamflow.io.source import InputPlan, read_unit
+from streamflow.io.source import BadInput, InputPlan, Unreadable, read_unit
 from streamflow.message import Message
 from streamflow.operator import Context
 from streamflow.pipeline import Recipe
@@ -61,7 +63,9 @@ __all__ = ["BatchOutput", "BatchWorker", "WorkerReport", "rows_in_flight", "run_
 log = logging.getLogger(__name__)
 
 MESSAGE = "message"
-"""The one column of the input blocks: a msgpack-encoded ``Message`` per row."""
+"""A column of the input blocks: a msgpack-encoded ``Message`` per row (null in an ``UNREADABLE`` entry)."""
+UNREADABLE = "unreadable"
+"""The other column of the input blocks: a msgpack-encoded ``Unreadable`` range, null in a row."""
 RESULT = "result"
 """The one column of the output blocks: a msgpack-encoded ``BatchOutput`` per batch."""
 WATCH_EVERY_S = 1.0
@@ -89,11 +93,13 @@ class BatchOutput(msgspec.Struct):
     inputs: int
     report: WorkerReport
     latencies: list[float] = []
+    unreadable: list[Unreadable] = []
 
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode_message = msgspec.msgpack.Decoder(Message).decode
 _decode_output = msgspec.msgpack.Decoder(BatchOutput).decode
+_decode_unreadable = msgspec.msgpack.Decoder(Unreadable).decode
 
 
 def rows_in_flight(batch: BatchConfig) -> int:
@@ -151,7 +157,7 @@ async def run_batches(
         run_id=os.path.basename(run_dir),
         run_dir=run_dir,
         files=files,
-        rows_read=collector.rows_read,
+        rows_read=collector.rows_read + sum(part.rows for part in collector.unreadable),
         rows_done=collector.rows_read,
         statuses=dict(collector.statuses),
         latency=collector.latency,
@@ -159,6 +165,7 @@ async def run_batches(
         replica_usage=merge_usage([r.replica_usage for r in collector.reports.values()]),
         lost_replicas=list(service.lost),
         wall_s=time.monotonic() - started,
+        unreadable=collector.unreadable,
     )
 
 
@@ -190,7 +197,8 @@ class BatchWorker:
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         await self._start()
-        rows = [_decode_message(raw) for raw in batch.column(MESSAGE).to_pylist()]
+        rows = [_decode_message(raw) for raw in batch.column(MESSAGE).to_pylist() if raw is not None]
+        unreadable = [_decode_unreadable(raw) for raw in batch.column(UNREADABLE).to_pylist() if raw is not None]
         async with self._slots:
             started = time.time()
             rows = [msgspec.structs.replace(row, admitted_at=started) for row in rows]
@@ -206,6 +214,7 @@ class BatchWorker:
             inputs=len(rows),
             report=report,
             latencies=[latency] * len(rows),
+            unreadable=unreadable,
         )
         return pa.table({RESULT: pa.array([_encode(output)], pa.binary())})
 
@@ -268,6 +277,7 @@ class _Collector:
         self.progress = progress
         self.capacity = capacity
         self.rows_read = 0
+        self.unreadable: list[Unreadable] = []
         self.statuses: Counter[str] = Counter()
         self.reports: dict[str, WorkerReport] = {}
         self.latency = LatencyHistogram()
@@ -284,6 +294,7 @@ class _Collector:
         written = self.writer.append(output.rows)
         self.statuses.update(row.status for row in written)
         self.rows_read += output.inputs
+        self.unreadable.extend(output.unreadable)
         for seconds in output.latencies:
             self.latency.add(seconds)
         report = output.report
@@ -349,9 +360,20 @@ def _read_partitions(
     committed: AbstractSet[str] = ray.get(skip) if skip is not None else frozenset()
     for index in items.column("partition").to_pylist():
         for unit in plan.partitions[index]:
-            for ids, fields in read_unit(plan, unit, batch_rows=batch_rows, skip=committed):
-                encoded = [_encode(new_row(row_id, row, first, seed)) for row_id, row in zip(ids, fields, strict=True)]
-                yield pa.table({MESSAGE: pa.array(encoded, pa.binary())})
+            for read in read_unit(plan, unit, batch_rows=batch_rows, skip=committed):
+                if isinstance(read, Unreadable):
+                    yield _block([None], [_encode(read)])
+                    continue
+                if isinstance(read, BadInput):  # finished rows: run_row hands them back as they are
+                    rows = read.rows
+                else:
+                    ids, fields = read
+                    rows = [new_row(row_id, row, first, seed) for row_id, row in zip(ids, fields, strict=True)]
+                yield _block([_encode(row) for row in rows], [None] * len(rows))
+
+
+def _block(messages: list[bytes | None], unreadable: list[bytes | None]) -> pa.Table:
+    return pa.table({MESSAGE: pa.array(messages, pa.binary()), UNREADABLE: pa.array(unreadable, pa.binary())})
 
 
 def _most_batches(plan: InputPlan, size: int) -> int:

@@ -3,21 +3,29 @@
 Layers, later wins: ``streamflow/conf/config.yaml`` (engine defaults, documented there),
 the pipeline's defaults (its input, its steps, its ``Params``), then command-line
 overrides. Hydra gives the familiar ``key=value`` grammar; converting the result into
-``RunConfig`` turns every type mistake into one line that names the key.
+``RunConfig`` checks it. Each field declares its own constraints (``Annotated[int, Meta(ge=1)]``),
+so every range and every set of values is written once, next to the field; ``check`` keeps
+only the rules that join several fields. Every mistake becomes one line that names a real
+key and what it accepts, and a mistyped key gets the closest real one.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
+import types
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
+from msgspec import Meta
 
 from streamflow.errors import ConfigError
 from streamflow.services.sandbox.pool import SandboxSettings
-from streamflow.services.sim.profile import PROFILES
+from streamflow.services.sim.profile import ProfileName
 
 __all__ = [
     "CONF_DIR",
@@ -32,6 +40,7 @@ __all__ = [
     "RayConfig",
     "RecoveryConfig",
     "RunConfig",
+    "SandboxSettings",
     "SimSettings",
     "TransportConfig",
     "compose",
@@ -39,35 +48,42 @@ __all__ = [
 
 CONF_DIR = Path(__file__).parent / "conf"
 
+Count = Annotated[int, Meta(ge=1)]
+"""A number of things (rows, actors, replicas): 1 or more."""
+Seconds = Annotated[float, Meta(gt=0)]
+"""A duration in seconds, above 0."""
+Url = Annotated[str, Meta(pattern=r"^https?://")]
+"""An endpoint URL: http:// or https://."""
+
 
 class InputConfig(msgspec.Struct, forbid_unknown_fields=True):
     path: str
     format: Literal["auto", "parquet", "jsonl"] = "auto"
-    partitions: int = 4
+    partitions: Count = 4
     id_column: str | None = None
     storage_options: dict[str, Any] = {}
 
 
 class OutputConfig(msgspec.Struct, forbid_unknown_fields=True):
     dir: str = "outputs"
-    part_rows: int = 50_000
-    sinks: int = 2
-    commit_s: float = 30.0
+    part_rows: Count = 50_000
+    sinks: Count = 2
+    commit_s: Seconds = 30.0
 
 
 class RecoveryConfig(msgspec.Struct, forbid_unknown_fields=True):
     """How a row-mode run survives dead actors (see docs/reliability.md)."""
 
-    max_restarts: int = -1
-    lease_s: float = 5.0
-    max_attempts: int = 5
+    max_restarts: Annotated[int, Meta(ge=-1, description="-1: no limit, 0: a death fails the run")] = -1
+    lease_s: Seconds = 5.0
+    max_attempts: Count = 5
 
 
 class EventsConfig(msgspec.Struct, forbid_unknown_fields=True):
     """The per-hop event log under ``<run>/events/`` (see docs/observability.md)."""
 
-    sample: float = 1.0
-    flush_rows: int = 20_000
+    sample: Annotated[float, Meta(ge=0, le=1, description="the share of rows recorded, 0: off, 1: every row")] = 1.0
+    flush_rows: Count = 20_000
     flush_s: float = 10.0
 
 
@@ -76,13 +92,13 @@ class MetricsConfig(msgspec.Struct, forbid_unknown_fields=True):
 
     enabled: bool = True
     host: str = "127.0.0.1"
-    port: int = 9464
+    port: Annotated[int, Meta(ge=0, le=65535, description="a TCP port, 0: any free port")] = 9464
 
 
 class SimSettings(msgspec.Struct, forbid_unknown_fields=True):
-    profile: str = "llama-8b-h100"
-    time_scale: float = 1.0
-    max_num_seqs: int | None = None
+    profile: ProfileName = "llama-8b-h100"
+    time_scale: Annotated[float, Meta(ge=0)] = 1.0
+    max_num_seqs: Count | None = None
     models: list[str] = []  # more model names the simulator answers as, besides llm.model
 
 
@@ -98,18 +114,20 @@ class LLMConfig(msgspec.Struct, forbid_unknown_fields=True):
     endpoints_dir: str | None = None  # a folder where streamflow.serve publishes URLs (slurm/llm.sbatch)
     model: str = "sim-8b"
     model_path: str | None = None  # llamacpp: the .gguf file (default: the file of a packaged model, llm.model=smollm2)
-    replicas: int = 1
-    tensor_parallel: int = 1
+    replicas: Count = 1
+    tensor_parallel: Count = 1
     engine_args: list[str] = []
     startup_timeout_s: float = 900.0
     api_key_env: str = "OPENAI_API_KEY"
     timeout_s: float = 120.0
     max_retries: int = 4
-    circuit_failures: int = 5
+    circuit_failures: Count = 5
     circuit_cooldown_s: float = 2.0
     cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
     sim: SimSettings = msgspec.field(default_factory=SimSettings)
-    models: dict[str, list[str]] = {}
+    models: dict[
+        str, Annotated[list[Url], Meta(min_length=1, description="endpoint URLs like [http://host:8000/v1]")]
+    ] = {}
     """Other models steps may name, each served elsewhere: model name -> OpenAI-compatible endpoint URLs."""
 
     @property
@@ -130,24 +148,24 @@ class LLMConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class OperatorConfig(msgspec.Struct, forbid_unknown_fields=True):
-    replicas: int = 1
-    concurrency: int | None = None
+    replicas: Count = 1
+    concurrency: Count | None = None
     num_cpus: float = 0.0
     fuse: bool = True  # row mode: share an actor with neighbouring steps of the same replicas and CPUs
 
 
 class TransportConfig(msgspec.Struct, forbid_unknown_fields=True):
-    flush_rows: int = 64
+    flush_rows: Count = 64
     flush_ms: float = 1.0
 
 
 class BatchConfig(msgspec.Struct, forbid_unknown_fields=True):
     """Batch mode (``mode=batch``): at most ``actors * batches_per_actor * size`` rows in flight."""
 
-    size: int = 50
-    actors: int = 4
-    batches_per_actor: int = 5
-    num_cpus: float = 0.25
+    size: Count = 50
+    actors: Count = 4
+    batches_per_actor: Count = 5
+    num_cpus: Annotated[float, Meta(gt=0, description="a share of a CPU such as 0.25")] = 0.25
 
 
 class RayConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -159,10 +177,10 @@ class ClusterConfig(msgspec.Struct, forbid_unknown_fields=True):
     """The Ray cluster a run needs before it starts (``cluster=local`` or ``cluster=slurm``, docs/slurm.md)."""
 
     kind: Literal["local", "slurm"] = "local"
-    nodes: int = 1  # alive Ray nodes to wait for
-    cpus: float = 0.0  # and at least this many CPUs and GPUs in all
-    gpus: float = 0.0
-    wait_s: float = 600.0  # then the run stops, naming what is missing
+    nodes: Count = 1  # alive Ray nodes to wait for
+    cpus: Annotated[float, Meta(ge=0)] = 0.0  # and at least this many CPUs and GPUs in all
+    gpus: Annotated[float, Meta(ge=0)] = 0.0
+    wait_s: Seconds = 600.0  # then the run stops, naming what is missing
 
 
 class RunConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -172,9 +190,9 @@ class RunConfig(msgspec.Struct, forbid_unknown_fields=True):
     pipeline: str = ""
     run_id: str | None = None
     seed: int = 0
-    limit: int | None = None
-    max_inflight: int = 1024
-    offload_threshold: int = 0
+    limit: Annotated[int, Meta(ge=1, description="a number of rows, or null for all")] | None = None
+    max_inflight: Count = 1024
+    offload_threshold: Annotated[int, Meta(ge=0, description="a size in bytes, 0: every value inline")] = 0
     mode: Literal["row", "batch"] = "row"
     progress: Literal["auto", "bar", "log", "off"] = "auto"
     resume: str | None = None
@@ -218,77 +236,24 @@ def compose(defaults: Mapping[str, Any], overrides: Sequence[str] = ()) -> RunCo
             composed = hydra_compose("config", overrides=["+pipeline_defaults=current", *overrides])
         data = OmegaConf.to_container(composed, resolve=True, throw_on_missing=True)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(_one_line(exc)) from exc
+        raise ConfigError(_one_line(exc, defaults)) from exc
     finally:
         GlobalHydra.instance().clear()
     return check(data)
 
 
 def check(data: Any) -> RunConfig:
-    """Convert plain data into a ``RunConfig`` and check values that types cannot express."""
+    """Convert plain data into a ``RunConfig``: the fields check their own values, this the rules that join fields."""
     try:
         cfg = msgspec.convert(data, RunConfig)
     except msgspec.ValidationError as exc:
-        msg = f"config: {exc}"
-        raise ConfigError(msg) from exc
-    _positive("max_inflight", cfg.max_inflight)
-    _positive("input.partitions", cfg.input.partitions)
-    if cfg.offload_threshold < 0:
-        msg = (
-            f"config: offload_threshold={cfg.offload_threshold}; use a size in bytes, or 0 to send every value inline."
-        )
-        raise ConfigError(msg)
-    _positive("output.part_rows", cfg.output.part_rows)
-    _positive("output.sinks", cfg.output.sinks)
-    _positive("transport.flush_rows", cfg.transport.flush_rows)
-    _positive("recovery.max_attempts", cfg.recovery.max_attempts)
-    if cfg.output.commit_s <= 0 or cfg.recovery.lease_s <= 0:
-        msg = "config: output.commit_s and recovery.lease_s are seconds; use a number above 0."
-        raise ConfigError(msg)
-    if cfg.recovery.max_restarts < -1:
-        msg = f"config: recovery.max_restarts={cfg.recovery.max_restarts}; use -1 (no limit), 0 (off) or more."
-        raise ConfigError(msg)
-    if not 0.0 <= cfg.events.sample <= 1.0:
-        msg = f"config: events.sample={cfg.events.sample}; use a share of rows between 0 (off) and 1 (every row)."
-        raise ConfigError(msg)
-    _positive("events.flush_rows", cfg.events.flush_rows)
-    if not 0 <= cfg.metrics.port <= 65535:
-        msg = f"config: metrics.port={cfg.metrics.port}; use a TCP port (0: any free port)."
-        raise ConfigError(msg)
-    _positive("batch.size", cfg.batch.size)
-    _positive("batch.actors", cfg.batch.actors)
-    _positive("batch.batches_per_actor", cfg.batch.batches_per_actor)
-    if cfg.batch.num_cpus <= 0:
-        msg = f"config: batch.num_cpus={cfg.batch.num_cpus}; use a fraction of a CPU such as 0.25."
-        raise ConfigError(msg)
+        raise ConfigError(_invalid(str(exc), data)) from exc
     if cfg.resume == "auto" and not cfg.run_id:
         msg = "config: resume=auto continues the run named by run_id if it exists; set run_id=NAME too."
-        raise ConfigError(msg)
-    _positive("cluster.nodes", cfg.cluster.nodes)
-    if cfg.cluster.wait_s <= 0 or min(cfg.cluster.cpus, cfg.cluster.gpus) < 0:
-        msg = "config: cluster.wait_s must be above 0 and cluster.cpus / cluster.gpus 0 or more."
         raise ConfigError(msg)
     if cfg.retry_errors and cfg.resume is None:
         msg = "config: retry_errors=true reruns the failed rows of an earlier run; add resume=<its run directory>."
         raise ConfigError(msg)
-    if cfg.limit is not None and cfg.limit < 0:
-        msg = f"config: limit={cfg.limit}; use a number of rows >= 0 or null."
-        raise ConfigError(msg)
-    if cfg.llm.sim.time_scale < 0:
-        msg = f"config: llm.sim.time_scale={cfg.llm.sim.time_scale}; use 0 or more."
-        raise ConfigError(msg)
-    if cfg.llm.sim.profile not in PROFILES:
-        msg = f"config: llm.sim.profile={cfg.llm.sim.profile!r} is unknown; known profiles: {', '.join(PROFILES)}."
-        raise ConfigError(msg)
-    _positive("llm.replicas", cfg.llm.replicas)
-    _positive("llm.tensor_parallel", cfg.llm.tensor_parallel)
-    _positive("llm.circuit_failures", cfg.llm.circuit_failures)
-    if cfg.llm.sim.max_num_seqs is not None:
-        _positive("llm.sim.max_num_seqs", cfg.llm.sim.max_num_seqs)
-    for model, urls in cfg.llm.models.items():
-        if not urls or not all(url.startswith(("http://", "https://")) for url in urls):
-            msg = f"config: llm.models.{model} needs a list of endpoint URLs like [http://host:8000/v1], got {urls!r}."
-            raise ConfigError(msg)
     if cfg.llm.endpoints_dir and cfg.llm.urls():
         msg = "config: llm.endpoints_dir reads the endpoints from a folder; drop llm.base_url / llm.endpoints."
         raise ConfigError(msg)
@@ -301,33 +266,165 @@ def check(data: Any) -> RunConfig:
     if cfg.llm.backend == "openai" and not (cfg.llm.urls() or cfg.llm.endpoints_dir):
         msg = "config: llm.backend=openai needs llm.base_url=http://host:port/v1 or llm.endpoints=[...]."
         raise ConfigError(msg)
-    _positive("sandbox.size", cfg.sandbox.size)
-    _positive("sandbox.processes", cfg.sandbox.processes)
-    _positive("sandbox.memory_mb", cfg.sandbox.memory_mb)
-    if min(cfg.sandbox.timeout_s, cfg.sandbox.idle_s, cfg.sandbox.acquire_timeout_s) <= 0:
-        msg = (
-            "config: sandbox.timeout_s, sandbox.idle_s and sandbox.acquire_timeout_s are seconds; use a number above 0."
-        )
-        raise ConfigError(msg)
     if cfg.sandbox.backend == "apptainer" and not cfg.sandbox.image:
         msg = "config: sandbox.backend=apptainer needs sandbox.image=PATH.sif (the image tools run in)."
         raise ConfigError(msg)
-    for name, op in cfg.operators.items():
-        _positive(f"operators.{name}.replicas", op.replicas)
-        if op.concurrency is not None:
-            _positive(f"operators.{name}.concurrency", op.concurrency)
     return cfg
 
 
-def _positive(key: str, value: int) -> None:
-    if value < 1:
-        msg = f"config: {key}={value}; use 1 or more."
-        raise ConfigError(msg)
+# -- one line per mistake -----------------------------------------------------------------
+
+_LOCATED = re.compile(r"(?P<what>.*?)(?: - at `\$(?P<path>.*)`)?", re.DOTALL)
+_PATH_STEP = re.compile(r"\.(?P<name>[^.\[]+)|\[(?P<index>\.\.\.|\d+)\]")
+_NOT_IN_CONFIG = re.compile(r"Could not override '(?P<key>[^']+)'\.\nTo append to your config use (?P<append>\S+)")
 
 
-def _one_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not line.strip().startswith("See ")]
-    if "MissingMandatoryValue" in type(exc).__name__ or "Missing mandatory value" in str(exc):
-        key = str(exc).split("full_key:")[-1].split()[0] if "full_key:" in str(exc) else "a key"
+def _invalid(text: str, data: Any) -> str:
+    """One line for a ``msgspec.ValidationError``: the real key, its value and what the field accepts."""
+    located = _LOCATED.fullmatch(text)
+    assert located is not None  # the pattern matches any text
+    what, path = located["what"], located["path"] or ""
+    keys, value, declared, kind = _follow(path, data)
+    if what.startswith("Object contains unknown field"):
+        name = what.split("`")[1]
+        return _unknown([*keys, name], len(keys), list(_fields(_bare(kind))))
+    if what.startswith("Object missing required field"):
+        key = ".".join([*keys, what.split("`")[1]])
         return f"config: {key} is required; pass {key}=..."
+    shown = f"{'.'.join(keys)}={_shown(value)}"
+    if what.startswith("Invalid enum value"):
+        return f"config: {shown}; use one of: {', '.join(map(str, typing.get_args(_bare(kind))))}."
+    hint = _description(declared)
+    return f"config: {shown}; {what[:1].lower()}{what[1:]}{f' ({hint})' if hint else ''}."
+
+
+def _follow(path: str, data: Any) -> tuple[list[str], Any, Any, Any]:
+    """Walk a msgspec error path (``$.operators[...].replicas``) through the data and the declared types.
+
+    Returns the real key as parts (msgspec writes ``[...]`` for any mapping entry: the entry is the
+    first one that does not convert), the value the key holds, the key's declared type, and the
+    declared type at the end of the path (a list item's, say).
+    """
+    keys: list[str] = []
+    value, declared, kind = data, RunConfig, RunConfig
+    for step in _PATH_STEP.finditer(path):
+        bare = _bare(kind)
+        if step["name"] is not None:
+            keys.append(step["name"])
+            kind = _fields(bare).get(step["name"])
+            value = value.get(step["name"]) if isinstance(value, Mapping) else None
+            declared = kind
+        elif step["index"] == "...":
+            kind = typing.get_args(bare)[1] if typing.get_origin(bare) is dict else None
+            entries = value.items() if isinstance(value, Mapping) else []
+            name, value = next(((k, v) for k, v in entries if not _fits(v, kind)), ("?", None))
+            keys.append(str(name))
+            declared = kind
+        else:
+            kind = typing.get_args(bare)[0] if typing.get_origin(bare) is list else None
+    return keys, value, declared, kind
+
+
+def _one_line(exc: BaseException, defaults: Mapping[str, Any]) -> str:
+    """One line for an error of Hydra's: a key that is not in the config, a group choice, a missing value."""
+    text = str(exc)
+    unknown = _NOT_IN_CONFIG.search(text)
+    if unknown:
+        return _not_in_config(unknown["key"], unknown["append"], defaults)
+    options, missing = getattr(exc, "options", None), getattr(exc, "missing_cfg_file", None)
+    if options is not None and missing:
+        group, _, choice = str(missing).rpartition("/")
+        return f"config: {group}={choice}; use one of: {', '.join(options)}."
+    if "MissingMandatoryValue" in type(exc).__name__ or "Missing mandatory value" in text:
+        key = text.split("full_key:")[-1].split()[0] if "full_key:" in text else "a key"
+        return f"config: {key} is required; pass {key}=..."
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("See ")]
     return "config: " + "; ".join(lines[:2])
+
+
+def _not_in_config(key: str, append: str, defaults: Mapping[str, Any]) -> str:
+    """A ``key=value`` override Hydra refused: the closest real key, or how to add an entry to a mapping.
+
+    The keys of the config's sections come from ``RunConfig``; the entries of its mappings
+    (``operators``, ``params``) from the pipeline's ``defaults``.
+    """
+    parts = key.split(".")
+    kind: Any = RunConfig
+    given: Any = defaults
+    for depth, part in enumerate(parts):
+        bare = _bare(kind)
+        fields = _fields(bare)
+        entries = given if isinstance(given, Mapping) else {}
+        children = list(fields) or list(entries)
+        if not children and typing.get_origin(bare) is dict:
+            return f"config: {key} is not in the config yet; add it with {append}."
+        if part not in children:
+            return _unknown(parts, depth, children)
+        kind = fields[part] if fields else typing.get_args(bare)[1] if typing.get_origin(bare) is dict else None
+        given = entries.get(part)
+    return f"config: {key} cannot be set; add it with {append}."
+
+
+def _unknown(parts: Sequence[str], depth: int, children: Sequence[str]) -> str:
+    """One line for a key whose ``parts[depth]`` is none of ``children``: the closest one, or all of them."""
+    key = ".".join(parts)
+    parent = ".".join(parts[:depth])
+    close = difflib.get_close_matches(parts[depth], children, n=1)
+    if close:
+        return (
+            f"config: unknown key {key!r}; did you mean {'.'.join([*parts[:depth], close[0], *parts[depth + 1 :]])!r}?"
+        )
+    if not children:
+        return f"config: unknown key {key!r}; {parent} is a value, it has no keys under it."
+    under = f"the keys under {parent}" if parent else "the top-level keys"
+    return f"config: unknown key {key!r}; {under} are: {', '.join(children)}."
+
+
+def _bare(kind: Any) -> Any:
+    """A declared type without its constraints (``Annotated``) and without ``| None``."""
+    while True:
+        origin = typing.get_origin(kind)
+        if origin is Annotated:
+            kind = typing.get_args(kind)[0]
+        elif origin in (typing.Union, types.UnionType):
+            members = [member for member in typing.get_args(kind) if member is not type(None)]
+            if len(members) != 1:
+                return kind
+            kind = members[0]
+        else:
+            return kind
+
+
+def _description(kind: Any) -> str | None:
+    """What a field's declared constraints say about its values (``Meta(description=...)``), if anything."""
+    while True:
+        origin = typing.get_origin(kind)
+        if origin is Annotated:
+            for meta in typing.get_args(kind)[1:]:
+                if isinstance(meta, Meta) and meta.description:
+                    return meta.description
+            kind = typing.get_args(kind)[0]
+        elif origin in (typing.Union, types.UnionType):
+            kind = next((m for m in typing.get_args(kind) if m is not type(None)), None)
+        else:
+            return None
+
+
+def _fields(kind: Any) -> dict[str, Any]:
+    """The declared field types of a config section; empty for anything else."""
+    if isinstance(kind, type) and issubclass(kind, msgspec.Struct):
+        return {field.name: field.type for field in msgspec.structs.fields(kind)}
+    return {}
+
+
+def _fits(value: Any, kind: Any) -> bool:
+    try:
+        msgspec.convert(value, kind)
+    except msgspec.ValidationError:
+        return False
+    return True
+
+
+def _shown(value: Any) -> str:
+    """A value as it is written on the command line."""
+    return value if isinstance(value, str) else msgspec.json.encode(value).decode()

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import msgspec
 
 from streamflow.histogram import LatencyHistogram
+from streamflow.io.source import Unreadable
 from streamflow.services.llm import Usage
 
 __all__ = ["RunResult", "TransferStats"]
@@ -29,7 +30,11 @@ class TransferStats(msgspec.Struct):
 
 
 class RunResult(msgspec.Struct, kw_only=True):
-    """The outcome of one run. ``statuses`` counts output rows by status."""
+    """The outcome of one run. ``statuses`` counts output rows by status.
+
+    ``rows_read`` counts every input row of the run, including the rows of ``unreadable``
+    ranges, which have no output row; ``rows_done`` counts the input rows that finished.
+    """
 
     pipeline: str
     run_id: str
@@ -56,6 +61,8 @@ class RunResult(msgspec.Struct, kw_only=True):
     """Most offloaded objects alive at once (sampled every second; 0 when nothing was offloaded)."""
     quality: dict[str, float] = {}
     """The pipeline's own figures over its whole output (its ``metrics`` function), e.g. agreement correctness."""
+    unreadable: list[Unreadable] = []
+    """Input ranges that could not be read at all (a Parquet row group that does not decode)."""
 
     @property
     def data_dir(self) -> str:
@@ -89,6 +96,11 @@ class RunResult(msgspec.Struct, kw_only=True):
         return sum(u.completion_tokens for u in self.usage.values())
 
     @property
+    def unreadable_rows(self) -> int:
+        """Input rows in ranges that could not be read: counted in ``rows_read``, with no output row."""
+        return sum(part.rows for part in self.unreadable)
+
+    @property
     def rows_per_s(self) -> float:
         return self.rows_read / self.wall_s if self.wall_s > 0 else 0.0
 
@@ -99,13 +111,15 @@ class RunResult(msgspec.Struct, kw_only=True):
 
     @property
     def balanced(self) -> bool:
-        """The ledger invariant: every row read was completed, each output row as ok, filtered or error.
+        """The ledger invariant: every row read was completed, each output row as ok, filtered or error,
+        or lies in an unreadable range.
 
-        Without fan-out this is ``read == ok + filtered + error``; a row that fanned out into
-        pieces is complete when all its pieces are, and each piece has its own status.
+        Without fan-out this is ``read == ok + filtered + error + unreadable``; a row that fanned
+        out into pieces is complete when all its pieces are, and each piece has its own status.
         """
         outcomes = self.ok + sum(self.filtered.values()) + sum(self.errors.values())
-        return self.rows_done == self.rows_read and outcomes == self.rows_out >= self.rows_read
+        finished = self.rows_read - self.unreadable_rows
+        return self.rows_done == finished and outcomes == self.rows_out >= finished
 
     def summary(self) -> dict[str, object]:
         """The headline numbers as plain data (for the manifest and for notebooks)."""
@@ -114,6 +128,8 @@ class RunResult(msgspec.Struct, kw_only=True):
             "ok": self.ok,
             "filtered": self.filtered,
             "errors": self.errors,
+            "unreadable_rows": self.unreadable_rows,
+            "unreadable": msgspec.to_builtins(self.unreadable),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "wall_s": round(self.wall_s, 3),

@@ -125,6 +125,7 @@ def run(pipeline: str | Path | Flow | ModuleType, overrides: Sequence[str] | Map
     """
     flow, cfg, params, plan, spec = prepare(pipeline, overrides)
     run_dir, resuming = _run_dir(cfg, plan, flow.name)
+    _check_writable(run_dir, "resume" if resuming and cfg.resume != "auto" else "output.dir")
     if cfg.llm.endpoints_dir:
         urls = wait_for_published(cfg.llm.endpoints_dir, cfg.cluster.wait_s)
         log.info("llm.endpoints_dir: %d endpoints: %s", len(urls), ", ".join(urls))
@@ -253,6 +254,21 @@ def _run_dir(cfg: RunConfig, plan: InputPlan, pipeline: str) -> tuple[str, bool]
         return run_dir, True
     msg = f"run directory {run_dir} already holds data; choose another run_id or output.dir, or resume={run_dir}."
     raise ConfigError(msg)
+
+
+def _check_writable(run_dir: str, key: str) -> None:
+    """Refuse a run directory this process cannot create or write, before anything starts (nothing is created)."""
+    existing = run_dir
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        msg = f"config: {key}: {existing} is a file, not a directory; point {key} at a directory."
+        raise ConfigError(msg)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        read_only = os.statvfs(existing).f_flag & os.ST_RDONLY
+        why = "is on a read-only file system" if read_only else "is not writable by this user"
+        msg = f"config: {key}: {existing} {why}; choose a directory this user can write to."
+        raise ConfigError(msg)
 
 
 def _as_overrides(overrides: Sequence[str] | Mapping[str, Any]) -> list[str]:

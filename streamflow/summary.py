@@ -27,6 +27,8 @@ def summary_tables(result: RunResult) -> list[Table]:
         rows.add_row(f"filtered: {reason}", f"{n:,}", f"{n / read:.1%}")
     for kind, n in result.errors.items():
         rows.add_row(f"error: {kind}", f"{n:,}", f"{n / read:.1%}", style="red")
+    for part in result.unreadable:
+        rows.add_row(f"unreadable: {part.path} {part.where}", f"{part.rows:,}", f"{part.rows / read:.1%}", style="red")
     rows.add_section()
     rows.add_row("LLM tokens in / out", f"{result.prompt_tokens:,} / {result.completion_tokens:,}", "")
     rows.add_row("rows/s", f"{result.rows_per_s:,.1f}", "")

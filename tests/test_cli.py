@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,7 +32,14 @@ def test_bad_override_exits_2_with_one_line_on_stderr():
     done = cli("pipelines/natural_reasoning.py", "max_inflight=lots")
     assert done.returncode == 2
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert lines == ["streamflow: error: config: Expected `int`, got `str` - at `$.max_inflight`"]
+    assert lines == ["streamflow: error: config: max_inflight=lots; expected `int`, got `str`."]
+
+
+def test_a_mistyped_key_exits_2_naming_the_closest_key():
+    done = cli("pipelines/natural_reasoning.py", "max_inflght=10")
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines == ["streamflow: error: config: unknown key 'max_inflght'; did you mean 'max_inflight'?"]
 
 
 def test_missing_pipeline_file_is_named():
@@ -89,7 +97,42 @@ def test_a_setup_that_cannot_work_exits_2_with_its_one_line(monkeypatch, capsys)
     monkeypatch.setattr(run_module, "run", refused)
     assert run_module.main(["pipelines/tau2.py"]) == 2
     err = capsys.readouterr().err
-    assert err == "streamflow: error: sandbox backend 'bubblewrap' cannot run a tool call on this machine: ...; enable them\n"
+    assert (
+        err
+        == "streamflow: error: sandbox backend 'bubblewrap' cannot run a tool call on this machine: ...; enable them\n"
+    )
+
+
+def error_lines(done):
+    return [line for line in done.stderr.splitlines() if line.strip()]
+
+
+def test_an_output_dir_that_is_a_file_exits_2_in_one_line_and_creates_nothing(tmp_path):
+    target = tmp_path / "runs.txt"
+    target.write_text("not a directory")
+    done = cli("pipelines/natural_reasoning.py", f"output.dir={target}")
+    assert done.returncode == 2
+    assert error_lines(done) == [
+        f"streamflow: error: config: output.dir: {target} is a file, not a directory; point output.dir at a directory."
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs.txt"]
+
+
+def test_an_output_dir_on_a_read_only_file_system_exits_2_in_one_line(tmp_path):
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    command = (
+        f"mount -t tmpfs -o ro tmpfs {read_only} || exit 99; "
+        f"exec {sys.executable} -m streamflow.run pipelines/natural_reasoning.py output.dir={read_only}/runs"
+    )
+    done = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", command], check=False, cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    if done.returncode == 99 or "unshare:" in done.stderr:
+        pytest.skip(f"cannot mount a read-only file system here: {done.stderr.strip()}")
+    assert done.returncode == 2
+    why = "is on a read-only file system; choose a directory this user can write to."
+    assert error_lines(done) == [f"streamflow: error: config: output.dir: {read_only} {why}"]
 
 
 def test_ctrl_c_commits_what_the_sinks_hold_and_exits_130_with_the_resume_line(tmp_path):

@@ -1,9 +1,12 @@
 """Composing the run config: engine defaults, pipeline defaults, command-line overrides."""
 
+import typing
+
 import pytest
 
 from streamflow.config import compose
 from streamflow.errors import ConfigError
+from streamflow.services.sim.profile import PROFILES, ProfileName
 
 DEFAULTS = {"input": {"path": "data.parquet"}, "operators": {"question": {"replicas": 1}}, "params": {"thr": 0.8}}
 
@@ -22,16 +25,45 @@ def test_llm_endpoint_override_switches_off_the_simulator():
     assert compose(DEFAULTS).llm.uses_sim
 
 
-def test_wrong_type_names_the_key_in_one_line():
-    with pytest.raises(ConfigError, match=r"Expected `int`, got `str` - at `\$.max_inflight`") as info:
-        compose(DEFAULTS, ["max_inflight=lots"])
-    assert "\n" not in str(info.value)
+def one_line_error(override, defaults=DEFAULTS):
+    with pytest.raises(ConfigError) as info:
+        compose(defaults, [override])
+    message = str(info.value)
+    assert "\n" not in message
+    return message
 
 
-def test_unknown_key_says_how_to_add_it_in_one_line():
-    with pytest.raises(ConfigError, match="Could not override 'operators.nope.replicas'") as info:
-        compose(DEFAULTS, ["operators.nope.replicas=2"])
-    assert "\n" not in str(info.value)
+def test_wrong_type_names_the_key_and_its_value_in_one_line():
+    assert one_line_error("max_inflight=lots") == "config: max_inflight=lots; expected `int`, got `str`."
+
+
+def test_an_unknown_key_suggests_the_closest_one():
+    assert one_line_error("max_inflght=10") == "config: unknown key 'max_inflght'; did you mean 'max_inflight'?"
+    assert one_line_error("llm.bse_url=http://x/v1").endswith("did you mean 'llm.base_url'?")
+    assert one_line_error("operators.questoin.replicas=2").endswith("did you mean 'operators.question.replicas'?")
+    assert one_line_error("params.thrr=0.5").endswith("did you mean 'params.thr'?")
+
+
+def test_an_unknown_key_added_with_plus_suggests_the_closest_one_too():
+    assert one_line_error("+max_inflght=10") == "config: unknown key 'max_inflght'; did you mean 'max_inflight'?"
+    message = one_line_error("+operators.question.replicaz=2")
+    assert message == "config: unknown key 'operators.question.replicaz'; did you mean 'operators.question.replicas'?"
+
+
+def test_an_unknown_key_far_from_every_key_lists_the_keys_beside_it():
+    message = one_line_error("operators.nope.replicas=2")
+    assert message == "config: unknown key 'operators.nope.replicas'; the keys under operators are: question."
+    assert "input.limit" in one_line_error("input.limit=3") and "partitions" in one_line_error("input.limit=3")
+
+
+def test_a_new_entry_of_an_open_mapping_is_added_with_plus():
+    message = one_line_error("llm.models.teacher=[http://host:8000/v1]")
+    assert message == (
+        "config: llm.models.teacher is not in the config yet; add it with +llm.models.teacher=[http://host:8000/v1]."
+    )
+    assert compose(DEFAULTS, ["+llm.models.teacher=[http://host:8000/v1]"]).llm.models == {
+        "teacher": ["http://host:8000/v1"]
+    }
 
 
 def test_missing_input_path_is_named():
@@ -42,19 +74,45 @@ def test_missing_input_path_is_named():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("max_inflight=0", "max_inflight=0; use 1 or more"),
-        ("input.partitions=0", "input.partitions=0; use 1 or more"),
-        ("limit=-1", "limit=-1"),
-        ("operators.question.replicas=0", "operators.question.replicas=0"),
-        ("llm.backend=openai", "llm.backend=openai needs llm.base_url"),
-        ("mode=weird", "mode"),
-        ("+llm.models.big=[big-server:8000]", r"llm.models.big needs a list of endpoint URLs"),
-        ("+llm.models.big=[]", r"llm.models.big needs a list of endpoint URLs"),
+        ("max_inflight=0", "config: max_inflight=0; expected `int` >= 1."),
+        ("input.partitions=0", "config: input.partitions=0; expected `int` >= 1."),
+        ("limit=-1", "config: limit=-1; expected `int` >= 1 (a number of rows, or null for all)."),
+        ("operators.question.replicas=0", "config: operators.question.replicas=0; expected `int` >= 1."),
+        ("events.sample=1.5", "config: events.sample=1.5; expected `float` <= 1.0 (the share of rows recorded,"),
+        ("sandbox.timeout_s=0", "config: sandbox.timeout_s=0; expected `float` > 0.0."),
+        ("llm.backend=openai", "config: llm.backend=openai needs llm.base_url"),
+        ("+llm.models.big=[big-server:8000]", 'config: llm.models.big=["big-server:8000"]; expected `str` matching'),
+        ("+llm.models.big=[]", "config: llm.models.big=[]; expected `array` of length >= 1 (endpoint URLs like"),
     ],
 )
-def test_bad_values_are_refused_before_work_starts(override, message):
-    with pytest.raises(ConfigError, match=message):
-        compose(DEFAULTS, [override])
+def test_bad_values_are_refused_naming_the_key_and_what_it_accepts(override, message):
+    assert one_line_error(override).startswith(message)
+
+
+def test_limit_zero_names_the_limit_key():
+    message = one_line_error("limit=0")
+    assert message.startswith("config: limit=0;") and "input.limit" not in message
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("mode=foo", "config: mode=foo; use one of: row, batch."),
+        ("progress=x", "config: progress=x; use one of: auto, bar, log, off."),
+        ("llm.backend=gpt", "config: llm.backend=gpt; use one of: auto, sim, openai, vllm, sglang, llamacpp, none."),
+        ("sandbox.backend=docker", "config: sandbox.backend=docker; use one of: bubblewrap, apptainer."),
+        ("cluster=k8s", "config: cluster=k8s; use one of: local, slurm."),
+    ],
+)
+def test_a_value_outside_a_set_lists_the_valid_values(override, message):
+    assert one_line_error(override) == message
+
+
+def test_every_simulator_profile_can_be_configured():
+    assert set(typing.get_args(ProfileName)) == set(PROFILES)
+    for name in PROFILES:
+        assert compose(DEFAULTS, [f"llm.sim.profile={name}"]).llm.sim.profile == name
+    assert one_line_error("llm.sim.profile=gpt4").startswith("config: llm.sim.profile=gpt4; use one of: llama-8b-h100,")
 
 
 def test_malformed_override_is_a_config_error():

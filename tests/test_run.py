@@ -1,5 +1,6 @@
 """Running pipelines end to end on Ray: output, ledger, and every kind of bad input."""
 
+import json
 from pathlib import Path
 
 import polars as pl
@@ -202,3 +203,107 @@ def test_fan_out_rows_complete_when_all_their_pieces_are_written(ray_runtime, tm
 def test_row_latency_percentiles_are_reported(nr_slice):
     assert 0 < nr_slice.latency.quantile(0.5) <= nr_slice.latency.quantile(0.99) <= nr_slice.wall_s * 1.05
     assert nr_slice.latency.total == 150
+
+
+# -- problems in the input data found mid-run: recorded where they are, the run goes on -----
+
+MEASURE_PIPELINE = """
+from streamflow import Flow, Operator
+
+
+class Measure(Operator):
+    fields = {"chars": int}
+
+    async def __call__(self, row, ctx):
+        return row.with_fields(chars=len(row["text"]))
+
+
+def build(params):
+    return Flow("measure", requires=["text"]).step("measure", Measure())
+"""
+
+
+@pytest.fixture
+def measure_pipeline(tmp_path):
+    """A pipeline file with one cheap step that reads ``text``, for runs through the command line."""
+    path = tmp_path / "measure.py"
+    path.write_text(MEASURE_PIPELINE)
+    return str(path)
+
+
+def write_large_jsonl(path, rows, last_line):
+    """``rows`` documents of about 400 bytes each, then ``last_line``: the last line is past the first MiB."""
+    with open(path, "w") as handle:
+        for n in range(rows):
+            handle.write(json.dumps({"text": f"document {n}: " + "a few words " * 32, "n": n}) + "\n")
+        handle.write(last_line + "\n")
+    assert path.stat().st_size > 1 << 20
+    return str(path)
+
+
+def corrupt_last_row_group(path):
+    """Flip bytes in the middle of the last row group's first column chunk: its pages no longer decode."""
+    meta = pq.ParquetFile(path).metadata
+    chunk = meta.row_group(meta.num_row_groups - 1).column(0)
+    middle = (chunk.dictionary_page_offset or chunk.data_page_offset) + chunk.total_compressed_size // 2
+    data = bytearray(path.read_bytes())
+    data[middle : middle + 16] = bytes(b ^ 0xFF for b in data[middle : middle + 16])
+    path.write_bytes(bytes(data))
+
+
+def test_a_bad_line_at_the_end_of_a_large_jsonl_file_is_recorded_and_the_run_exits_0(
+    ray_runtime, tmp_path, fast_run, measure_pipeline, capsys
+):
+    import importlib
+
+    path = write_large_jsonl(tmp_path / "docs.jsonl", 3000, '{"text": "cut off in the mid')
+    run_module = importlib.import_module("streamflow.run")
+    status = run_module.main(
+        [measure_pipeline, f"input.path={path}", "llm.backend=none", "output.part_rows=1000", *fast_run]
+    )
+    assert status == 0
+    assert "error: bad_input" in capsys.readouterr().out
+    (run_dir,) = (tmp_path / "measure").iterdir()
+    frame = pl.read_parquet(run_dir / "data" / "*.parquet")
+    assert frame.height == 3001 and frame["row_id"].n_unique() == 3001
+    assert dict(frame.group_by("status").len().iter_rows()) == {"ok": 3000, "error:bad_input": 1}
+    bad = frame.filter(pl.col("status") == "error:bad_input")
+    assert bad["row_id"].to_list() == ["0:3000"] and "docs.jsonl' line 3001 is not valid JSON" in bad["error"][0]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["ledger_balanced"] is True and manifest["summary"]["rows_read"] == 3001
+
+
+@pytest.mark.parametrize("mode", ["row", "batch"])
+def test_a_value_of_the_wrong_type_late_in_a_jsonl_file_is_a_bad_input_row(ray_runtime, tmp_path, fast_run, mode):
+    path = write_large_jsonl(tmp_path / "docs.jsonl", 3000, '{"text": 12345, "n": 3000}')
+    flow = Flow("lengths", requires=["text"]).step("measure", Lengths())
+    result = streamflow.run(flow, [f"input.path={path}", f"mode={mode}", "llm.backend=none", *fast_run])
+    assert result.statuses == {"ok": 3000, "error:bad_input": 1} and result.rows_read == 3001 and result.balanced
+    bad = read_output(result).filter(pl.col("status") == "error:bad_input")
+    assert bad.select("row_id", "text", "n", "chars").rows() == [("0:3000", None, 3000, None)]
+    assert "docs.jsonl' line 3001: column 'text' is int, the input schema says string" in bad["error"][0]
+
+
+@pytest.mark.parametrize("mode", ["row", "batch"])
+def test_a_corrupt_page_in_the_last_row_group_is_counted_unreadable_and_the_rest_is_done(
+    ray_runtime, tmp_path, fast_run, mode
+):
+    path = tmp_path / "docs.parquet"
+    table = pa.table({"text": [f"document {n} " * 8 for n in range(300)], "n": list(range(300))})
+    pq.write_table(table, path, row_group_size=100, compression="zstd")
+    corrupt_last_row_group(path)
+    flow = Flow("lengths", requires=["text"]).step("measure", Lengths())
+    result = streamflow.run(flow, [f"input.path={path}", f"mode={mode}", "llm.backend=none", *fast_run])
+    assert result.statuses == {"ok": 200} and result.rows_read == 300 and result.balanced
+    assert [(part.path, part.where, part.rows) for part in result.unreadable] == [(str(path), "row group 2", 100)]
+    assert sorted(read_output(result)["n"].to_list()) == list(range(200))
+    manifest = json.loads((Path(result.run_dir) / "manifest.json").read_text())
+    assert manifest["summary"]["unreadable_rows"] == 100 and manifest["ledger_balanced"] is True
+    assert manifest["summary"]["unreadable"][0]["where"] == "row group 2"
+
+
+class Lengths(Operator):
+    fields = {"chars": int}
+
+    async def __call__(self, row, ctx):
+        return row.with_fields(chars=len(row["text"]))

@@ -39,7 +39,7 @@ from streamflow.errors import Interrupted, RunError, SetupError, StreamflowError
 from streamflow.events import events_dir
 from streamflow.execution import row_seed, uses_sandbox
 from streamflow.flow import Flow
-from streamflow.io.source import InputPlan, read_unit
+from streamflow.io.source import BadInput, InputPlan, Unreadable, read_unit
 from streamflow.message import Message, State
 from streamflow.pipeline import Recipe
 from streamflow.progress import Progress, Snapshot
@@ -90,7 +90,7 @@ async def run_rows(
         run_id=os.path.basename(run_dir),
         run_dir=run_dir,
         files=files,
-        rows_read=driver.ledger.admitted,
+        rows_read=driver.ledger.admitted + sum(part.rows for part in driver.unreadable),
         rows_done=driver.ledger.completed,
         statuses=dict(driver.ledger.statuses),
         latency=driver.ledger.latency,
@@ -104,6 +104,7 @@ async def run_rows(
         transfer=transfer,
         objects_alive_peak=driver.objects_alive_peak,
         metrics_url=driver.metrics_server.url if driver.metrics_server is not None else None,
+        unreadable=driver.unreadable,
     )
 
 
@@ -134,6 +135,7 @@ class _Driver:
         self.stats: dict[tuple[str, int], ActorStats] = {}
         self.earlier_usage: list[ActorStats] = []
         self.restarts = 0
+        self.unreadable: list[Unreadable] = []
         self._retire: list[list[str]] = []
         self._sink_incarnations: list[str] = []
         self._rewiring: dict[tuple[str, int], asyncio.Task[None]] = {}
@@ -274,6 +276,14 @@ class _Driver:
                 batch = await asyncio.to_thread(next, batches, None)
                 if batch is None:
                     break
+                if isinstance(batch, Unreadable):
+                    self.unreadable.append(batch)
+                    continue
+                if isinstance(batch, BadInput):  # rows finished as error:bad_input go straight to their sink
+                    for message in batch.rows:
+                        await self.ledger.admit(message)
+                        self.outbox.send(self.sink_peers[sink_shard(message.id, len(self.sinks))], message)
+                    continue
                 ids, rows = batch
                 for row_id, fields in zip(ids, rows):
                     message = Message(
@@ -420,9 +430,10 @@ class _Driver:
             if entry.attempts >= self.cfg.recovery.max_attempts:
                 message = _lost(entry)
                 self.outbox.send(self.sink_peers[sink_shard(entry.message.id, len(self.sinks))], message)
-            else:
+            else:  # an input row goes through the flow again; a row finished as bad input, to its sink again
                 message = entry.message
-                self.outbox.send(self.entry.pick(), message)
+                peer = self.entry.pick() if message.is_ok else self.sink_peers[sink_shard(message.id, len(self.sinks))]
+                self.outbox.send(peer, message)
             self.ledger.readmit(entry, now)
         if entries:
             log.warning("re-admitted %d rows whose actor died", len(entries))

@@ -10,6 +10,7 @@ import pytest
 
 from streamflow.errors import ConfigError
 from streamflow.io import InputPlan, plan_input, read_unit
+from streamflow.io.source import BAD_INPUT, BadInput, Unreadable
 
 
 def write_jsonl(path, rows, *, trailing=""):
@@ -22,15 +23,29 @@ def write_parquet(path, rows, *, row_group_size=None):
     pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=row_group_size)
 
 
-def read_all(plan: InputPlan, batch_rows=1024):
-    """Every (id, row) of the plan, in file order whatever the partitioning."""
+def read_everything(plan: InputPlan, batch_rows=1024, skip=frozenset()):
+    """What reading the plan gives, in file order whatever the partitioning: (id, row) pairs of the
+    rows to process, the rows finished as bad input, and the ranges that could not be read."""
     units = sorted((u for part in plan.partitions for u in part), key=lambda u: (u.file_index, u.offset))
-    out = []
+    good, bad, unreadable = [], [], []
     for unit in units:
-        for ids, rows in read_unit(plan, unit, batch_rows):
-            assert len(ids) == len(rows)
-            out.extend(zip(ids, rows, strict=True))
-    return out
+        for item in read_unit(plan, unit, batch_rows, skip=skip):
+            if isinstance(item, BadInput):
+                bad.extend(item.rows)
+            elif isinstance(item, Unreadable):
+                unreadable.append(item)
+            else:
+                ids, rows = item
+                assert len(ids) == len(rows) > 0
+                good.extend(zip(ids, rows, strict=True))
+    return good, bad, unreadable
+
+
+def read_all(plan: InputPlan, batch_rows=1024):
+    """Every (id, row) of a plan whose data holds no problem."""
+    good, bad, unreadable = read_everything(plan, batch_rows)
+    assert not bad and not unreadable
+    return good
 
 
 def one_line_config_error(call, match):
@@ -197,17 +212,6 @@ def test_corrupt_parquet_is_reported_before_reading(mixed_dir):
     assert "broken.parquet" in message
 
 
-def test_invalid_json_line_names_file_and_row(tmp_path):
-    (tmp_path / "x.jsonl").write_text('{"a": 1}\n{"a": \n')
-    message = one_line_config_error(lambda: plan_input(str(tmp_path)), "row 1 is not valid JSON")
-    assert "x.jsonl" in message
-
-
-def test_jsonl_line_that_is_not_an_object_is_reported(tmp_path):
-    (tmp_path / "x.json").write_text('[{"a": 1}, {"a": 2}]\n')
-    one_line_config_error(lambda: plan_input(str(tmp_path)), "row 0 is a JSON list, not an object")
-
-
 def test_corrupt_gzip_is_reported_before_reading(tmp_path):
     (tmp_path / "x.jsonl.gz").write_bytes(b"\x1f\x8b garbage")
     one_line_config_error(lambda: plan_input(str(tmp_path)), "is not a readable JSONL file")
@@ -232,8 +236,8 @@ def test_missing_id_column_is_a_config_error(mixed_dir):
     ("knobs", "match"),
     [
         ({"partitions": 0}, "input.partitions is 0"),
-        ({"limit": -1}, "input.limit is -1"),
-        ({"limit": 0}, "input.limit is 0"),
+        ({"limit": -1}, "^limit is -1"),
+        ({"limit": 0}, "^limit is 0"),
         ({"format": "csv"}, "input.format 'csv'"),
     ],
 )
@@ -245,13 +249,6 @@ def test_id_column_values_become_row_ids_and_stay_columns(tmp_path):
     write_jsonl(tmp_path / "x.jsonl", [{"uid": 7, "text": "a"}, {"uid": 9, "text": "b"}])
     plan = plan_input(str(tmp_path), id_column="uid")
     assert read_all(plan) == [("7", {"uid": 7, "text": "a"}), ("9", {"uid": 9, "text": "b"})]
-
-
-def test_null_id_names_file_and_row(tmp_path):
-    write_parquet(tmp_path / "x.parquet", [{"uid": "a"}, {"uid": None}])
-    plan = plan_input(str(tmp_path), id_column="uid")
-    with pytest.raises(ConfigError, match="row 1 has no value in id column 'uid'"):
-        read_all(plan)
 
 
 def test_columns_missing_from_a_file_are_null_and_types_are_unified(tmp_path):
@@ -278,22 +275,6 @@ def test_files_that_disagree_on_a_column_type_are_reported(tmp_path):
     one_line_config_error(lambda: plan_input(str(tmp_path)), "files disagree on column types")
 
 
-def test_jsonl_row_that_does_not_fit_the_schema_names_file_and_row(tmp_path, monkeypatch):
-    monkeypatch.setattr("streamflow.io.source._SCHEMA_SAMPLE_BYTES", 1)
-    write_jsonl(tmp_path / "x.jsonl", [{"n": 1}, {"n": 2}, {"n": "three"}])
-    plan = plan_input(str(tmp_path))
-    with pytest.raises(ConfigError, match=r"x.jsonl' row 2: column 'n' is str, the input schema says int64"):
-        read_all(plan)
-
-
-def test_jsonl_fraction_in_an_integer_column_is_refused_not_truncated(tmp_path, monkeypatch):
-    monkeypatch.setattr("streamflow.io.source._SCHEMA_SAMPLE_BYTES", 1)
-    write_jsonl(tmp_path / "x.jsonl", [{"n": 1}, {"n": 2.0}, {"n": 2.5}])
-    plan = plan_input(str(tmp_path))
-    with pytest.raises(ConfigError, match="row 2: column 'n' is 2.5"):
-        read_all(plan)
-
-
 def test_fingerprint_changes_when_a_file_changes(mixed_dir):
     before = plan_input(str(mixed_dir)).fingerprint
     assert plan_input(str(mixed_dir)).fingerprint == before
@@ -302,9 +283,123 @@ def test_fingerprint_changes_when_a_file_changes(mixed_dir):
     assert plan_input(str(mixed_dir)).fingerprint != before
 
 
-def test_file_shrunk_after_planning_is_reported(tmp_path):
+# -- problems in the data: recorded where they are, reading goes on --------------------------
+
+
+def test_a_malformed_json_line_becomes_a_bad_row_naming_file_and_line(tmp_path):
+    (tmp_path / "x.jsonl").write_text('{"a": 1}\n\n{"a": \n{"a": 3}\n')
+    good, bad, unreadable = read_everything(plan_input(str(tmp_path)))
+    assert good == [("0:0", {"a": 1}), ("0:2", {"a": 3})]
+    assert [(row.id, row.status, row.fields) for row in bad] == [("0:1", BAD_INPUT, {"a": None})]
+    assert "x.jsonl' line 3 is not valid JSON" in bad[0].error and "\n" not in bad[0].error
+    assert not unreadable
+
+
+def test_a_bad_line_at_the_end_of_a_large_file_is_a_bad_row_and_every_other_row_is_read(tmp_path):
+    rows = [{"text": f"document {i} " + "words " * 60, "n": i} for i in range(4000)]
+    write_jsonl(tmp_path / "big.jsonl", rows, trailing='{"text": "cut off in the mid\n')
+    assert (tmp_path / "big.jsonl").stat().st_size > 1 << 20
+    plan = plan_input(str(tmp_path), partitions=2)
+    assert plan.total_rows == 4001
+    good, bad, _ = read_everything(plan)
+    assert [row["n"] for _, row in good] == list(range(4000))
+    assert [(row.id, row.status) for row in bad] == [("0:4000", BAD_INPUT)]
+    assert "big.jsonl' line 4001 is not valid JSON" in bad[0].error
+
+
+def test_a_line_that_is_not_an_object_becomes_a_bad_row(tmp_path):
+    (tmp_path / "x.jsonl").write_text('{"a": 1}\n[1, 2]\n')
+    good, bad, _ = read_everything(plan_input(str(tmp_path)))
+    assert good == [("0:0", {"a": 1})]
+    assert "line 2 is a JSON list, not an object" in bad[0].error
+
+
+def test_a_file_without_a_json_object_in_its_first_mib_is_refused_before_reading(tmp_path):
+    (tmp_path / "x.json").write_text('[{"a": 1}, {"a": 2}]\n')
+    message = one_line_config_error(lambda: plan_input(str(tmp_path)), "holds no JSON object in its first MiB")
+    assert "line 1 is a JSON list" in message
+
+
+def test_a_value_of_another_type_late_in_a_file_is_a_bad_row_keeping_its_other_fields(tmp_path, monkeypatch):
+    monkeypatch.setattr("streamflow.io.source._SCHEMA_SAMPLE_BYTES", 1)
+    write_jsonl(tmp_path / "x.jsonl", [{"n": 1, "t": "a"}, {"n": 2, "t": "b"}, {"n": "three", "t": "c"}])
+    good, bad, _ = read_everything(plan_input(str(tmp_path)))
+    assert good == [("0:0", {"n": 1, "t": "a"}), ("0:1", {"n": 2, "t": "b"})]
+    assert [(row.id, row.fields) for row in bad] == [("0:2", {"n": None, "t": "c"})]
+    assert "x.jsonl' line 3: column 'n' is str, the input schema says int64" in bad[0].error
+
+
+def test_a_value_of_another_type_in_the_first_rows_is_a_bad_row_too(tmp_path):
+    write_jsonl(tmp_path / "x.jsonl", [{"text": "a"}, {"text": 5}, {"text": "c"}])
+    plan = plan_input(str(tmp_path))
+    assert plan.schema == pa.schema([("text", pa.string())])  # the type most of its values have
+    good, bad, _ = read_everything(plan)
+    assert good == [("0:0", {"text": "a"}), ("0:2", {"text": "c"})]
+    assert [(row.id, row.fields) for row in bad] == [("0:1", {"text": None})]
+    assert "line 2: column 'text' is int, the input schema says string" in bad[0].error
+
+
+def test_a_value_that_does_not_cast_in_parquet_is_a_bad_row(tmp_path):
+    pq.write_table(pa.table({"n": pa.array([1, 2**63 + 5, 3], pa.uint64())}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"n": pa.array([4], pa.int64())}), tmp_path / "b.parquet")
+    plan = plan_input(str(tmp_path))
+    assert plan.schema == pa.schema([("n", pa.int64())])
+    good, bad, _ = read_everything(plan)
+    assert good == [("0:0", {"n": 1}), ("0:2", {"n": 3}), ("1:0", {"n": 4})]
+    assert [(row.id, row.fields) for row in bad] == [("0:1", {"n": None})]
+    assert "a.parquet' row group 0 row 1: column 'n' is int" in bad[0].error
+
+
+def test_a_fraction_in_an_integer_column_is_a_bad_row_not_truncated(tmp_path, monkeypatch):
+    monkeypatch.setattr("streamflow.io.source._SCHEMA_SAMPLE_BYTES", 1)
+    write_jsonl(tmp_path / "x.jsonl", [{"n": 1}, {"n": 2.0}, {"n": 2.5}])
+    good, bad, _ = read_everything(plan_input(str(tmp_path)))
+    assert good == [("0:0", {"n": 1}), ("0:1", {"n": 2})]
+    assert [(row.id, row.fields) for row in bad] == [("0:2", {"n": None})]
+    assert "line 3: column 'n' is 2.5 but holds integers" in bad[0].error
+
+
+def test_a_row_without_an_id_is_a_bad_row_keeping_the_id_of_its_position(tmp_path):
+    write_parquet(tmp_path / "x.parquet", [{"uid": "a", "v": 1}, {"uid": None, "v": 2}])
+    good, bad, _ = read_everything(plan_input(str(tmp_path), id_column="uid"))
+    assert good == [("a", {"uid": "a", "v": 1})]
+    assert [(row.id, row.fields) for row in bad] == [("0:1", {"uid": None, "v": 2})]
+    assert "x.parquet' row group 0 row 1 has no value in id column 'uid'" in bad[0].error
+
+
+def test_bad_rows_already_committed_are_not_read_again(tmp_path):
+    (tmp_path / "x.jsonl").write_text('{"a": 1}\nnot json\n{"a": 3}\n')
+    good, bad, _ = read_everything(plan_input(str(tmp_path)), skip={"0:0", "0:1"})
+    assert good == [("0:2", {"a": 3})] and bad == []
+
+
+def corrupt_row_group(path, group):
+    """Flip bytes in the middle of the first column chunk of ``group``: its pages no longer decode."""
+    chunk = pq.ParquetFile(path).metadata.row_group(group).column(0)
+    start = chunk.dictionary_page_offset or chunk.data_page_offset
+    middle = start + chunk.total_compressed_size // 2
+    data = bytearray(path.read_bytes())
+    data[middle : middle + 16] = bytes(b ^ 0xFF for b in data[middle : middle + 16])
+    path.write_bytes(bytes(data))
+
+
+def test_a_row_group_that_does_not_decode_is_counted_unreadable_and_the_others_are_read(tmp_path):
+    path = tmp_path / "x.parquet"
+    rows = [{"text": f"document {i} " * 5, "n": i} for i in range(300)]
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=100, compression="zstd")
+    corrupt_row_group(path, 2)
+    plan = plan_input(str(tmp_path))  # the footer is intact: planning cannot tell
+    good, bad, unreadable = read_everything(plan)
+    assert [row["n"] for _, row in good] == list(range(200)) and bad == []
+    assert [(u.path, u.where, u.rows) for u in unreadable] == [(str(path), "row group 2", 100)]
+    assert unreadable[0].reason.startswith("it does not decode: ") and "\n" not in unreadable[0].reason
+
+
+def test_rows_missing_from_a_file_that_shrank_after_planning_are_counted_unreadable(tmp_path):
     write_jsonl(tmp_path / "x.jsonl", [{"a": i} for i in range(3)])
     plan = plan_input(str(tmp_path))
     write_jsonl(tmp_path / "x.jsonl", [{"a": 0}])
-    with pytest.raises(ConfigError, match="changed after planning"):
-        read_all(plan)
+    good, _, unreadable = read_everything(plan)
+    assert good == [("0:0", {"a": 0})]
+    assert [(u.where, u.rows) for u in unreadable] == [("rows 1-2", 2)]
+    assert "changed after planning" in unreadable[0].reason

@@ -75,8 +75,19 @@ class _Reply(msgspec.Struct):
     usage: _ReplyUsage | None = None
 
 
+class _Model(msgspec.Struct):
+    id: str
+
+
+class _ModelList(msgspec.Struct):
+    """The answer of ``GET /v1/models``: ``{"object": "list", "data": [{"id": ...}, ...]}``."""
+
+    data: list[_Model]
+
+
 _encode = msgspec.json.Encoder().encode
 _decode_reply = msgspec.json.Decoder(_Reply).decode
+_decode_models = msgspec.json.Decoder(_ModelList).decode
 _CONTEXT_HINTS = ("context length", "maximum context", "context_length", "too many tokens")
 
 
@@ -167,22 +178,39 @@ class LLMClient:
         return {model: replicas.urls for model, replicas in self._routes.items()}
 
     async def check(self, timeout_s: float = 10.0) -> None:
-        """Fail fast, in one line, if a replica is unreachable or does not serve the model."""
-        for replica in (r for replicas in self._routes.values() for r in replicas.replicas):
-            try:
-                reply = await self._transport.get(f"{replica.url}/models", self._headers, timeout_s)
-            except LLMError as exc:
-                msg = f"LLM endpoint {replica.url} is unreachable ({exc}); check llm.base_url / llm.endpoints."
-                raise ConfigError(msg) from exc
-            if reply.status in (401, 403):
-                msg = f"LLM endpoint {replica.url} refused the API key (HTTP {reply.status}); set llm.api_key_env."
-                raise ConfigError(msg)
-            if reply.status != 200:
-                continue  # some servers have no /models; the first call will tell
-            served = _served_models(reply.body)
-            if served and self.model not in served:
-                msg = f"LLM endpoint {replica.url} does not serve model {self.model!r}; it serves: {', '.join(served)}."
-                raise ConfigError(msg)
+        """Fail fast, in one line, unless every replica answers ``GET /models`` with a JSON list holding its model.
+
+        A wrong URL often answers something (a web page, an error page, a proxy's 502): only an
+        OpenAI-compatible model list shows that rows sent there can succeed.
+        """
+        for model, replicas in self._routes.items():
+            for replica in replicas.replicas:
+                served = await self._served(replica.url, timeout_s)
+                if model not in served:
+                    listed = ", ".join(served) or "no model"
+                    msg = f"LLM endpoint {replica.url} does not serve model {model!r}; it serves: {listed}."
+                    raise ConfigError(msg)
+
+    async def _served(self, url: str, timeout_s: float) -> list[str]:
+        """The model names ``url`` serves, from ``GET {url}/models``; ConfigError for any other answer."""
+        fix = "point llm.base_url / llm.endpoints at an OpenAI-compatible server that is up (its URL ends in /v1)"
+        try:
+            reply = await self._transport.get(f"{url}/models", self._headers, timeout_s)
+        except LLMError as exc:
+            msg = f"LLM endpoint {url} is unreachable ({exc}); check llm.base_url / llm.endpoints."
+            raise ConfigError(msg) from exc
+        if reply.status in (401, 403):
+            msg = f"LLM endpoint {url} refused the API key (HTTP {reply.status}); set llm.api_key_env."
+            raise ConfigError(msg)
+        if reply.status != 200:
+            msg = f"LLM endpoint {url} answered GET /models with HTTP {reply.status}, not its list of models; {fix}."
+            raise ConfigError(msg)
+        try:
+            return [model.id for model in _decode_models(reply.body).data]
+        except msgspec.DecodeError as exc:
+            kind = reply.headers.get("content-type", "").split(";")[0] or "a body"
+            msg = f"LLM endpoint {url} answered GET /models with {kind} that is not a JSON model list ({exc}); {fix}."
+            raise ConfigError(msg) from exc
 
     async def close(self) -> None:
         if self._refreshing is not None:
@@ -225,7 +253,9 @@ class LLMClient:
                 if exc.retryable:
                     per_replica.failures += 1
                     if replica.failed(self._breaker, time.monotonic()):
-                        log.warning("LLM replica %s failed %d times in a row; pausing it", replica.url, replica.failures)
+                        log.warning(
+                            "LLM replica %s failed %d times in a row; pausing it", replica.url, replica.failures
+                        )
                         self._maybe_refresh(0.0)
                 else:
                     replica.succeeded()  # it answered; the request was the problem
@@ -372,11 +402,3 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
         return float(value) if value is not None else None
     except ValueError:
         return None
-
-
-def _served_models(body: bytes) -> list[str]:
-    try:
-        data = msgspec.json.decode(body)
-        return [str(item["id"]) for item in data.get("data", [])]
-    except (msgspec.DecodeError, AttributeError, KeyError, TypeError):
-        return []

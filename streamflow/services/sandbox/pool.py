@@ -22,9 +22,10 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, Literal
+from typing import IO, Annotated, Any, Literal
 
 import msgspec
+from msgspec import Meta
 
 from streamflow.errors import RowError, SetupError
 from streamflow.services.sandbox.backends import WORKER_CODE, Backend, Limits, backend_named
@@ -45,19 +46,19 @@ class SandboxError(RowError):
 
 
 class SandboxSettings(msgspec.Struct, forbid_unknown_fields=True):
-    """The ``sandbox:`` section of the run config."""
+    """The ``sandbox:`` section of the run config; its constraints are checked when the config is converted."""
 
     backend: Literal["bubblewrap", "apptainer"] = "bubblewrap"
     image: str | None = None  # apptainer: the .sif image
-    size: int = 1024  # sandboxes per pool (a directory and a uid each; no process while idle)
+    size: Annotated[int, Meta(ge=1)] = 1024  # sandboxes per pool (a directory and a uid each; no process while idle)
     running: int = 0  # commands running at once per pool (per actor with sandboxed steps); 0: twice the CPUs
-    timeout_s: float = 30.0  # per command, wall clock
-    memory_mb: int = 512  # address space per command
-    processes: int = 64  # processes per sandbox
+    timeout_s: Annotated[float, Meta(gt=0)] = 30.0  # per command, wall clock
+    memory_mb: Annotated[int, Meta(ge=1)] = 512  # address space per command
+    processes: Annotated[int, Meta(ge=1)] = 64  # processes per sandbox
     cpu_s: int = 60
     file_mb: int = 64  # largest file a command may write
-    idle_s: float = 600.0  # a sandbox untouched this long is reclaimed
-    acquire_timeout_s: float = 300.0  # how long a row waits for a free sandbox before it fails
+    idle_s: Annotated[float, Meta(gt=0)] = 600.0  # a sandbox untouched this long is reclaimed
+    acquire_timeout_s: Annotated[float, Meta(gt=0)] = 300.0  # how long a row waits for a free sandbox before it fails
     first_uid: int = 200_000  # as root, sandboxes run as user ids from here, a block of `size` per pool
 
     def limits(self) -> Limits:

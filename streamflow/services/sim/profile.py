@@ -6,9 +6,14 @@ The model and every constant come from §3 of
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 
-__all__ = ["DEFAULT_PROFILE", "PROFILES", "LatencyProfile"]
+__all__ = ["DEFAULT_PROFILE", "PROFILES", "LatencyProfile", "ProfileName"]
+
+ProfileName = Literal["llama-8b-h100", "llama-3b-h100", "llama-70b-4xh100", "llama-70b-8xh100"]
+"""The names of ``PROFILES``, as a type the run config can declare (``llm.sim.profile``)."""
 
 
 class LatencyProfile(msgspec.Struct, frozen=True, kw_only=True):
@@ -48,7 +53,7 @@ class LatencyProfile(msgspec.Struct, frozen=True, kw_only=True):
 # max_num_seqs: vLLM's own default on H100 is 1024 (reference doc, table 1b #12); we use 256,
 # the V0 / A100-class default (#14), so a single simulated server saturates at a batch size
 # where the linear ITL fit (§3) is still backed by measurements (b <= 167, #4/#5).
-PROFILES: dict[str, LatencyProfile] = {
+PROFILES: dict[ProfileName, LatencyProfile] = {
     # Measured row of §3: a from #1 (TPOT 6.48 ms at c=1), c from the fit over #1 and #4/#5,
     # t0 from #3/#17 (TTFT ~10-14 ms for short prompts), prefill rate from the §2 cross-check.
     "llama-8b-h100": LatencyProfile(

@@ -4,6 +4,8 @@ import asyncio
 
 import msgspec
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from streamflow.errors import ConfigError
 from streamflow.services.llm import (
@@ -183,3 +185,47 @@ def test_check_names_the_models_a_server_serves():
     client = LLMClient(["http://x/v1"], model="gpt", transport=Models(lambda p: "ok"))
     with pytest.raises(ConfigError, match="does not serve model 'gpt'; it serves: llama, qwen"):
         asyncio.run(client.check())
+
+
+def check_against(answer, model="llama"):
+    """Run the pre-run check against a real HTTP server whose ``GET /v1/models`` returns ``answer()``."""
+
+    async def models(request):
+        return answer()
+
+    async def go():
+        app = web.Application()
+        app.router.add_get("/v1/models", models)
+        server = TestServer(app)
+        await server.start_server()
+        client = LLMClient([str(server.make_url("/v1"))], model=model)
+        try:
+            await client.check(timeout_s=5)
+        finally:
+            await client.close()
+            await server.close()
+
+    asyncio.run(go())
+
+
+def test_the_pre_run_check_refuses_a_server_that_answers_500():
+    with pytest.raises(ConfigError, match=r"answered GET /models with HTTP 500, not its list of models; point") as info:
+        check_against(lambda: web.Response(status=500, text="Internal Server Error"))
+    assert "\n" not in str(info.value)
+
+
+def test_the_pre_run_check_refuses_an_html_page_instead_of_a_model_list():
+    page = "<!doctype html><html><body><h1>Welcome to nginx!</h1></body></html>"
+    with pytest.raises(ConfigError, match=r"answered GET /models with text/html that is not a JSON model list") as info:
+        check_against(lambda: web.Response(text=page, content_type="text/html"))
+    assert "\n" not in str(info.value)
+
+
+def test_the_pre_run_check_names_the_served_models_when_the_model_is_not_among_them():
+    models = {"object": "list", "data": [{"id": "qwen-7b", "object": "model"}, {"id": "mistral", "object": "model"}]}
+    with pytest.raises(ConfigError, match=r"does not serve model 'llama'; it serves: qwen-7b, mistral\.$"):
+        check_against(lambda: web.json_response(models))
+
+
+def test_the_pre_run_check_passes_when_the_model_list_holds_the_model():
+    check_against(lambda: web.json_response({"object": "list", "data": [{"id": "llama", "object": "model"}]}))
