@@ -225,7 +225,7 @@ def test_scancel_mid_run_then_resubmitting_completes_without_loss_or_duplicates(
 
 def rows_done(log):
     """The most rows a job's progress log lines report as done."""
-    return max(map(int, re.findall(r"(\d+)/\d+ rows", log)), default=0)
+    return max((int(done.replace(",", "")) for done in re.findall(r"([\d,]+)/[\d,]+ rows", log)), default=0)
 
 
 def test_a_job_warned_of_its_time_limit_commits_requeues_itself_and_finishes_the_run(jobs, tmp_path):
