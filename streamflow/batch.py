@@ -311,6 +311,7 @@ class _Collector:
             filtered=sum(n for s, n in statuses.items() if s.startswith("filtered:")),
             errors=sum(n for s, n in statuses.items() if s.startswith("error:")),
             inflight=min(self.capacity, self.progress.total - self.rows_read),  # an upper bound: Ray Data does not say
+            prompt_tokens=sum(u.prompt_tokens for u in usage.values()),
             completion_tokens=sum(u.completion_tokens for u in usage.values()),
         )
 

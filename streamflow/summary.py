@@ -1,17 +1,31 @@
-"""The table printed at the end of a run."""
+"""The table printed at the end of a run, and how streamflow prints tables anywhere.
+
+Off a terminal (a log file, CI, ``tee``, a SLURM job's output) rich would squeeze tables to 80
+columns, or to the width of whatever terminal stdin or stderr happens to be, and cut words
+("reques…"). ``output_console`` prints there at the tables' own width instead; on a terminal
+``print_tables`` never lets rich cut a word: a table too wide for the terminal is printed as
+one record per row.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterable, Sequence
+from typing import TextIO
 
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
+from rich.segment import Segment
 from rich.table import Table
+from rich.text import Text
 
 from streamflow.result import RunResult
 from streamflow.services.llm import Usage
 
-__all__ = ["print_summary", "summary_tables"]
+__all__ = ["output_console", "print_summary", "print_tables", "summary_tables"]
+
+UNBOUNDED_WIDTH = 1_000
+"""Columns of an output that is not a terminal: tables take their natural width, lines are not wrapped."""
 
 
 def summary_tables(result: RunResult) -> list[Table]:
@@ -86,11 +100,71 @@ def _mb(count: int) -> str:
     return f"{count / 1e6:,.1f} MB"
 
 
+def output_console(file: TextIO | None = None) -> Console:
+    """A console on ``file`` (stdout): the terminal's width on a terminal, else as wide as the content.
+
+    ``COLUMNS`` in the environment still sets the width, as it does for rich.
+    """
+    file = file or sys.stdout
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() or file.isatty():
+        return Console(file=file)
+    return Console(file=file, width=UNBOUNDED_WIDTH)
+
+
+def print_tables(console: Console, tables: Iterable[Table]) -> None:
+    """Print each table whole: as a table if it fits the console without cutting a word, else as records."""
+    for table in tables:
+        _keep_words_whole(table)
+        if _rendered_width(console, table) <= console.width:
+            console.print(table)
+        else:
+            console.print(_records(table))
+
+
+def _keep_words_whole(table: Table) -> None:
+    """Let a column shrink only down to its longest word, so rich wraps cells between words."""
+    for column in table.columns:
+        cells = [column.header, *column.cells]
+        words = [len(word) for cell in cells for word in _plain(cell).split()]
+        column.min_width = max(words, default=1)
+
+
+def _rendered_width(console: Console, table: Table) -> int:
+    """The width ``table`` takes on ``console``: more than its width when the columns cannot shrink enough."""
+    lines = Segment.split_lines(console.render(table, console.options))
+    return max((Segment.get_line_length(line) for line in lines), default=0)
+
+
+def _records(table: Table) -> Group:
+    """The rows of ``table`` as records: the first cell as a heading, then "column  value" lines."""
+    columns = table.columns
+    labels = [_plain(column.header) for column in columns[1:]]
+    label_width = max((len(label) for label in labels), default=0) + 2
+    parts: list[RenderableType] = []
+    if table.title:
+        parts.append(Text(_plain(table.title), style="bold"))
+    for index, row in enumerate(zip(*(column.cells for column in columns), strict=True)):
+        parts.append(Text(_plain(row[0]), style=table.rows[index].style or ""))
+        fields = Table.grid(padding=(0, 1))
+        fields.add_column(min_width=label_width)
+        fields.add_column(overflow="fold")
+        for label, cell in zip(labels, row[1:], strict=True):
+            if _plain(cell):
+                fields.add_row(f"  {label}", cell)
+        parts.append(fields)
+    return Group(*parts)
+
+
+def _plain(cell: object) -> str:
+    return cell.plain if isinstance(cell, Text) else str(cell)
+
+
 def print_summary(result: RunResult, console: Console | None = None) -> None:
     """Print the summary tables and where the output is."""
-    console = console or Console()
-    for table in summary_tables(result):
-        console.print(table)
-    console.print(f"output: {result.data_dir}/*.parquet ({len(result.files)} parts)")
+    console = console or output_console()
+    print_tables(console, summary_tables(result))
+    # soft_wrap: a path is never broken across lines, so it can be copied
+    console.print(f"output: {result.data_dir}/*.parquet ({len(result.files)} parts)", soft_wrap=True)
     if os.path.isdir(os.path.join(result.run_dir, "events")):
-        console.print(f"where the time went: python -m streamflow.report {result.run_dir}")
+        console.print(f"where the time went: python -m streamflow.report {result.run_dir}", soft_wrap=True)

@@ -218,6 +218,46 @@ def test_report_on_a_directory_that_is_no_run_fails_in_one_line(tmp_path, capsys
     assert "not a run directory" in err and "\n" not in err
 
 
+def test_report_with_an_unknown_trace_id_exits_2_with_one_line(run, capsys):
+    assert report_main([run.run_dir, "--trace", "9:99999"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("streamflow.report: error: row '9:99999' is not in ") and err.count("\n") == 1
+    assert "ids look like '" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "names"),
+    [([], "required: run_dir"), (["RUN", "--fast"], "unrecognized arguments: --fast"), (["RUN", "--trace"], "--trace")],
+)
+def test_report_with_wrong_arguments_exits_2_with_one_line_and_the_usage(argv, names, capsys):
+    assert report_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("streamflow.report: error: ") and err.count("\n") == 1
+    assert names in err and "usage: python -m streamflow.report [-h] [--trace ROW_ID]" in err
+
+
+def test_report_refuses_a_plots_directory_it_cannot_write_before_printing(run, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert report_main([run.run_dir, "--plots-dir", str(blocker / "plots")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert f"cannot write the plots to {blocker / 'plots'}" in err and "--no-plots" in err
+
+
+def test_report_printed_to_a_pipe_keeps_every_column_of_the_trace_whole(run, capsys, monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)
+    ok = output(run).filter(pl.col("status") == "ok")["row_id"][0]
+    assert report_main([run.run_dir, "--trace", ok]) == 0
+    printed = capsys.readouterr().out  # captured: not a terminal, as in a log file or a pipe
+    hops = printed.split("Output of row")[0]
+    assert "…" not in hops  # (output fields longer than 300 characters end in "… (N chars)", on purpose)
+    header = next(line for line in printed.splitlines() if "status → next" in line)
+    for column in ("at (s)", "step", "init", "transport", "queueing", "processing", "LLM calls", "tokens in/out"):
+        assert f" {column} " in header
+
+
 # -- metrics and manifest ----------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import polars as pl
@@ -187,6 +188,30 @@ def test_an_llm_job_serves_a_run_that_names_its_endpoints_and_unlists_them_when_
     assert list(endpoints.iterdir()) == [], jobs.log(llm)
 
 
+def test_a_job_lists_its_metrics_endpoint_for_prometheus_while_it_runs(jobs, tmp_path):
+    """With STREAMFLOW_PROMETHEUS_DIR the job writes a file_sd_configs target for its driver, removed at the end."""
+    targets = tmp_path / "prometheus-targets"
+    targets.mkdir()
+    jobs.env = {**jobs.env, "STREAMFLOW_PROMETHEUS_DIR": str(targets)}
+    job = jobs.submit("streamflow.sbatch", PIPELINE, "limit=300", f"output.dir={tmp_path / 'out'}")
+    target_file = targets / f"streamflow-{job}.json"
+    jobs.wait_until(job, target_file.exists, "no target file")
+    ((target,),) = [group["targets"] for group in json.loads(target_file.read_text())]
+    assert json.loads(target_file.read_text())[0]["labels"] == {"slurm_job_id": job}
+
+    def serves_the_run():
+        try:
+            page = urllib.request.urlopen(f"http://{target}/metrics", timeout=2).read().decode()
+        except OSError:
+            return False
+        return f'run_id="slurm-{job}"' in page
+
+    jobs.wait_until(job, serves_the_run, f"no metrics of run slurm-{job} at {target}")
+    completed(jobs, job)
+    assert not target_file.exists() and list(targets.iterdir()) == []
+    assert f"metrics: http://{target}/metrics" in jobs.log(job)
+
+
 def test_a_new_job_refuses_an_old_run_that_has_its_default_name(jobs, tmp_path):
     """SLURM reuses job ids (a new controller starts again at 1): a job's first attempt never continues
     the run of an earlier job that had the same id."""
@@ -225,7 +250,7 @@ def test_scancel_mid_run_then_resubmitting_completes_without_loss_or_duplicates(
 
 def rows_done(log):
     """The most rows a job's progress log lines report as done."""
-    return max(map(int, re.findall(r"(\d+)/\d+ rows", log)), default=0)
+    return max((int(done.replace(",", "")) for done in re.findall(r"([\d,]+)/[\d,]+ rows", log)), default=0)
 
 
 def test_a_job_warned_of_its_time_limit_commits_requeues_itself_and_finishes_the_run(jobs, tmp_path):

@@ -44,7 +44,12 @@ class Report:
         manifest: dict[str, Any] = {}
         for name in ("manifest.json", "run.json"):  # run.json: a run that is still going or was killed
             if os.path.exists(os.path.join(path, name)):
-                manifest = json.loads(Path(path, name).read_text())
+                try:
+                    manifest = json.loads(Path(path, name).read_text())
+                except ValueError as exc:
+                    raise ConfigError(
+                        f"{os.path.join(path, name)} is not valid JSON ({exc}); was it cut short?"
+                    ) from None
                 break
         return cls(path, analysis.load_events(path), manifest)
 
@@ -130,8 +135,18 @@ class Report:
 
 
 def trace_tables(report: Report, row_id: str) -> list[Table]:
-    """One input row's hops (with timings) and its output rows, as tables."""
+    """One input row's hops (with timings) and its output rows, as tables.
+
+    ConfigError when the run has neither an event nor an output row for ``row_id``: a wrong id
+    would otherwise print two empty tables.
+    """
     hops = analysis.row_path(report.events, row_id)
+    outputs = _output_rows(report.run_dir, row_id)
+    if not hops.height and not outputs.height:
+        example = _some_row_id(report)
+        hint = f"ids look like {example!r} (the row_id column of the output)" if example else "it has no rows yet"
+        msg = f"row {row_id!r} is not in {report.run_dir}: no event and no output row has that id; {hint}."
+        raise ConfigError(msg)
     path = Table(title=f"Row {row_id}: {hops.height} hops", header_style="bold")
     for column in ("at (s)", "step", "row", "hop", "turn", *COMPONENTS, "status → next", "LLM calls", "tokens in/out"):
         path.add_column(column, justify="left" if column in ("step", "row", "status → next") else "right")
@@ -154,22 +169,38 @@ def trace_tables(report: Report, row_id: str) -> list[Table]:
             f"{hop['prompt_tokens']:,} / {hop['completion_tokens']:,}",
         )
     if not hops.height:
-        path.add_row("", "no events for this row (a wrong id, or not sampled: events.sample < 1)", *[""] * 10)
-    return [path, _output_table(report.run_dir, row_id)]
+        path.add_row(
+            "", "no events for this row: not sampled (events.sample < 1), or the event log was off", *[""] * 10
+        )
+    return [path, _output_table(row_id, outputs)]
 
 
-def _output_table(run_dir: str, row_id: str) -> Table:
-    table = Table(title=f"Output of row {row_id}", header_style="bold", show_lines=True)
-    table.add_column("field")
-    table.add_column("value", overflow="fold")
+def _output_rows(run_dir: str, row_id: str) -> pl.DataFrame:
+    """The output rows of one input row (more than one after a fan-out: ``<id>/<piece>``)."""
     parts = sorted(Path(run_dir, "data").glob("*.parquet"))
     if not parts:
-        return table
-    rows = (
+        return pl.DataFrame()
+    return (
         pl.scan_parquet(parts)
         .filter((pl.col("row_id") == row_id) | pl.col("row_id").str.starts_with(f"{row_id}/"))
         .collect()
     )
+
+
+def _some_row_id(report: Report) -> str | None:
+    """An id the run has, to show what ids look like."""
+    parts = sorted(Path(report.run_dir, "data").glob("*.parquet"))
+    if parts:
+        first = pl.scan_parquet(parts[0]).select("row_id").head(1).collect()
+        if first.height:
+            return str(first["row_id"][0])
+    return str(report.events["root_id"][0]) if report.events.height else None
+
+
+def _output_table(row_id: str, rows: pl.DataFrame) -> Table:
+    table = Table(title=f"Output of row {row_id}", header_style="bold", show_lines=True)
+    table.add_column("field")
+    table.add_column("value", overflow="fold")
     for row in rows.iter_rows(named=True):
         for name, value in row.items():
             if value is not None:

@@ -442,14 +442,15 @@ class _Driver:
         statuses = self.ledger.accepted_statuses
         filtered = sum(n for s, n in statuses.items() if s.startswith("filtered:"))
         errors = sum(n for s, n in statuses.items() if s.startswith("error:"))
-        tokens = sum(u.completion_tokens for s in [*self.stats.values(), *self.earlier_usage] for u in s.usage.values())
+        usage = [u for s in [*self.stats.values(), *self.earlier_usage] for u in s.usage.values()]
         return Snapshot(
             done=self.ledger.accepted,
             ok=statuses.get("ok", 0),
             filtered=filtered,
             errors=errors,
             inflight=self.ledger.inflight,
-            completion_tokens=tokens,
+            prompt_tokens=sum(u.prompt_tokens for u in usage),
+            completion_tokens=sum(u.completion_tokens for u in usage),
         )
 
     def _metrics_view(self) -> MetricsView:
