@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["CommandCPU", "ProcessCPU", "cpu_by_process"]
+__all__ = ["CommandCPU", "ProcessCPU", "cpu_by_process", "tree_cpu_s"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 _CGROUP_MOUNTS = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")
@@ -27,6 +27,8 @@ class ProcessCPU:
     parent: int
     own_s: float
     """User + system seconds of the process itself so far."""
+    reaped_s: float
+    """User + system seconds of its children that exited and were waited for."""
 
 
 def cpu_by_process() -> dict[int, ProcessCPU]:
@@ -41,8 +43,28 @@ def cpu_by_process() -> dict[int, ProcessCPU]:
         except OSError:
             continue
         fields = text[text.rindex(")") + 2 :].split()
-        processes[int(entry)] = ProcessCPU(int(entry), int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK)
+        own, reaped = (int(fields[11]) + int(fields[12])) / _TICK, (int(fields[13]) + int(fields[14])) / _TICK
+        processes[int(entry)] = ProcessCPU(int(entry), int(fields[1]), own, reaped)
     return processes
+
+
+def tree_cpu_s(root: int | None = None) -> float:
+    """CPU seconds so far of ``root`` (default: this process), its live descendants and the children they reaped.
+
+    For an in-process Ray runtime: its daemons are this process's children, and the raylet
+    reaps the workers it kills, so their CPU stays in the sum after they exit.
+    """
+    processes = cpu_by_process()
+    children: dict[int, list[int]] = {}
+    for process in processes.values():
+        children.setdefault(process.parent, []).append(process.pid)
+    total, stack = 0.0, [os.getpid() if root is None else root]
+    while stack:
+        process = processes.get(stack.pop())
+        if process is not None:
+            total += process.own_s + process.reaped_s
+            stack.extend(children.get(process.pid, ()))
+    return total
 
 
 class CommandCPU:
@@ -59,13 +81,31 @@ class CommandCPU:
             return list(argv)
         return ["sh", "-c", 'echo $$ > "$0" && exec "$@"', os.path.join(self.cgroup, "cgroup.procs"), *argv]
 
+    def adopt(self, pid: int | None = None) -> bool:
+        """Move a process (default: this one) into the cgroup, with everything it starts from now on.
+
+        Returns False when there is no cgroup to move it to.
+        """
+        if self.cgroup is None:
+            return False
+        with open(os.path.join(self.cgroup, "cgroup.procs"), "w") as handle:
+            handle.write(str(os.getpid() if pid is None else pid))
+        return True
+
     def seconds(self) -> float:
-        """CPU seconds of everything that ran under ``wrap``-ped commands so far."""
+        """CPU seconds of everything that ran under ``wrap``-ped (or ``adopt``-ed) commands so far."""
         if self.cgroup is None:
             return self._children_s() - self._start
         with open(os.path.join(self.cgroup, "cpu.stat")) as handle:
             stats = dict(line.split() for line in handle)
         return int(stats["usage_usec"]) / 1e6
+
+    def leave(self) -> None:
+        """Move this process back to the parent cgroup, then ``close`` (after ``adopt`` of this process)."""
+        if self.cgroup is not None:
+            with open(os.path.join(os.path.dirname(self.cgroup), "cgroup.procs"), "w") as handle:
+                handle.write(str(os.getpid()))
+        self.close()
 
     def close(self) -> None:
         """Kill what still runs in the cgroup and remove it."""

@@ -1,15 +1,19 @@
 """Capacity of the runtime itself: rows/s and inter-actor messages/s with operators that do nothing.
 
 A 3-step pipeline of no-op operators (and one of operators that sleep 10 ms) runs over
-generated rows at several ``max_inflight`` values, with transport coalescing on
-(flush at 64 rows or 1 ms) and off (one actor call per row). In the same run, a bare Ray
-chain of the same shape (3 async actors and a sink, batches coalesced the same way, no
-streamflow code) gives the reference for what Ray itself can carry on this machine.
+generated rows at several ``max_inflight`` values. In the same run, a bare Ray chain of the
+same shape (3 async actors and a sink, batches coalesced the same way, no streamflow code)
+gives the reference for what Ray itself can carry on this machine.
 
-A message is one row crossing one actor boundary: driver -> step 1 -> step 2 -> step 3 ->
-sink is 4 messages per row. CPU per message is the whole machine's busy CPU time during
-the run divided by the messages, so it includes Ray's own processes. streamflow's times
-include starting its actors (about 2-4 s), the bare chain's do not. Run:
+streamflow runs the pipeline two ways: with each step in actors of its own
+(``operators.STEP.fuse=false``, the bare chain's shape: driver -> step 1 -> step 2 -> step 3 ->
+sink, 4 messages per row), which measures the cost of a hop; and as it runs by default, the
+three steps fused in one actor (driver -> steps -> sink, 2 messages per row). Runs without
+coalescing show what coalescing is worth (one actor call per row).
+
+CPU counts the bench process and everything it starts (the Ray runtime, its workers, alive
+or gone: a cgroup of its own), per message. Times cover streaming and finishing; starting the
+actors is left out for both systems (``bench.startup`` measures start-up). Run:
 
     python -m bench.orchestration                    # about 5 minutes on 2 cores
     python -m bench.orchestration --rows 20000 --inflight 1000 --json out.json
@@ -32,10 +36,13 @@ import pyarrow.parquet as pq
 import ray
 
 import streamflow
+from bench.cpu import CommandCPU
 from streamflow import Flow, Message, Operator
 
 STEPS = 3
 HOPS = STEPS + 1  # driver -> steps -> sink
+METER = CommandCPU()
+"""Counts this process and the Ray runtime it starts (``adopt``-ed in ``main``)."""
 
 
 class Noop(Operator):
@@ -60,25 +67,21 @@ def flow_of(operator: type[Operator]) -> Flow:
     return flow
 
 
-def busy_cpu_seconds() -> float:
-    """Busy CPU time of the whole machine so far (user + nice + system + irq + softirq)."""
-    with open("/proc/stat") as handle:
-        values = [int(v) for v in handle.readline().split()[1:8]]
-    user, nice, system, _idle, _iowait, irq, softirq = values
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
 def run_streamflow(
-    data: str, out: str, operator: type[Operator], inflight: int, coalesce: bool, events: float = 1.0
+    data: str, out: str, operator: type[Operator], inflight: int, coalesce: bool, events: float = 1.0,
+    *, fused: bool = False,
 ) -> dict[str, Any]:
     overrides = [
         f"input.path={data}", f"output.dir={out}", f"max_inflight={inflight}", "progress=off", "llm.backend=none",
         "output.sinks=1", "transport.flush_rows=" + ("64" if coalesce else "1"), f"events.sample={events}",
-    ]
-    cpu0 = busy_cpu_seconds()
+        "metrics.enabled=false", *([] if fused else [f"operators.s{index}.fuse=false" for index in range(STEPS)]),
+    ]  # fmt: skip
+    cpu0 = METER.seconds()
     result = streamflow.run(flow_of(operator), overrides)
-    cpu = busy_cpu_seconds() - cpu0
-    return {"rows": result.rows_read, "wall_s": result.wall_s, "cpu_s": cpu}
+    cpu = METER.seconds() - cpu0
+    # Streaming and finishing only: the bare chain's figures leave out its actors' start-up too.
+    wall = result.phases_s["stream"] + result.phases_s["finish"]
+    return {"rows": result.rows_read, "wall_s": wall, "cpu_s": cpu, "fused": fused}
 
 
 # -- the bare Ray reference --------------------------------------------------------------
@@ -141,7 +144,7 @@ def run_bare_ray(rows: int, inflight: int, flush_rows: int) -> dict[str, Any]:
     actors = [hop.remote(flush_rows) for _ in range(STEPS + 1)]
     ray.get([a.wire.remote(b) for a, b in zip(actors, actors[1:])])
     first, sink = actors[0], actors[-1]
-    cpu0 = busy_cpu_seconds()
+    cpu0 = METER.seconds()
     started = time.perf_counter()
     sent = 0
     while sent < rows:
@@ -152,7 +155,7 @@ def run_bare_ray(rows: int, inflight: int, flush_rows: int) -> dict[str, Any]:
         sent += window
         ray.get(sink.completed.remote(sent))
     wall = time.perf_counter() - started
-    cpu = busy_cpu_seconds() - cpu0
+    cpu = METER.seconds() - cpu0
     for actor in actors:
         ray.kill(actor)
     return {"rows": rows, "wall_s": wall, "cpu_s": cpu}
@@ -161,9 +164,11 @@ def run_bare_ray(rows: int, inflight: int, flush_rows: int) -> dict[str, Any]:
 def row(
     system: str, operator: str, inflight: int, coalesce: bool, measured: dict[str, Any], events: bool = True
 ) -> dict[str, Any]:
-    messages = measured["rows"] * HOPS
+    fused = measured.get("fused", False)
+    hops = 2 if fused else HOPS  # actor boundaries a row crosses: driver -> steps (one actor) -> sink when fused
+    messages = measured["rows"] * hops
     return {
-        "system": system,
+        "system": system + (" (fused)" if fused else ""),
         "event_log": events and system == "streamflow",
         "operators": operator,
         "max_inflight": inflight,
@@ -173,6 +178,7 @@ def row(
         "rows_per_s": round(measured["rows"] / measured["wall_s"], 1),
         "messages_per_s": round(messages / measured["wall_s"], 1),
         "cpu_us_per_message": round(measured["cpu_s"] / messages * 1e6, 1),
+        "cpu_us_per_row": round(measured["cpu_s"] / measured["rows"] * 1e6, 1),
     }
 
 
@@ -187,6 +193,8 @@ def main() -> None:
     parser.add_argument("--event-sample", type=float, default=1.0, help="events.sample of the event-log-on runs")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
+    if not METER.adopt():
+        raise SystemExit("bench.orchestration counts CPU with a cgroup v2 of its own: run it as root")
     ray.init(include_dashboard=False, logging_level="WARNING")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -196,34 +204,38 @@ def main() -> None:
         pq.write_table(pa.table({"i": list(range(min(args.rows, 5_000)))}), small)
         for inflight in args.inflight:
             results.append(row("bare Ray chain", "noop", inflight, True, run_bare_ray(args.rows, inflight, 64)))
-            for coalesce in (True, False):
-                measured = run_streamflow(data if coalesce else small, tmp, Noop, inflight, coalesce)
-                results.append(row("streamflow", "noop", inflight, coalesce, measured))
-            measured = run_streamflow(small, tmp, Sleep, inflight, True)
-            results.append(row("streamflow", "sleep 10 ms", inflight, True, measured))
-            # The event log's cost: the same no-op runs with events.sample=0, alternating with the default.
+            results.append(row("streamflow", "noop", inflight, True, run_streamflow(data, tmp, Noop, inflight, True)))
+            fused = run_streamflow(data, tmp, Noop, inflight, True, fused=True)
+            results.append(row("streamflow", "noop", inflight, True, fused))
+            results.append(row("streamflow", "noop", inflight, False, run_streamflow(small, tmp, Noop, inflight, False)))
+            sleeping = run_streamflow(small, tmp, Sleep, inflight, True, fused=True)
+            results.append(row("streamflow", "sleep 10 ms", inflight, True, sleeping))
+            # The event log's cost: the same unfused no-op runs with events.sample=0, alternating with the default.
             for _ in range(args.event_pairs):
                 off = run_streamflow(data, tmp, Noop, inflight, True, events=0.0)
                 results.append(row("streamflow", "noop", inflight, True, off, events=False))
                 on = run_streamflow(data, tmp, Noop, inflight, True, events=args.event_sample)
                 results.append(row("streamflow", "noop", inflight, True, on))
     ray.shutdown()
-    header = f"{'system':<16} {'operators':<12} {'events':>6} {'inflight':>8} {'coalesce':>8} {'rows':>7} " \
-             f"{'rows/s':>9} {'msgs/s':>9} {'CPU us/msg':>10}"
+    METER.leave()
+    header = f"{'system':<20} {'operators':<12} {'events':>6} {'inflight':>8} {'coalesce':>8} {'rows':>7} " \
+             f"{'rows/s':>9} {'msgs/s':>9} {'CPU us/msg':>10} {'CPU us/row':>10}"
     print(header)
     for r in results:
-        print(f"{r['system']:<16} {r['operators']:<12} {'on' if r['event_log'] else 'off':>6} "
+        print(f"{r['system']:<20} {r['operators']:<12} {'on' if r['event_log'] else 'off':>6} "
               f"{r['max_inflight']:>8,} {str(r['coalescing']):>8} {r['rows']:>7,} {r['rows_per_s']:>9,.0f} "
-              f"{r['messages_per_s']:>9,.0f} {r['cpu_us_per_message']:>10,.1f}")
+              f"{r['messages_per_s']:>9,.0f} {r['cpu_us_per_message']:>10,.1f} {r['cpu_us_per_row']:>10,.1f}")
     for inflight in args.inflight:
         bare = next(r for r in results if r["system"] == "bare Ray chain" and r["max_inflight"] == inflight)
         noop = [r for r in results if r["system"] == "streamflow" and r["operators"] == "noop"
                 and r["coalescing"] and r["max_inflight"] == inflight]
-        ours = noop[0]
-        print(f"max_inflight {inflight:,}: streamflow no-op = {ours['messages_per_s'] / bare['messages_per_s']:.0%} "
-              "of the bare Ray chain's messages/s")
+        fused = next(r for r in results if r["system"] == "streamflow (fused)" and r["operators"] == "noop"
+                     and r["max_inflight"] == inflight)
         on = [r["messages_per_s"] for r in noop if r["event_log"]]
         off = [r["messages_per_s"] for r in noop if not r["event_log"]]
+        print(f"max_inflight {inflight:,}: streamflow, steps apart = {statistics.median(on) / bare['messages_per_s']:.0%}"
+              f" of the bare Ray chain's messages/s (median of {len(on)}); fused = "
+              f"{fused['rows_per_s'] / bare['rows_per_s']:.0%} of its rows/s")
         if on and off:
             on_cpu = statistics.median(r["cpu_us_per_message"] for r in noop if r["event_log"])
             off_cpu = statistics.median(r["cpu_us_per_message"] for r in noop if not r["event_log"])

@@ -62,6 +62,8 @@ class Flow:
         self._steps: dict[str, Step] = {}
         self._edges: dict[str, str] = {}
         self._routes: dict[str, Router] = {}
+        self._following: dict[str, str] = {}
+        """Each step's successor in declaration order (``_default_next``), kept as steps are added."""
 
     # -- building ---------------------------------------------------------------------
 
@@ -182,9 +184,11 @@ class Flow:
     # -- helpers ----------------------------------------------------------------------
 
     def _default_next(self, after: str) -> str:
-        names = list(self._steps)
-        index = names.index(after)
-        return names[index + 1] if index + 1 < len(names) else END
+        following = self._following
+        if len(following) != len(self._steps):  # steps were added since: declaration order changed
+            names = list(self._steps)
+            following = self._following = dict(zip(names, [*names[1:], END], strict=True))
+        return following[after]
 
     def _known(self) -> str:
         return ", ".join(self._steps) + (", END" if self._steps else "END")

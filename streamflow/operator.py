@@ -42,6 +42,7 @@ class Context:
         replica: int = 0,
         seed: int = 0,
         sandbox: SandboxClient | None = None,
+        log: logging.Logger | None = None,
     ) -> None:
         self.step = step
         self._llm = llm
@@ -49,7 +50,7 @@ class Context:
         self.params = params
         self.replica = replica
         self.seed = seed
-        self.log = logging.getLogger(f"streamflow.step.{step}")
+        self.log = log or logging.getLogger(f"streamflow.step.{step}")
         self._rng: random.Random | None = None
 
     @property
@@ -80,11 +81,15 @@ class Context:
 
     def for_row(self, seed: int) -> Context:
         """A copy bound to one row's seed (cheap: the rng is created on first use)."""
-        ctx = Context(
-            step=self.step, llm=self._llm, params=self.params, replica=self.replica, seed=seed, sandbox=self._sandbox
+        return Context(
+            step=self.step,
+            llm=self._llm,
+            params=self.params,
+            replica=self.replica,
+            seed=seed,
+            sandbox=self._sandbox,
+            log=self.log,
         )
-        ctx.log = self.log
-        return ctx
 
 
 class Operator:

@@ -97,6 +97,10 @@ class PartWriter:
             self._write_first(self.part_rows)
         return checked
 
+    def writes_a_part(self, rows: int) -> bool:
+        """Whether appending ``rows`` more rows writes a part (file I/O and compression), not just buffers them."""
+        return self._buffered + rows >= self.part_rows
+
     def flush(self) -> str | None:
         """Write everything buffered as one part; its path, or None when nothing was buffered."""
         if self._buffered == 0:

@@ -1,7 +1,8 @@
 """The Ray actor hosting one replica of a group of steps (one step, or several fused ones).
 
-It receives coalesced batches of rows and runs each row as its own asyncio task (so one
-slow LLM call never holds up the others). A row walks the group's steps in this process,
+It receives coalesced batches of rows and runs each row on its own (so one slow LLM call
+never holds up the others): at once, in the call that received it, and in a task of its own
+from its first wait on (``eager.py``). A row walks the group's steps in this process,
 from one step to the next without encoding (``fusion.py`` says which steps share an
 actor); when it leaves the group it goes straight to a replica of its next step's group,
 or to the sink shard of its input row when it is finished. No driver or dispatcher sits
@@ -39,6 +40,7 @@ from streamflow.message import Message
 from streamflow.operator import Context
 from streamflow.pipeline import Recipe
 from streamflow.result import TransferStats
+from streamflow.runtime.eager import start_eagerly
 from streamflow.runtime.offload import Offloaded, ValueLost, decode_rows, keep_references, node_offloader
 from streamflow.runtime.sink import sink_shard
 from streamflow.runtime.transport import Outbox, Peer, Peers
@@ -259,9 +261,11 @@ class StepActor:
             del self._admitted_at[root]
 
     def _spawn(self, row: Message, sent_at: float, received_at: float, origins: Origins | None) -> None:
-        task = asyncio.create_task(self._walk(row, sent_at, received_at, origins))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        """Walk ``row`` now; it becomes a task only when a step has to wait (an LLM call, a tool)."""
+        task = start_eagerly(self._walk(row, sent_at, received_at, origins))
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _walk(self, row: Message, sent_at: float, received_at: float, origins: Origins | None) -> None:
         """Run ``row`` through this group's steps until it leaves the group (or is lost)."""

@@ -49,7 +49,7 @@ from streamflow.runtime.fusion import Group, fuse_steps
 from streamflow.runtime.ledger import Entry, Ledger
 from streamflow.runtime.metrics import MetricsServer, MetricsView, RunMetrics
 from streamflow.runtime.offload import ObjectKeeper, node_offloader
-from streamflow.runtime.sink import SinkActor, sink_shard
+from streamflow.runtime.sink import SinkActor, decode_completions, sink_shard
 from streamflow.runtime.transport import Outbox, Peer, Peers
 from streamflow.schema import output_schema
 from streamflow.services.llm import Usage, merge_usage
@@ -302,7 +302,7 @@ class _Driver:
         while True:
             retire, self._retire[shard] = self._retire[shard], []
             try:
-                current, accepted, committed = await sink.completions.remote(0.5, retire)
+                current, accepted, committed = decode_completions(await sink.completions.remote(0.5, retire))
             except ray.exceptions.ActorDiedError as exc:
                 raise RunError(_dead(f"sink {shard}", self.cfg.recovery.max_restarts, exc)) from None
             except ray.exceptions.RayActorError:

@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 import pyarrow as pa
 import ray
 
@@ -37,7 +38,7 @@ from streamflow.result import TransferStats
 from streamflow.runtime.offload import Offloader, ValueLost, decode_rows, local_put
 from streamflow.runtime.restart import was_restarted
 
-__all__ = ["Completion", "Completions", "SinkActor", "sink_shard"]
+__all__ = ["Completion", "Completions", "SinkActor", "decode_completions", "sink_shard"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,14 @@ Completion = tuple[str, str, int, int, str, float]
 
 Completions = tuple[str, list[Completion], list[Completion]]
 """``(incarnation, accepted, committed)``; a new incarnation means the sink restarted."""
+
+_encode_completions = msgspec.msgpack.Encoder().encode
+_decode_completions = msgspec.msgpack.Decoder(Completions).decode
+
+
+def decode_completions(payload: bytes) -> Completions:
+    """What ``SinkActor.completions`` answered (msgpack: pickling thousands of tuples costs the driver ~10x more)."""
+    return _decode_completions(payload)
 
 
 def sink_shard(root_id: str, sinks: int) -> int:
@@ -102,7 +111,10 @@ class SinkActor:
         if rows:
             async with self._lock:
                 started_at = time.time()
-                written = await asyncio.to_thread(self._writer.append, rows)
+                if self._writer.writes_a_part(len(rows)):  # compressing and writing a part: off the event loop
+                    written = await asyncio.to_thread(self._writer.append, rows)
+                else:  # converting a batch holds the GIL anyway: a thread would only add a hand-off
+                    written = self._writer.append(rows)
                 now = time.time()
                 done = [(r.id, r.root_id, r.share[0], r.share[1], r.status, now - r.admitted_at) for r in written]
                 self._record(written, received_at, started_at, now, duplicate=False)
@@ -118,8 +130,8 @@ class SinkActor:
         self._record(duplicates, received_at, received_at, received_at, duplicate=True)
         return len(self._accepted)
 
-    async def completions(self, wait_s: float = 0.5, retire: Sequence[str] = ()) -> Completions:
-        """Rows accepted and committed since the last call; waits up to ``wait_s`` for one.
+    async def completions(self, wait_s: float = 0.5, retire: Sequence[str] = ()) -> bytes:
+        """Rows accepted and committed since the last call (``decode_completions`` reads them); waits up to ``wait_s``.
 
         ``retire`` names input rows the driver has seen committed and will never send again.
         """
@@ -135,7 +147,7 @@ class SinkActor:
         accepted, self._accepted = self._accepted, []
         committed, self._committed = self._committed, []
         self._arrived.clear()
-        return self.incarnation, accepted, committed
+        return _encode_completions((self.incarnation, accepted, committed))
 
     async def flush(self) -> None:
         """Commit whatever is buffered now (the driver calls this when every row was accepted)."""

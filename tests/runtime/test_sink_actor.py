@@ -7,7 +7,7 @@ import pyarrow as pa
 
 import streamflow.runtime.sink as sink_module
 from streamflow.message import Message, encode_batch
-from streamflow.runtime.sink import SinkActor
+from streamflow.runtime.sink import SinkActor, decode_completions
 from streamflow.schema import output_schema
 
 SCHEMA = output_schema(pa.schema([("text", pa.string())]), {})
@@ -27,7 +27,7 @@ def test_a_row_id_sent_twice_is_written_once(tmp_path):
         sink = SinkActor(str(tmp_path), SCHEMA, 0, part_rows=100)
         await sink.push(rows("a", "b"))
         await sink.push(rows("b", "c", "c"))
-        _, accepted, _ = await sink.completions(0)
+        _, accepted, _ = decode_completions(await sink.completions(0))
         await sink.close()
         return sink, accepted
 
@@ -40,10 +40,10 @@ def test_rows_are_reported_committed_only_once_their_part_is_written(tmp_path):
     async def go():
         sink = SinkActor(str(tmp_path), SCHEMA, 0, part_rows=2)
         await sink.push(rows("a", "b", "c"))
-        _, accepted, committed = await sink.completions(0)
+        _, accepted, committed = decode_completions(await sink.completions(0))
         assert len(accepted) == 3 and [c[0] for c in committed] == ["a", "b"]
         await sink.flush()
-        _, accepted, committed = await sink.completions(0)
+        _, accepted, committed = decode_completions(await sink.completions(0))
         assert accepted == [] and [c[0] for c in committed] == ["c"]
         await sink.close()
 
@@ -55,7 +55,7 @@ def test_a_part_is_committed_once_its_oldest_row_waited_commit_s(tmp_path):
         sink = SinkActor(str(tmp_path), SCHEMA, 0, part_rows=1000, commit_s=0.2)
         await sink.push(rows("a"))
         await asyncio.sleep(0.5)
-        _, _, committed = await sink.completions(0)
+        _, _, committed = decode_completions(await sink.completions(0))
         await sink.close()
         return committed
 
@@ -81,7 +81,7 @@ def test_a_restarted_sink_drops_rows_already_in_its_parts_and_reports_them_commi
         monkeypatch.setattr(sink_module, "was_restarted", lambda: True)
         second = SinkActor(str(tmp_path), SCHEMA, 0, part_rows=1)
         await second.push(rows("a", "b"))
-        _, _, committed = await second.completions(0)
+        _, _, committed = decode_completions(await second.completions(0))
         await second.close()
         return committed
 
