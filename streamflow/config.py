@@ -67,7 +67,7 @@ class InputConfig(msgspec.Struct, forbid_unknown_fields=True):
 class OutputConfig(msgspec.Struct, forbid_unknown_fields=True):
     dir: str = "outputs"
     part_rows: Count = 50_000
-    sinks: Count = 2
+    sinks: Count | None = None  # None: one per 16 CPUs of the cluster (at least 1, at most 8)
     commit_s: Seconds = 30.0
 
 

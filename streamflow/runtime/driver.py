@@ -158,25 +158,11 @@ class _Driver:
             self.outbox.offloader = node_offloader(cfg.offload_threshold, self.keepers)
         # SPREAD puts replicas on every node of a cluster, so losing one node loses a share of each step.
         restarts = {"max_restarts": cfg.recovery.max_restarts, "max_task_retries": 0, "scheduling_strategy": "SPREAD"}
-        schema = output_schema(self.plan.schema, self.flow.fields())
-        sink_cls = ray.remote(SinkActor)
-        self.sinks = [
-            sink_cls.options(num_cpus=0, name=f"streamflow-{run_id}-sink-{shard}", **restarts).remote(
-                self.data_dir,
-                schema,
-                shard,
-                cfg.output.part_rows,
-                cfg.output.commit_s,
-                events_dir=self.events_dir,
-                events=cfg.events,
-            )
-            for shard in range(cfg.output.sinks)
-        ]
-        self.sink_peers = [Peer(f"sink[{i}]", handle) for i, handle in enumerate(self.sinks)]
-        self._retire = [[] for _ in self.sinks]
         step_cls = ray.remote(StepActor)
         sandbox = cfg.sandbox if uses_sandbox(self.flow) else None
         sandboxes: dict[str, Any] = {}
+        # Actors are created in the order the first row needs them: Ray hands its pre-started worker
+        # processes to the first ones, and the sinks are not needed until rows finish.
         for group in self.groups:
             handles = self.actors[group.name] = [
                 step_cls.options(
@@ -198,6 +184,26 @@ class _Driver:
             ]
             if any(self.flow.steps[step].operator.uses_sandbox for step in group.steps):
                 sandboxes.update({f"{group.name}[{replica}]": handle for replica, handle in enumerate(handles)})
+        service = asyncio.ensure_future(
+            LLMService.start(cfg.llm, seed=cfg.seed, api_key=cfg.api_key(), log_dir=f"{self.run_dir}/logs")
+        )
+        await asyncio.sleep(0)  # the service creates its actors now, before the sinks
+        schema = output_schema(self.plan.schema, self.flow.fields())
+        sink_cls = ray.remote(SinkActor)
+        self.sinks = [
+            sink_cls.options(num_cpus=0, name=f"streamflow-{run_id}-sink-{shard}", **restarts).remote(
+                self.data_dir,
+                schema,
+                shard,
+                cfg.output.part_rows,
+                cfg.output.commit_s,
+                events_dir=self.events_dir,
+                events=cfg.events,
+            )
+            for shard in range(_sink_count(cfg.output.sinks))
+        ]
+        self.sink_peers = [Peer(f"sink[{i}]", handle) for i, handle in enumerate(self.sinks)]
+        self._retire = [[] for _ in self.sinks]
         self.wiring = Wiring(
             groups=self.actors,
             step_group={step: group.name for group in self.groups for step in group.steps},
@@ -207,9 +213,7 @@ class _Driver:
         )
         first = self.groups[0].name
         self.entry = Peers([Peer(f"{first}[{i}]", h) for i, h in enumerate(self.actors[first])])
-        self.service = await LLMService.start(
-            cfg.llm, seed=cfg.seed, api_key=cfg.api_key(), log_dir=f"{self.run_dir}/logs"
-        )
+        self.service = await service
         llm = self.service.access()
         starts = [
             (name, replica, handle, handle.start.remote(self.wiring, llm))
@@ -599,6 +603,17 @@ def _lost(entry: Entry) -> Message:
         share=(remaining.numerator, remaining.denominator),
         admitted_at=original.admitted_at,
     )
+
+
+def _sink_count(configured: int | None) -> int:
+    """``output.sinks``, or by default one sink per 16 CPUs of the cluster (at least 1, at most 8).
+
+    One sink took about a third of a core at 7,700 rows/s (``bench.orchestration``); on a small
+    machine a second one costs a worker process at start-up and buys nothing.
+    """
+    if configured is not None:
+        return configured
+    return max(1, min(8, int(ray.cluster_resources().get("CPU", 1)) // 16))
 
 
 def _hosting(group: str) -> str:
