@@ -116,11 +116,15 @@ class LLMService:
 
         ``log_dir`` receives the logs of vLLM / SGLang servers (on each GPU node).
         """
+        handles: dict[str, Any] = {}
+        starting_sims = None
+        if config.uses_sim:  # first: the first LLM request waits for a simulator, not for the registry
+            starting_sims = asyncio.ensure_future(start_sim_replicas(sim_config(config, seed), config.replicas))
+            await asyncio.sleep(0)  # its actors are created now
         # The registry lives on the driver's node: it must outlive the loss of any other node.
         registry: Any = ray.remote(EndpointRegistry).options(num_cpus=0, scheduling_strategy=on_this_node()).remote()
-        handles: dict[str, Any] = {}
-        if config.uses_sim:
-            urls, started = await start_sim_replicas(sim_config(config, seed), config.replicas)
+        if starting_sims is not None:
+            urls, started = await starting_sims
             handles = dict(zip(urls, started))
         elif config.backend in ("vllm", "sglang"):
             spec = engine_spec(config, seed)
