@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,14 +57,17 @@ PIPELINES = {name: REPO / "pipelines" / f"{name}.py" for name in ("natural_reaso
 
 def run_system(
     name: str, config: str, system: str, pipeline: Path, sim_args: dict[str, Any], args: argparse.Namespace,
-    overrides: list[str] = (), *, limit: int | None = None,
+    overrides: Sequence[str] = (), *, limit: int | None = None, extra: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Run one system as its own command against fresh simulated servers; measure it from the outside."""
+    """Run one system as its own command against fresh simulated servers; measure it from the outside.
+
+    ``overrides`` are streamflow config overrides, ``extra`` more arguments of ``bench.systems``.
+    """
     with tempfile.TemporaryDirectory() as out, SimProcess(**sim_args) as sim:
         summary = os.path.join(out, "run.json")
         command = [sys.executable, "-m", "bench.systems", system, str(pipeline), "--endpoints", *sim.urls,
                    "--inflight", str(args.inflight), "--limit", str(limit or args.limit), "--seed", str(args.seed),
-                   "--out", out, "--json", summary, "--overrides", *overrides]  # fmt: skip
+                   "--out", out, "--json", summary, *extra, "--overrides", *overrides]  # fmt: skip
         sim_cpu = sim.cpu_s()
         with CommandCPU() as meter:
             started = time.time()

@@ -29,10 +29,11 @@ class SimProcess:
     """``with SimProcess(replicas=2) as sim: ... sim.urls ...``; ``sim.series`` holds summed polled stats."""
 
     def __init__(self, *, replicas: int = 1, time_scale: float = 1.0, seed: int = 0, profile: str = "llama-8b-h100",
-                 poll_s: float = 0.5) -> None:
+                 poll_s: float = 0.5, max_num_seqs: int | None = None) -> None:
         self.time_scale = time_scale
         self.seed = seed
         self.profile = profile
+        self.max_num_seqs = max_num_seqs
         self.poll_s = poll_s
         self.series: list[dict[str, Any]] = []
         self._stop = threading.Event()
@@ -43,7 +44,8 @@ class SimProcess:
         self._procs = [
             subprocess.Popen(
                 [sys.executable, "-m", "streamflow.services.sim", "--port", str(port), "--time-scale",
-                 str(self.time_scale), "--seed", str(self.seed), "--profile", self.profile, "--log-level", "WARNING"],
+                 str(self.time_scale), "--seed", str(self.seed), "--profile", self.profile, "--log-level", "WARNING",
+                 *(["--max-num-seqs", str(self.max_num_seqs)] if self.max_num_seqs else [])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
             for port in self.ports

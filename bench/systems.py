@@ -51,20 +51,21 @@ class SystemRun(msgspec.Struct):
 
 
 def plain_loop(
-    pipeline: Path, urls: list[str], inflight: int, limit: int, seed: int
+    pipeline: Path, urls: list[str], inflight: int, limit: int, seed: int, *, input_path: str | None = None,
+    sandbox: SandboxSettings | None = None,
 ) -> tuple[int, int, LatencyHistogram, dict[str, float]]:
     """The same flow in one process: a semaphore of ``inflight`` rows, nothing else."""
     spec = load_pipeline(pipeline)
     params = spec.default_params()
     flow = spec.build(params).validate()
-    plan = plan_input(str(spec.defaults["input"]["path"]), limit=limit, requires=flow.requires)
+    plan = plan_input(input_path or str(spec.defaults["input"]["path"]), limit=limit, requires=flow.requires)
     histogram = LatencyHistogram()
 
     async def go() -> tuple[int, list[dict[str, Any]]]:
         client = LLMClient(urls, model="sim-8b")
-        pool = SandboxPool(SandboxSettings()) if uses_sandbox(flow) else None
-        sandbox = SandboxClient({pool.name: pool}) if pool is not None else None
-        contexts = step_contexts(flow, client, params, sandbox=sandbox)
+        pool = SandboxPool(sandbox or SandboxSettings()) if uses_sandbox(flow) else None
+        sandboxes = SandboxClient({pool.name: pool}) if pool is not None else None
+        contexts = step_contexts(flow, client, params, sandbox=sandboxes)
         for name, step in flow.steps.items():
             await step.operator.setup(contexts[name])
         slots = asyncio.Semaphore(inflight)
@@ -185,11 +186,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="outputs", help="streamflow: output.dir")
+    parser.add_argument("--input", help="plain: the input (default: the pipeline's sample); streamflow: use input.path")
+    parser.add_argument("--sandbox-size", type=int, help="plain: sandboxes in its pool (default: sandbox.size's)")
     parser.add_argument("--json", required=True)
     parser.add_argument("--overrides", nargs="*", default=[], help="streamflow: config overrides (key=value)")
     args = parser.parse_args(argv)
     if args.system == "plain":
-        rows, ok, latency, quality = plain_loop(args.pipeline, args.endpoints, args.inflight, args.limit, args.seed)
+        sandbox = SandboxSettings(size=args.sandbox_size) if args.sandbox_size else None
+        rows, ok, latency, quality = plain_loop(args.pipeline, args.endpoints, args.inflight, args.limit, args.seed,
+                                                input_path=args.input, sandbox=sandbox)  # fmt: skip
         run = SystemRun(rows, ok, latency, quality, finished_at=time.time())
     elif args.system == "ray-data-llm":
         import ray

@@ -8,6 +8,8 @@ import contextlib
 import logging
 import signal
 
+import msgspec
+
 from streamflow.services.sim.config import SimConfig
 from streamflow.services.sim.profile import DEFAULT_PROFILE, PROFILES
 from streamflow.services.sim.server import SimServer
@@ -40,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the reply content (default: %(default)s)")
     parser.add_argument(
+        "--max-num-seqs", type=int, default=None, help="sequences served at once (default: the profile's)"
+    )
+    parser.add_argument(
         "--model",
         dest="models",
         action="append",
@@ -65,7 +70,10 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     served = {"models": args.models} if args.models else {}
-    config = SimConfig(profile=args.profile, time_scale=args.time_scale, seed=args.seed, **served)
+    profile = PROFILES[args.profile]
+    if args.max_num_seqs is not None:
+        profile = msgspec.structs.replace(profile, max_num_seqs=args.max_num_seqs)
+    config = SimConfig(profile=profile, time_scale=args.time_scale, seed=args.seed, **served)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(config, args.host, args.port))
     logger.info("simulated LLM server stopped")
