@@ -42,7 +42,7 @@ import pyarrow as pa
 import ray
 
 from streamflow.config import BatchConfig, RunConfig
-from streamflow.errors import ConfigError, SetupError, StreamflowError
+from streamflow.errors import ConfigError, SetupError, StreamflowError, raised_inside
 from streamflow.execution import new_row, run_row, step_contexts, uses_sandbox
 from streamflow.flow import Flow
 from streamflow.histogram import LatencyHistogram
@@ -70,7 +70,6 @@ RESULT = "result"
 """The one column of the output blocks: a msgpack-encoded ``BatchOutput`` per batch."""
 WATCH_EVERY_S = 1.0
 CLOSE_TIMEOUT_S = 10.0
-_MAX_CAUSES = 8
 
 
 class WorkerReport(msgspec.Struct):
@@ -410,15 +409,5 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 
 def _explain(exc: BaseException) -> BaseException:
     """The streamflow error a Ray Data failure carries (a failed setup, say), else the failure itself."""
-    current: BaseException | None = exc
-    for _ in range(_MAX_CAUSES):
-        if current is None:
-            break
-        cause = getattr(current, "cause", None)  # a Ray task error holds the exception raised in the actor
-        if isinstance(cause, BaseException):
-            current = cause
-        elif isinstance(current, StreamflowError):
-            return type(current)(str(current))
-        else:
-            current = current.__cause__
-    return exc
+    cause = raised_inside(exc)
+    return cause if isinstance(cause, StreamflowError) else exc

@@ -28,6 +28,7 @@ __all__ = [
     "SetupError",
     "StreamflowError",
     "error_kind",
+    "raised_inside",
 ]
 
 
@@ -90,3 +91,27 @@ def error_kind(exc: BaseException) -> str:
     if isinstance(exc, RowError):
         return exc.kind
     return _CAMEL_BOUNDARY.sub("_", type(exc).__name__).lower()
+
+
+def raised_inside(exc: BaseException) -> BaseException:
+    """The exception an actor or a task raised, taken out of the Ray errors that carry it.
+
+    Ray wraps what an actor raises in a ``RayTaskError`` whose ``cause`` is that exception,
+    unpickled with its class and fields (a ``RowError``'s ``kind`` included), and Ray Data wraps
+    that again. Re-raise the result (``raise raised_inside(exc) from None``) so a user reads our
+    one-line error, not Ray's wrapper. Returns ``exc`` itself when it carries nothing.
+    """
+    current = exc
+    for _ in range(_MAX_WRAPPERS):
+        cause = getattr(current, "cause", None)
+        if isinstance(cause, BaseException) and cause is not current:
+            current = cause
+        elif not isinstance(current, StreamflowError) and current.__cause__ is not None:
+            current = current.__cause__
+        else:
+            break
+    return current
+
+
+_MAX_WRAPPERS = 8
+

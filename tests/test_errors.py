@@ -19,3 +19,26 @@ def test_acronyms_stay_together():
 def test_row_error_kind_is_chosen_by_the_raiser():
     assert error_kind(RowError("x", kind="bad_input")) == "bad_input"
     assert error_kind(SchemaError("x")) == "schema"
+
+
+def test_an_error_raised_inside_an_actor_comes_out_of_ray_with_its_class_and_kind(ray_runtime):
+    import pytest
+    import ray
+
+    from streamflow.errors import RowError, raised_inside
+
+    @ray.remote
+    def fails():
+        raise RowError("no sandbox left", kind="sandbox")
+
+    with pytest.raises(ray.exceptions.RayTaskError) as wrapped:
+        ray.get(fails.remote())
+    inside = raised_inside(wrapped.value)
+    assert type(inside) is RowError and inside.kind == "sandbox" and str(inside) == "no sandbox left"
+
+
+def test_an_error_with_nothing_inside_is_its_own_answer():
+    from streamflow.errors import SetupError, raised_inside
+
+    plain = SetupError("bad")
+    assert raised_inside(plain) is plain

@@ -35,7 +35,7 @@ from typing import Any
 import ray
 
 from streamflow.config import RunConfig
-from streamflow.errors import Interrupted, RunError, SetupError, StreamflowError
+from streamflow.errors import Interrupted, RunError, SetupError, StreamflowError, raised_inside
 from streamflow.events import events_dir
 from streamflow.execution import row_seed, uses_sandbox
 from streamflow.flow import Flow
@@ -226,9 +226,9 @@ class _Driver:
                 incarnation = await _restarting_retried(ref, again)
                 self.stats[(name, replica)] = ActorStats(group=name, replica=replica, incarnation=incarnation)
             except Exception as exc:
-                cause = _root_cause(exc)
+                cause = raised_inside(exc)
                 if isinstance(cause, StreamflowError):
-                    raise type(cause)(str(cause)) from None
+                    raise cause from None
                 msg = f"{_hosting(name)} replica {replica} failed to start: {type(cause).__name__}: {cause}"
                 raise SetupError(msg) from None
         self._sink_incarnations = list(
@@ -422,7 +422,7 @@ class _Driver:
         except ray.exceptions.RayActorError:
             pass  # it died again; the next poll tries again
         except Exception as exc:
-            cause = _root_cause(exc)
+            cause = raised_inside(exc)
             self._fatal = RunError(f"{_hosting(name)} replica {replica} restarted but could not start again: {cause}")
         finally:
             self._rewiring.pop((name, replica), None)
@@ -624,12 +624,7 @@ def _hosting(group: str) -> str:
 def _dead(what: str, max_restarts: int, exc: BaseException) -> str:
     if max_restarts == 0:
         return (
-            f"{what} died ({type(_root_cause(exc)).__name__}) and recovery.max_restarts=0; rerun with resume=<run dir>."
+            f"{what} died ({type(raised_inside(exc)).__name__}) and recovery.max_restarts=0; rerun with resume=<run dir>."
         )
-    return f"{what} died and Ray could not restart it (recovery.max_restarts={max_restarts}): {_root_cause(exc)}"
+    return f"{what} died and Ray could not restart it (recovery.max_restarts={max_restarts}): {raised_inside(exc)}"
 
-
-def _root_cause(exc: BaseException) -> BaseException:
-    """The user's exception inside a Ray error, if there is one."""
-    cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, BaseException) else exc

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from streamflow.errors import ConfigError, SetupError, StreamflowError
+from streamflow.errors import ConfigError, SetupError, StreamflowError, raised_inside
 from streamflow.services.engines.replica import EngineReplica
 from streamflow.services.engines.spec import ServerSpec
 
@@ -106,9 +106,10 @@ async def _start_one(
     try:
         url: str = await handle.start.remote()
     except RayTaskError as exc:
-        if isinstance(exc.cause, StreamflowError):
-            raise exc.cause from exc
-        msg = f"{name} failed to start: {type(exc.cause).__name__}: {exc.cause}"
+        cause = raised_inside(exc)
+        if isinstance(cause, StreamflowError):
+            raise cause from None
+        msg = f"{name} failed to start: {type(cause).__name__}: {cause}"
         raise SetupError(msg) from exc
     except RayActorError as exc:
         log_path = os.path.join(log_dir, f"{spec.engine}-{index}.log")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from streamflow.errors import SetupError
+from streamflow.errors import SetupError, raised_inside
 from streamflow.services.sandbox.pool import CallResult, ExecResult, SandboxError, SandboxPool
 
 __all__ = ["SandboxClient"]
@@ -84,7 +84,9 @@ class SandboxClient:
         try:
             return await pool.sandbox.remote(method, *args, **kwargs)
         except ray.exceptions.RayTaskError as exc:
-            cause = exc.cause if isinstance(exc.cause, Exception) else exc
-            raise SandboxError(str(cause).strip().splitlines()[-1]) from None
+            cause = raised_inside(exc)
+            if isinstance(cause, SandboxError):
+                raise cause from None
+            raise SandboxError(f"sandbox {box_id!r}: {type(cause).__name__}: {cause}") from None
         except ray.exceptions.RayActorError as exc:
             raise SandboxError(f"the actor holding sandbox pool {name!r} died: {exc}") from None
