@@ -137,7 +137,6 @@ class _Driver:
         self.restarts = 0
         self.unreadable: list[Unreadable] = []
         self._retire: list[list[str]] = []
-        self._sink_incarnations: list[str] = []
         self._rewiring: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._fatal: RunError | None = None
         self._held_by: dict[tuple[str, int], tuple[float, list[str]]] = {}
@@ -149,6 +148,7 @@ class _Driver:
 
     async def start(self) -> None:
         cfg = self.cfg
+        began = time.monotonic()
         run_id = os.path.basename(self.run_dir)
         if cfg.metrics.enabled:
             self.metrics_server = MetricsServer(self.metrics, cfg.metrics.host, cfg.metrics.port)
@@ -214,6 +214,7 @@ class _Driver:
         first = self.groups[0].name
         self.entry = Peers([Peer(f"{first}[{i}]", h) for i, h in enumerate(self.actors[first])])
         self.service = await service
+        serving = time.monotonic()
         llm = self.service.access()
         starts = [
             (name, replica, handle, handle.start.remote(self.wiring, llm))
@@ -231,9 +232,10 @@ class _Driver:
                     raise cause from None
                 msg = f"{_hosting(name)} replica {replica} failed to start: {type(cause).__name__}: {cause}"
                 raise SetupError(msg) from None
-        self._sink_incarnations = list(
-            await asyncio.gather(*(_restarting_retried(sink.ping.remote(), sink.ping.remote) for sink in self.sinks))
-        )
+        log.info(
+            "started %d step actors in %.1f s (LLM service ready after %.1f s)",
+            len(starts), time.monotonic() - began, serving - began,
+        )  # fmt: skip
 
     # -- phase 3 and 4 ----------------------------------------------------------------
 
@@ -302,7 +304,7 @@ class _Driver:
     async def _poll(self, shard: int, sink: Any) -> None:
         """Collect one sink's accepted and committed rows; notice when it restarted."""
         ledger = self.ledger
-        incarnation = self._sink_incarnations[shard]
+        incarnation = None  # the first answer tells; rows a sink lost before it are found by their leases
         while True:
             retire, self._retire[shard] = self._retire[shard], []
             try:
@@ -312,7 +314,7 @@ class _Driver:
             except ray.exceptions.RayActorError:
                 await asyncio.sleep(0.2)  # restarting
                 continue
-            if current != incarnation:
+            if incarnation is not None and current != incarnation:
                 self.restarts += 1
                 lost = ledger.uncommitted_in(lambda root: sink_shard(root, len(self.sinks)) == shard)
                 log.warning("sink %d restarted; re-admitting %d rows it had not committed", shard, len(lost))

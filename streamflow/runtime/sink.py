@@ -169,9 +169,6 @@ class SinkActor:
             await asyncio.to_thread(self._events.flush)
         return paths
 
-    async def ping(self) -> str:
-        return self.incarnation
-
     async def transfer(self) -> TransferStats:
         """Bytes of offloaded values this sink fetched."""
         return self._fetcher.stats if self._fetcher is not None else TransferStats()

@@ -117,14 +117,8 @@ class LLMService:
         ``log_dir`` receives the logs of vLLM / SGLang servers (on each GPU node).
         """
         handles: dict[str, Any] = {}
-        starting_sims = None
-        if config.uses_sim:  # first: the first LLM request waits for a simulator, not for the registry
-            starting_sims = asyncio.ensure_future(start_sim_replicas(sim_config(config, seed), config.replicas))
-            await asyncio.sleep(0)  # its actors are created now
-        # The registry lives on the driver's node: it must outlive the loss of any other node.
-        registry: Any = ray.remote(EndpointRegistry).options(num_cpus=0, scheduling_strategy=on_this_node()).remote()
-        if starting_sims is not None:
-            urls, started = await starting_sims
+        if config.uses_sim:
+            urls, started = await start_sim_replicas(sim_config(config, seed), config.replicas)
             handles = dict(zip(urls, started))
         elif config.backend in ("vllm", "sglang"):
             spec = engine_spec(config, seed)
@@ -137,9 +131,12 @@ class LLMService:
             handles = dict(zip(urls, started))
         else:
             urls = config.urls()  # external servers; none at all with llm.backend=none
-        named = [(config.model, url) for url in urls]
-        named += [(model, url) for model, others in config.models.items() for url in others]
-        await asyncio.gather(*(registry.register.remote(model, url) for model, url in named))
+        endpoints = {**{model: list(others) for model, others in config.models.items()}, config.model: list(urls)}
+        # The registry lives on the driver's node: it must outlive the loss of any other node. It starts
+        # with the endpoints, so nothing waits for its process (calls to it queue until it is up).
+        registry: Any = (
+            ray.remote(EndpointRegistry).options(num_cpus=0, scheduling_strategy=on_this_node()).remote(endpoints)
+        )
         return cls(config, registry, handles, api_key, engines=config.backend in ("vllm", "sglang", "llamacpp"))
 
     def access(self) -> LLMAccess:

@@ -8,6 +8,8 @@ are picked up and dead ones dropped without a central hop on the hot path.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import msgspec
 
 __all__ = ["EndpointRegistry", "Snapshot"]
@@ -23,8 +25,8 @@ class Snapshot(msgspec.Struct, frozen=True):
 class EndpointRegistry:
     """Model name -> replica URLs. Run it as an actor: ``ray.remote(EndpointRegistry)``."""
 
-    def __init__(self) -> None:
-        self._endpoints: dict[str, list[str]] = {}
+    def __init__(self, endpoints: Mapping[str, Sequence[str]] | None = None) -> None:
+        self._endpoints: dict[str, list[str]] = {model: list(urls) for model, urls in (endpoints or {}).items()}
         self._version = 0
 
     def register(self, model: str, url: str) -> int:
