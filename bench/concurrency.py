@@ -54,8 +54,9 @@ def main() -> None:
     parser.add_argument("--sim-replicas", type=int, default=8)
     parser.add_argument("--sim-max-num-seqs", type=int, default=4096)
     parser.add_argument("--sandboxes", type=int, default=1024, help="Tau2: sandboxes in all (per system)")
-    parser.add_argument("--row-overrides", nargs="*", default=[],
-                        help="extra streamflow overrides for row mode, e.g. operators.STEP.replicas=2")  # fmt: skip
+    parser.add_argument("--row-replicas", type=int, default=2,
+                        help="row mode: replicas of every step (they fuse into one group of this many actors)")
+    parser.add_argument("--row-overrides", nargs="*", default=[], help="more streamflow overrides for row mode")
     parser.add_argument("--runs", type=int, default=1, help="rounds of every point, interleaved")
     parser.add_argument("--time-scale", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
@@ -72,12 +73,12 @@ def main() -> None:
                     rows = max(args.min_rows, int(inflight * args.rows_per_slot))
                     data = repeated_sample(pipeline, rows, folder)
                     settings = argparse.Namespace(inflight=inflight, limit=rows, seed=args.seed)
-                    replicas = _replicas(args.row_overrides)
                     plain_extra = ["--input", data]
-                    row = [f"input.path={data}", f"max_inflight={inflight}", *args.row_overrides]
+                    row = [f"input.path={data}", f"max_inflight={inflight}", *_replicas(pipeline, args.row_replicas),
+                           *args.row_overrides]  # fmt: skip
                     if pipeline == "tau2":
                         plain_extra += ["--sandbox-size", str(args.sandboxes)]
-                        row.append(f"sandbox.size={max(1, args.sandboxes // replicas)}")
+                        row.append(f"sandbox.size={max(1, args.sandboxes // args.row_replicas)}")
                     plain = run_system("plain asyncio loop", "1 process", "plain", PIPELINES[pipeline], sim_args,
                                        settings, extra=plain_extra)  # fmt: skip
                     ours = run_system("streamflow row mode", " ".join(row), "streamflow", PIPELINES[pipeline],
@@ -93,15 +94,18 @@ def main() -> None:
     report(points, args)
 
 
-def _replicas(overrides: list[str]) -> int:
-    """The most replicas any step asks for in ``overrides`` (1 if none)."""
-    counts = [int(o.split("=", 1)[1]) for o in overrides if o.startswith("operators.") and ".replicas=" in o]
-    return max(counts, default=1)
+def _replicas(pipeline: str, replicas: int) -> list[str]:
+    """Overrides giving every step of the pipeline ``replicas`` actors."""
+    from streamflow.pipeline import load_pipeline
+
+    spec = load_pipeline(PIPELINES[pipeline])
+    return [f"operators.{step}.replicas={replicas}" for step in spec.build(spec.default_params()).steps]
 
 
 def report(points: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(f"\noutput tokens/s by rows in flight ({args.sim_replicas} simulated servers x {args.sim_max_num_seqs} "
-          f"sequences, time_scale {args.time_scale}; row mode: {' '.join(args.row_overrides) or 'defaults'}; "
+          f"sequences, time_scale {args.time_scale}; row mode: {args.row_replicas} replicas per step "
+          f"{' '.join(args.row_overrides)}; "
           f"median of {args.runs} round(s)); CPU: all processes per 1,000 rows, servers apart")  # fmt: skip
     print(f"{'pipeline':<9} {'in flight':>9} {'rows':>7} {'plain tok/s':>12} {'row tok/s':>10} {'row/plain':>9} "
           f"{'plain CPU':>9} {'row CPU':>8}")  # fmt: skip

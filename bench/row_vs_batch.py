@@ -114,7 +114,7 @@ def main() -> None:
     parser.add_argument("--pipeline", default="natural_reasoning", choices=sorted(PIPELINES))
     parser.add_argument("--limit", type=int, default=2000)
     parser.add_argument("--inflight", type=int, default=256)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--batch-sizes", type=int, nargs="*", default=[16, 32, 64])
     parser.add_argument("--time-scale", type=float, default=1.0)
     parser.add_argument("--sim-replicas", type=int, default=4,
                         help="simulated servers shared by the rows; with 1 the workload is bound by the server's "
@@ -226,7 +226,7 @@ def _as_flags(argv: list[str]) -> list[str]:
     flags: list[str] = []
     for arg in argv:
         name, equals, value = arg.partition("=")
-        if equals and not arg.startswith("-"):
+        if equals and not arg.startswith("-") and "." not in name:  # a streamflow override keeps its form
             flags += [f"--{name.replace('_', '-')}", value]
         else:
             flags.append(arg)
