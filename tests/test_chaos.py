@@ -108,6 +108,9 @@ def test_a_killed_driver_is_resumed_to_the_same_output(ray_runtime, tmp_path, un
     resumed = streamflow.run(str(NR_PIPELINE), [*settings(tmp_path), f"resume={data.parent}"])
     assert_same_output(output(resumed.run_dir), undisturbed)
     assert resumed.balanced and resumed.rows_read == ROWS
+    # the killed attempt's last heartbeat recorded its tokens: the whole run counts them beside this attempt's
+    assert resumed.attempt == 2 and resumed.earlier.attempts == 1
+    assert resumed.run_prompt_tokens > resumed.prompt_tokens > 0
 
 
 class CrashesOn(Operator):
