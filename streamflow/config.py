@@ -119,8 +119,11 @@ class SimSettings(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class CacheConfig(msgspec.Struct, forbid_unknown_fields=True):
-    enabled: bool = False
-    path: str = "~/.cache/streamflow/llm-responses.sqlite"
+    """The LLM response cache (``streamflow.services.llm.cache``)."""
+
+    enabled: bool = True
+    path: str | None = None
+    """None: the run's own, ``<run dir>/llm-cache/{host}.sqlite``; a path: a file shared by runs."""
 
 
 class LLMConfig(msgspec.Struct, forbid_unknown_fields=True):

@@ -196,6 +196,7 @@ def _attempt(
             from streamflow.runtime.driver import run_rows as run_mode
 
         recipe = spec.recipe(params)
+        cfg = _with_run_cache(cfg, run_dir)
         result = asyncio.run(run_mode(flow, recipe, cfg, plan, run_dir, skip=committed.ids, attempt=attempt))
     finally:
         if started_ray:
@@ -215,6 +216,15 @@ def _attempt(
         msg = f"ledger does not add up: read {result.rows_read}, finished {result.rows_out} ({result.statuses})."
         raise RunError(msg)
     return result
+
+
+def _with_run_cache(cfg: RunConfig, run_dir: str) -> RunConfig:
+    """``cfg`` with the LLM response cache in ``run_dir`` (one file per host) unless ``llm.cache.path`` names one."""
+    cache = cfg.llm.cache
+    if not cache.enabled or cache.path is not None:
+        return cfg
+    cache = msgspec.structs.replace(cache, path=os.path.join(run_dir, "llm-cache", "{host}.sqlite"))
+    return msgspec.structs.replace(cfg, llm=msgspec.structs.replace(cfg.llm, cache=cache))
 
 
 def _ended(exc: BaseException) -> str:
