@@ -142,7 +142,9 @@ class _Driver:
         self.run_dir = run_dir
         self.data_dir = f"{run_dir}/data"
         self.ledger = Ledger(cfg.max_inflight)
-        self.outbox = Outbox(flush_rows=cfg.transport.flush_rows, flush_ms=cfg.transport.flush_ms)
+        self.outbox = Outbox(
+            flush_rows=cfg.transport.flush_rows, flush_ms=cfg.transport.flush_ms, on_failure=self._undelivered
+        )
         self.keepers: dict[str, Any] = {}
         self.objects_alive = 0
         self.objects_alive_peak = 0
@@ -386,8 +388,8 @@ class _Driver:
         """
         asked = time.monotonic()
         in_driver = [root for root, _ in self.outbox.held_roots()]
-        # Rows admitted less than half a lease ago need no renewal yet: actors leave them out.
-        older_than = time.time() - self.cfg.recovery.lease_s / 2
+        # Every row held, young ones too: when a replica dies, all the rows it held are known.
+        older_than = time.time()
         calls = {
             asyncio.wrap_future(handle.stats.remote(older_than).future()): ((name, replica), handle)
             for name, handles in self.actors.items()
@@ -398,6 +400,10 @@ class _Driver:
         await counting
         for future in late:
             future.cancel()
+        # Every live replica's rows first: a row that moved on from a replica that died is not lost.
+        for future in answered:
+            if future.exception() is None:
+                self.ledger.renew(future.result().held, asked)
         for future in answered:
             key, handle = calls[future]
             self._on_stats(key, handle, asked, future)
@@ -421,7 +427,7 @@ class _Driver:
         self.objects_alive_peak = max(self.objects_alive_peak, self.objects_alive)
 
     def _on_stats(self, key: tuple[str, int], handle: Any, asked: float, future: asyncio.Future[ActorStats]) -> None:
-        """Renew the leases of the rows a replica holds; re-wire it if it is a new incarnation."""
+        """Note the rows a replica holds (the census renewed their leases); re-wire it if it is a new incarnation."""
         name, replica = key
         try:
             stats = future.result()
@@ -439,14 +445,19 @@ class _Driver:
             log.warning("%s replica %d restarted; wiring it again", _hosting(name), replica)
         self.stats[key] = stats
         self._held_by[key] = (asked, stats.held)
-        self.ledger.renew(stats.held, asked)
         if not stats.ready and key not in self._rewiring:
             self._rewiring[key] = asyncio.create_task(self._rewire(name, replica, handle))
 
     def _lost_holder(self, key: tuple[str, int]) -> None:
-        """A replica died or restarted: the rows it reported last are re-admitted unless the next census finds them."""
+        """A replica died or restarted: the rows it reported last are re-admitted at once, unless they moved on."""
         asked, held = self._held_by.pop(key, (0.0, []))
-        self.ledger.suspect(held, asked)
+        self._readmit(self.ledger.held_by_dead(held, asked))
+
+    def _undelivered(self, peer: Peer, batch: list[Message], exc: BaseException) -> None:
+        """Rows the driver could not deliver (the replica died or is restarting) go to another replica at once."""
+        for message in batch:
+            target = self.entry.pick() if message.is_ok else self.sink_peers[sink_shard(message.id, len(self.sinks))]
+            self.outbox.send(target, message)
 
     async def _rewire(self, name: str, replica: int, handle: Any) -> None:
         """Give a restarted replica its peers, LLM access and operator setup again."""
