@@ -13,6 +13,7 @@ mode lets the actors of one host share the file; ``{host}`` in the path keeps ho
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import socket
@@ -28,13 +29,16 @@ class ResponseCache:
         self.path = os.path.expanduser(path.replace("{host}", socket.gethostname()))
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        # Switching to WAL needs the file to itself; another actor may be writing already
-        # (a restarted replica opens the cache mid-run), and the file stays in WAL once set.
-        if self._db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-            self._db.execute("PRAGMA journal_mode=WAL")
+        # The replicas of a run open its fresh file at the same moment, and switching it to WAL
+        # fails at once (no busy wait) while another connection does the same: one at a time. The
+        # file stays in WAL once set, so a replica restarted mid-run only reads the mode.
+        with open(self.path + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self._db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS answers (key BLOB PRIMARY KEY, body BLOB NOT NULL)")
         # No fsync per answer: an answer lost with the machine is only asked again.
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS answers (key BLOB PRIMARY KEY, body BLOB NOT NULL)")
 
     @staticmethod
     def key(path: str, body: bytes, scope: bytes = b"") -> bytes:
