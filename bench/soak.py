@@ -90,19 +90,34 @@ def rss(pid: int | str) -> int | None:
 
 
 def actor_processes() -> dict[int, str]:
-    """Step and sink actor processes on this machine, by pid, from their process titles."""
-    found = {}
+    """This run's step and sink actor processes, by pid: by their process titles, among this process's
+    descendants (the Ray runtime it started), so the actors of other runs on the machine are left out."""
+    parents = {}
+    titles = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
+            with open(f"/proc/{entry}/stat") as handle:
+                parents[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
             with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                title = handle.read()
-        except OSError:
+                titles[int(entry)] = handle.read()
+        except (OSError, IndexError, ValueError):
             continue
+    me = os.getpid()
+
+    def ours(pid: int) -> bool:
+        while pid > 1:
+            pid = parents.get(pid, 0)
+            if pid == me:
+                return True
+        return False
+
+    found = {}
+    for pid, title in titles.items():
         for prefix, kind in PROCESS_TITLES.items():
-            if title.startswith(prefix):
-                found[int(entry)] = kind
+            if title.startswith(prefix) and ours(pid):
+                found[pid] = kind
     return found
 
 
@@ -175,7 +190,7 @@ def analyse(samples: list[dict[str, Any]], baseline: int, rows: int) -> dict[str
     """Per process: start, peak, medians over the second and the last quarter of the rows, and what they say."""
     live = [s for s in samples if s["admitted"] is not None]
     second = [s for s in live if rows / 4 <= s["committed"] < rows / 2]
-    last = [s for s in live if s["committed"] >= rows * 3 / 4 and s["inflight"]]
+    last = [s for s in live if s["committed"] >= rows * 3 / 4 and s["inflight"]] or live[-2:]
     committed_between = max(median([s["committed"] for s in last]) - median([s["committed"] for s in second]), 1)
     names = sorted({name for s in live for name in s["rss"]}, key=lambda n: (n != "driver", n))
     processes = {}
@@ -203,8 +218,8 @@ def analyse(samples: list[dict[str, Any]], baseline: int, rows: int) -> dict[str
         "flat": all(p["flat"] for p in processes.values()),
         "rows_held_by_driver": held,
         "rows_in_flight": inflight,
-        "bytes_per_row_held_by_driver": added["driver"] / held,
-        "bytes_per_row_in_flight_in_steps": added["step"] / inflight,
+        "bytes_per_row_held_by_driver": added["driver"] / max(held, 1),
+        "bytes_per_row_in_flight_in_steps": added["step"] / max(inflight, 1),
         "bytes_per_row_buffered_in_sinks": added["sink"] / max(held - inflight, 1),
         "bytes_per_committed_row_in_second_half": sum(p["growth"] for p in processes.values()) / committed_between,
     }
