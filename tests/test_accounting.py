@@ -61,9 +61,11 @@ def test_the_usage_of_a_killed_actor_is_counted(ray_runtime, tmp_path, openai_se
     killer.join()
 
     assert result.restarts == 1 and result.readmitted == 10 and result.ok == 10
-    assert server.served == 20  # ten calls by the killed incarnation, ten by the restarted one
+    # The killed incarnation's ten calls reached the server and count; the restarted one replayed them
+    # from the run's response cache (no tokens spent).
+    assert server.served == 10
     usage = result.usage["ask"]
-    assert (usage.requests, usage.prompt_tokens, usage.completion_tokens) == (20, 20, 20)
+    assert (usage.requests, usage.cache_hits, usage.prompt_tokens, usage.completion_tokens) == (20, 10, 10, 10)
 
 
 def test_a_resumed_run_reports_this_attempt_and_the_whole_run_apart(ray_runtime, tmp_path, openai_server):
@@ -81,13 +83,15 @@ def test_a_resumed_run_reports_this_attempt_and_the_whole_run_apart(ray_runtime,
     resumed = streamflow.run(flow, [*overrides, f"resume={first.run_dir}"])
 
     assert (resumed.attempt, resumed.committed_before, resumed.rows_this_attempt, resumed.rows_read) == (2, 40, 60, 100)
-    assert (resumed.prompt_tokens, resumed.run_prompt_tokens) == (60, 160)  # the first attempt called 100 times
+    # The first attempt paid for 100 calls; the resume replays the 60 it needs from the run's response cache.
+    assert (resumed.usage["ask"].requests, resumed.usage["ask"].cache_hits) == (60, 60)
+    assert (resumed.prompt_tokens, resumed.run_prompt_tokens) == (0, 100) and server.served == 100
     assert resumed.earlier.attempts == 1 and resumed.earlier.rows == 100
     assert resumed.run_wall_s == resumed.wall_s + resumed.earlier.wall_s
     assert resumed.rows_per_s == 60 / resumed.wall_s and resumed.run_rows_per_s == 100 / resumed.run_wall_s
     manifest = json.loads(Path(first.run_dir, "manifest.json").read_text())["summary"]
-    assert (manifest["attempts"], manifest["prompt_tokens"], manifest["rows_read"]) == (2, 160, 100)
-    assert manifest["this_attempt"]["prompt_tokens"] == 60 and manifest["this_attempt"]["rows_read"] == 60
+    assert (manifest["attempts"], manifest["prompt_tokens"], manifest["rows_read"]) == (2, 100, 100)
+    assert manifest["this_attempt"]["prompt_tokens"] == 0 and manifest["this_attempt"]["rows_read"] == 60
 
     console = output_console()
     with console.capture() as captured:
@@ -96,8 +100,8 @@ def test_a_resumed_run_reports_this_attempt_and_the_whole_run_apart(ray_runtime,
     for label, value in [
         ("read (whole run)", "100"),
         ("attempt 2: rows read", "60"),
-        ("attempt 2: LLM tokens in / out", "60 / 60"),
-        ("whole run (2 attempts): LLM tokens in / out", "160 / 160"),
+        ("attempt 2: LLM tokens in / out", "0 / 0"),
+        ("whole run (2 attempts): LLM tokens in / out", "100 / 100"),
         ("attempt 2: rows/s", f"{resumed.rows_per_s:,.1f}"),
         ("whole run (2 attempts): rows/s", f"{resumed.run_rows_per_s:,.1f}"),
     ]:
