@@ -142,9 +142,7 @@ class _Driver:
         self.run_dir = run_dir
         self.data_dir = f"{run_dir}/data"
         self.ledger = Ledger(cfg.max_inflight)
-        self.outbox = Outbox(
-            flush_rows=cfg.transport.flush_rows, flush_ms=cfg.transport.flush_ms, on_failure=self._undelivered
-        )
+        self.outbox = Outbox(flush_rows=cfg.transport.flush_rows, flush_ms=cfg.transport.flush_ms)
         self.keepers: dict[str, Any] = {}
         self.objects_alive = 0
         self.objects_alive_peak = 0
@@ -452,12 +450,6 @@ class _Driver:
         """A replica died or restarted: the rows it reported last are re-admitted at once, unless they moved on."""
         asked, held = self._held_by.pop(key, (0.0, []))
         self._readmit(self.ledger.held_by_dead(held, asked))
-
-    def _undelivered(self, peer: Peer, batch: list[Message], exc: BaseException) -> None:
-        """Rows the driver could not deliver (the replica died or is restarting) go to another replica at once."""
-        for message in batch:
-            target = self.entry.pick() if message.is_ok else self.sink_peers[sink_shard(message.id, len(self.sinks))]
-            self.outbox.send(target, message)
 
     async def _rewire(self, name: str, replica: int, handle: Any) -> None:
         """Give a restarted replica its peers, LLM access and operator setup again."""
