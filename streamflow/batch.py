@@ -13,7 +13,10 @@ Phases, in order:
    whole workflows concurrently with ``run_row`` and is done when its slowest row is done;
    that wait is the cost of batch-level scheduling the comparison is about;
 4. the driver writes the finished rows with row mode's ``PartWriter`` as batches stream
-   out, and sums the last usage report of every actor.
+   out, and sums the last usage report of every actor. It keeps the error budget as row
+   mode does (``streamflow.budget``): once errors dominate the last finished rows it stops
+   pulling batches, commits what it wrote and raises ``OverErrorBudget``; and it stops with
+   ``ClaimLost`` once another run has taken the run directory over.
 
 Rows in flight are at most ``batch.actors × batch.batches_per_actor × batch.size``. Ray Data
 alone would not make that exact: it runs up to ``max_concurrent_calls_per_actor`` tasks per
@@ -41,8 +44,10 @@ import msgspec
 import pyarrow as pa
 import ray
 
+from streamflow.attempts import RunAttempt
+from streamflow.budget import ErrorBudget, first_line
 from streamflow.config import BatchConfig, RunConfig
-from streamflow.errors import ConfigError, SetupError, StreamflowError, raised_inside
+from streamflow.errors import ConfigError, OverErrorBudget, SetupError, StreamflowError, raised_inside
 from streamflow.execution import new_row, run_row, step_contexts, uses_sandbox
 from streamflow.flow import Flow
 from streamflow.histogram import LatencyHistogram
@@ -107,14 +112,22 @@ def rows_in_flight(batch: BatchConfig) -> int:
 
 
 async def run_batches(
-    flow: Flow, recipe: Recipe, cfg: RunConfig, plan: InputPlan, run_dir: str, *, skip: AbstractSet[str] = frozenset()
+    flow: Flow,
+    recipe: Recipe,
+    cfg: RunConfig,
+    plan: InputPlan,
+    run_dir: str,
+    *,
+    skip: AbstractSet[str] = frozenset(),
+    attempt: RunAttempt | None = None,
 ) -> RunResult:
     """Run ``flow`` over ``plan`` with Ray Data ``map_batches``; returns when every batch is written.
 
     ``recipe`` rebuilds the same flow inside each actor. Output, counts and usage have the
     same form as ``run_rows``'s, so the two modes can be compared row for row. ``skip``
     holds the ids a resumed run already committed (O(rows committed) ids); it travels to
-    the read tasks through one object-store copy rather than once per task.
+    the read tasks through one object-store copy rather than once per task. ``attempt``
+    holds the run directory's claim, as in ``run_rows``.
     """
     started = time.monotonic()
     schema = output_schema(plan.schema, flow.fields())
@@ -133,8 +146,10 @@ async def run_batches(
             await pool.close()
     service = await LLMService.start(cfg.llm, seed=cfg.seed, api_key=cfg.api_key(), log_dir=f"{run_dir}/logs")
     try:
-        writer = PartWriter(f"{run_dir}/data", schema, prefix="part-000", part_rows=cfg.output.part_rows)
-        collector = _Collector(writer, Progress(plan.total_rows - len(skip), mode=cfg.progress), rows_in_flight(batch))
+        claim = attempt.claim if attempt is not None else None
+        writer = PartWriter(f"{run_dir}/data", schema, prefix="part-000", part_rows=cfg.output.part_rows, claim=claim)
+        progress = Progress(plan.total_rows - len(skip), mode=cfg.progress)
+        collector = _Collector(writer, progress, rows_in_flight(batch), ErrorBudget(cfg.errors), attempt)
         services = (service.access(), sandbox)
         dataset = _dataset(flow, recipe, batch, cfg.seed, plan, services, ray.put(skip) if skip else None)
         watcher = asyncio.create_task(_watch(service))
@@ -151,6 +166,8 @@ async def run_batches(
         files = writer.close()
     finally:
         await service.stop()
+    if collector.budget.over(final=True):
+        raise OverErrorBudget(collector.budget.describe(collector.samples), run_dir)
     return RunResult(
         pipeline=flow.name,
         run_id=os.path.basename(run_dir),
@@ -269,12 +286,18 @@ class BatchWorker:
 
 
 class _Collector:
-    """The driver's end: writes finished rows, counts statuses, keeps each actor's last report."""
+    """The driver's end: writes finished rows, counts statuses, keeps each actor's last report and the error budget."""
 
-    def __init__(self, writer: PartWriter, progress: Progress, capacity: int) -> None:
+    def __init__(
+        self, writer: PartWriter, progress: Progress, capacity: int, budget: ErrorBudget, attempt: RunAttempt | None
+    ) -> None:
         self.writer = writer
         self.progress = progress
         self.capacity = capacity
+        self.budget = budget
+        self.samples: dict[str, str] = {}
+        """The first line of the error of the last row written with each ``error:*`` status."""
+        self.attempt = attempt
         self.rows_read = 0
         self.unreadable: list[Unreadable] = []
         self.statuses: Counter[str] = Counter()
@@ -282,16 +305,26 @@ class _Collector:
         self.latency = LatencyHistogram()
 
     def consume(self, dataset: ray.data.Dataset) -> None:
-        """Pull batches until the dataset is exhausted (blocking: run it in a thread)."""
+        """Pull batches until the dataset is exhausted or errors dominate (blocking: run it in a thread)."""
         for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
             for raw in cast("pa.Table", block).column(RESULT).to_pylist():
                 self.add(_decode_output(raw))
             self.progress.update(self.snapshot())
+            if self.attempt is not None:
+                self.attempt.check()
+                self.attempt.report(self.rows_read, merge_usage([r.usage for r in self.reports.values()]))
+            if self.budget.over():
+                log.warning("errors dominate the last finished rows: committing what was written, then stopping")
+                return
         self.progress.update(self.snapshot())
 
     def add(self, output: BatchOutput) -> None:
         written = self.writer.append(output.rows)
         self.statuses.update(row.status for row in written)
+        for row in written:
+            self.budget.add(row.status)
+            if row.error is not None and row.status.startswith("error:"):
+                self.samples[row.status] = first_line(row.error)
         self.rows_read += output.inputs
         self.unreadable.extend(output.unreadable)
         for seconds in output.latencies:

@@ -24,8 +24,8 @@ class ActorKiller(threading.Thread):
 
     ``only`` limits the victims to the actors hosting some steps (``"sink"`` names the sinks); ``limit`` stops
     after that many kills; ``when`` is checked before each kill (for example "rows are being
-    written"), so kills land mid-run rather than during start-up. Deterministic for a given
-    ``seed`` and set of live actors.
+    written"), so kills land mid-run rather than during start-up; ``first_s`` is the wait before
+    the first kill (default ``every_s``). Deterministic for a given ``seed`` and set of live actors.
     """
 
     def __init__(
@@ -37,10 +37,12 @@ class ActorKiller(threading.Thread):
         limit: int | None = None,
         when: Callable[[], bool] | None = None,
         seed: int = 0,
+        first_s: float | None = None,
     ) -> None:
         super().__init__(name=f"actor-killer-{run_id}", daemon=True)
         self.prefix = f"streamflow-{run_id}-"
         self.every_s = every_s
+        self.first_s = every_s if first_s is None else first_s
         self.only = tuple(only)
         self.limit = limit
         self.when = when
@@ -61,7 +63,9 @@ class ActorKiller(threading.Thread):
     def run(self) -> None:
         import ray
 
-        while not self._stopped.wait(self.every_s):
+        wait_s = self.first_s
+        while not self._stopped.wait(wait_s):
+            wait_s = self.every_s
             if self.when is not None and not self.when():
                 continue
             victims = sorted(name for name in ray.util.list_named_actors() if self._eligible(name))

@@ -31,6 +31,7 @@ __all__ = [
     "CONF_DIR",
     "BatchConfig",
     "ClusterConfig",
+    "ErrorsConfig",
     "EventsConfig",
     "InputConfig",
     "LLMConfig",
@@ -69,6 +70,10 @@ class OutputConfig(msgspec.Struct, forbid_unknown_fields=True):
     part_rows: Count = 50_000
     sinks: Count | None = None  # None: one per 16 CPUs of the cluster (at least 1, at most 8)
     commit_s: Seconds = 30.0
+    claim_stale_s: Annotated[
+        float, Meta(ge=5, description="seconds, at least 5: a running attempt beats every 2 s")
+    ] = 15.0
+    """A resume takes over a run directory whose holder's heartbeat is older than this (see ``streamflow.attempts``)."""
 
 
 class RecoveryConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -77,6 +82,17 @@ class RecoveryConfig(msgspec.Struct, forbid_unknown_fields=True):
     max_restarts: Annotated[int, Meta(ge=-1, description="-1: no limit, 0: a death fails the run")] = -1
     lease_s: Seconds = 5.0
     max_attempts: Count = 5
+
+
+class ErrorsConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """The error budget: a run whose recent rows mostly fail stops early instead of failing every row."""
+
+    window: Count = 200
+    """The last this many finished rows are looked at (all of them, at the end of a shorter run)."""
+    max_share: Annotated[
+        float, Meta(ge=0, le=1, description="a share of the window such as 0.5; 1: never stop early")
+    ] = 0.5
+    """The run stops once more than this share of the window failed (``error:*``)."""
 
 
 class EventsConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -103,8 +119,11 @@ class SimSettings(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class CacheConfig(msgspec.Struct, forbid_unknown_fields=True):
-    enabled: bool = False
-    path: str = "~/.cache/streamflow/llm-responses.sqlite"
+    """The LLM response cache (``streamflow.services.llm.cache``)."""
+
+    enabled: bool = True
+    path: str | None = None
+    """None: the run's own, ``<run dir>/llm-cache/{host}.sqlite``; a path: a file shared by runs."""
 
 
 class LLMConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -203,6 +222,7 @@ class RunConfig(msgspec.Struct, forbid_unknown_fields=True):
     params: dict[str, Any] = {}
     transport: TransportConfig = msgspec.field(default_factory=TransportConfig)
     recovery: RecoveryConfig = msgspec.field(default_factory=RecoveryConfig)
+    errors: ErrorsConfig = msgspec.field(default_factory=ErrorsConfig)
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     batch: BatchConfig = msgspec.field(default_factory=BatchConfig)

@@ -5,7 +5,9 @@
      ├── FlowError          a Flow built wrong (unknown step, duplicate name, bad edge)
      ├── SetupError         an operator's ``setup()`` failed; the run aborts instead of hanging
      ├── RunError           the run itself failed (an actor died, the ledger does not add up)
-     │    └── Interrupted   a signal (SIGTERM: scancel, a time limit) stopped it; resume finishes it
+     │    ├── Interrupted   a signal (SIGTERM: scancel, a time limit) stopped it; resume finishes it
+     │    ├── OverErrorBudget  most recent rows failed, so it stopped early; resume with retry_errors finishes it
+     │    └── ClaimLost     another run took over its directory, so it stopped
      └── RowError           one row failed; it is written with ``status = error:<kind>``
           └── SchemaError   a generated value does not match the declared column type
 
@@ -19,9 +21,11 @@ import re
 import signal
 
 __all__ = [
+    "ClaimLost",
     "ConfigError",
     "FlowError",
     "Interrupted",
+    "OverErrorBudget",
     "RowError",
     "RunError",
     "SchemaError",
@@ -60,6 +64,21 @@ class Interrupted(RunError):
         self.run_dir = run_dir
         name = signal.Signals(signum).name
         super().__init__(f"stopped by {name}; committed rows are kept, continue with resume={run_dir}")
+
+
+class OverErrorBudget(RunError):
+    """Errors dominated the last finished rows (``errors.*``): the run stopped early and kept what it committed."""
+
+    def __init__(self, what: str, run_dir: str) -> None:
+        self.run_dir = run_dir
+        super().__init__(
+            f"stopped early: {what}; committed rows are kept; fix the cause, "
+            f"then continue with resume={run_dir} retry_errors=true"
+        )
+
+
+class ClaimLost(RunError):
+    """Another run claimed this run's directory (it was resumed while this one ran): this one commits nothing more."""
 
 
 class RowError(StreamflowError):

@@ -31,7 +31,7 @@ class Context:
     mode alike) draws the same numbers for the same row.
     """
 
-    __slots__ = ("_llm", "_rng", "_sandbox", "log", "params", "replica", "seed", "step")
+    __slots__ = ("_llm", "_rng", "_row_llm", "_sandbox", "log", "params", "replica", "seed", "step")
 
     def __init__(
         self,
@@ -46,6 +46,7 @@ class Context:
     ) -> None:
         self.step = step
         self._llm = llm
+        self._row_llm: StepLLM | None = None
         self._sandbox = sandbox
         self.params = params
         self.replica = replica
@@ -55,11 +56,17 @@ class Context:
 
     @property
     def llm(self) -> StepLLM:
-        """The LLM service, booking usage under this step."""
-        if self._llm is None:
-            msg = f"step {self.step!r} uses ctx.llm but no LLM service is configured (in tests: run_local(..., llm=...))"
-            raise SetupError(msg)
-        return self._llm
+        """The LLM service, booking usage under this step; its response cache replays only this row's own calls."""
+        if self._row_llm is None:
+            if self._llm is None:
+                msg = (
+                    f"step {self.step!r} uses ctx.llm but no LLM service is configured "
+                    "(in tests: run_local(..., llm=...))"
+                )
+                raise SetupError(msg)
+            for_row = getattr(self._llm, "for_row", None)
+            self._row_llm = for_row(self.seed) if for_row is not None else self._llm
+        return self._row_llm
 
     @property
     def sandbox(self) -> SandboxClient:
@@ -122,7 +129,9 @@ class Operator:
 class FunctionOperator(Operator):
     """Wraps a plain ``async def step(row, ctx)`` so small steps need no class."""
 
-    def __init__(self, fn: Callable[[Message, Context], Awaitable[StepResult]], fields: Mapping[str, Any] | None = None):
+    def __init__(
+        self, fn: Callable[[Message, Context], Awaitable[StepResult]], fields: Mapping[str, Any] | None = None
+    ):
         self.fn = fn
         self.fields = dict(fields or {})
 

@@ -8,9 +8,9 @@ import msgspec
 
 from streamflow.histogram import LatencyHistogram
 from streamflow.io.source import Unreadable
-from streamflow.services.llm import Usage
+from streamflow.services.llm import Usage, merge_usage
 
-__all__ = ["RunResult", "TransferStats"]
+__all__ = ["AttemptTotals", "RunResult", "TransferStats"]
 
 
 class TransferStats(msgspec.Struct):
@@ -29,11 +29,23 @@ class TransferStats(msgspec.Struct):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
+class AttemptTotals(msgspec.Struct):
+    """What earlier attempts at a resumed run did, added up from their records (``streamflow.attempts``)."""
+
+    attempts: int = 0
+    rows: int = 0
+    """Input rows they finished."""
+    wall_s: float = 0.0
+    usage: dict[str, Usage] = {}
+
+
 class RunResult(msgspec.Struct, kw_only=True):
     """The outcome of one run. ``statuses`` counts output rows by status.
 
     ``rows_read`` counts every input row of the run, including the rows of ``unreadable``
     ranges, which have no output row; ``rows_done`` counts the input rows that finished.
+    Rows and statuses count the whole run; ``usage``, ``wall_s`` and the rates count this
+    attempt (a resumed run continues earlier ones: ``earlier``, and the ``run_*`` figures add them).
     """
 
     pipeline: str
@@ -63,6 +75,12 @@ class RunResult(msgspec.Struct, kw_only=True):
     """The pipeline's own figures over its whole output (its ``metrics`` function), e.g. agreement correctness."""
     unreadable: list[Unreadable] = []
     """Input ranges that could not be read at all (a Parquet row group that does not decode)."""
+    attempt: int = 1
+    """Which attempt at the run this was: 1 for its first start, one more for each resume."""
+    committed_before: int = 0
+    """Input rows already committed when this attempt started (a resume skips them)."""
+    earlier: AttemptTotals = msgspec.field(default_factory=AttemptTotals)
+    """What earlier attempts at this run did, from their records (nothing for a first start)."""
 
     @property
     def data_dir(self) -> str:
@@ -101,13 +119,47 @@ class RunResult(msgspec.Struct, kw_only=True):
         return sum(part.rows for part in self.unreadable)
 
     @property
+    def resumed(self) -> bool:
+        """True when this attempt continued an earlier one (rows were committed before it, or attempts recorded)."""
+        return self.attempt > 1 or self.committed_before > 0
+
+    @property
+    def rows_this_attempt(self) -> int:
+        """Input rows this attempt read (the others were committed before it started)."""
+        return self.rows_read - self.committed_before
+
+    @property
     def rows_per_s(self) -> float:
-        return self.rows_read / self.wall_s if self.wall_s > 0 else 0.0
+        """Input rows per second of this attempt's wall time."""
+        return self.rows_this_attempt / self.wall_s if self.wall_s > 0 else 0.0
 
     @property
     def tokens_per_s(self) -> float:
-        """Output (completion) tokens per second of wall time."""
+        """Output (completion) tokens per second of this attempt's wall time."""
         return self.completion_tokens / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def run_usage(self) -> dict[str, Usage]:
+        """LLM usage per step over every attempt at the run."""
+        return merge_usage([self.usage, self.earlier.usage])
+
+    @property
+    def run_prompt_tokens(self) -> int:
+        return self.prompt_tokens + sum(u.prompt_tokens for u in self.earlier.usage.values())
+
+    @property
+    def run_completion_tokens(self) -> int:
+        return self.completion_tokens + sum(u.completion_tokens for u in self.earlier.usage.values())
+
+    @property
+    def run_wall_s(self) -> float:
+        """Wall time of every attempt at the run, added up (the time between attempts is not counted)."""
+        return self.wall_s + self.earlier.wall_s
+
+    @property
+    def run_rows_per_s(self) -> float:
+        """Input rows of the whole run per second of every attempt's wall time."""
+        return self.rows_read / self.run_wall_s if self.run_wall_s > 0 else 0.0
 
     @property
     def balanced(self) -> bool:
@@ -122,7 +174,13 @@ class RunResult(msgspec.Struct, kw_only=True):
         return self.rows_done == finished and outcomes == self.rows_out >= finished
 
     def summary(self) -> dict[str, object]:
-        """The headline numbers as plain data (for the manifest and for notebooks)."""
+        """The headline numbers as plain data (for the manifest and for notebooks).
+
+        Rows, tokens, wall time and rates are the whole run's (every attempt); ``this_attempt``
+        has the figures of this attempt alone. Latencies, restarts and transfers are this attempt's.
+        """
+        run_usage = self.run_usage.values()
+        run_wall_s = self.run_wall_s
         return {
             "rows_read": self.rows_read,
             "ok": self.ok,
@@ -130,17 +188,27 @@ class RunResult(msgspec.Struct, kw_only=True):
             "errors": self.errors,
             "unreadable_rows": self.unreadable_rows,
             "unreadable": msgspec.to_builtins(self.unreadable),
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "wall_s": round(self.wall_s, 3),
+            "prompt_tokens": self.run_prompt_tokens,
+            "completion_tokens": self.run_completion_tokens,
+            "wall_s": round(run_wall_s, 3),
             "rows_out": self.rows_out,
-            "rows_per_s": round(self.rows_per_s, 2),
+            "rows_per_s": round(self.run_rows_per_s, 2),
             "latency_p50_s": round(self.latency.quantile(0.5), 3),
             "latency_p99_s": round(self.latency.quantile(0.99), 3),
-            "tokens_per_s": round(self.tokens_per_s, 2),
-            "llm_requests": sum(u.requests for u in self.usage.values()),
-            "llm_retries": sum(u.retries for u in self.usage.values()),
-            "llm_cache_hits": sum(u.cache_hits for u in self.usage.values()),
+            "tokens_per_s": round(self.run_completion_tokens / run_wall_s if run_wall_s > 0 else 0.0, 2),
+            "attempts": self.attempt,
+            "this_attempt": {
+                "attempt": self.attempt,
+                "rows_read": self.rows_this_attempt,
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "wall_s": round(self.wall_s, 3),
+                "rows_per_s": round(self.rows_per_s, 2),
+                "tokens_per_s": round(self.tokens_per_s, 2),
+            },
+            "llm_requests": sum(u.requests for u in run_usage),
+            "llm_retries": sum(u.retries for u in run_usage),
+            "llm_cache_hits": sum(u.cache_hits for u in run_usage),
             "llm_replicas_lost": len(self.lost_replicas),
             "actor_restarts": self.restarts,
             "rows_readmitted": self.readmitted,

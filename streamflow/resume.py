@@ -66,6 +66,7 @@ class Committed:
             rows_done=result.rows_done + len(self.ids),
             statuses=dict(statuses),
             files=sorted({*self.files, *result.files}),
+            committed_before=len(self.ids),
         )
 
 

@@ -20,11 +20,19 @@ from typing import Any
 
 import msgspec
 
+from streamflow.attempts import RunAttempt, earlier_totals, refuse_if_running
 from streamflow.cluster import connect, wait_for_cluster
 from streamflow.config import RunConfig, compose
-from streamflow.errors import ConfigError, Interrupted, RunError, SetupError, StreamflowError
+from streamflow.errors import (
+    ClaimLost,
+    ConfigError,
+    Interrupted,
+    OverErrorBudget,
+    RunError,
+    SetupError,
+    StreamflowError,
+)
 from streamflow.flow import Flow
-from streamflow.io.sink import claim_directory
 from streamflow.io.source import InputPlan, plan_input
 from streamflow.manifest import write_manifest
 from streamflow.pipeline import Pipeline, load_pipeline
@@ -45,9 +53,12 @@ from streamflow.serve import wait_for_published
 from streamflow.services.engines.llamacpp import check_llamacpp
 from streamflow.services.llm import LLMClient
 
-__all__ = ["main", "prepare", "run"]
+__all__ = ["EXIT_OVER_ERROR_BUDGET", "main", "prepare", "run"]
 
 log = logging.getLogger("streamflow")
+
+EXIT_OVER_ERROR_BUDGET = 3
+"""The exit status of a run the error budget stopped early (``errors.*``): most of its recent rows failed."""
 
 USAGE = """\
 usage: python -m streamflow.run PIPELINE.py [key=value ...]
@@ -70,6 +81,8 @@ Overrides use Hydra's syntax (key=value, lists as [a,b]). The main knobs:
   output.dir=DIR            where runs are written (default outputs)
   params.NAME=VALUE         the pipeline's own parameters
   run_id=NAME seed=N progress=auto|bar|log|off ray.address=auto
+  errors.max_share=X        stop early when more than this share of the last errors.window (200)
+                            finished rows failed (exit 3); 1: never
   resume=RUN_DIR            continue a stopped run: skip rows already in RUN_DIR/data, add new parts
                             (also --resume RUN_DIR)
   retry_errors=true         with resume: rerun only the rows whose status is error:* (also --retry-errors)
@@ -91,8 +104,12 @@ def prepare(
         **spec.defaults,
         "pipeline": draft.name,
         "operators": {
-            name: {"replicas": step.replicas, "concurrency": step.concurrency, "num_cpus": step.num_cpus,
-                   "fuse": step.fuse}
+            name: {
+                "replicas": step.replicas,
+                "concurrency": step.concurrency,
+                "num_cpus": step.num_cpus,
+                "fuse": step.fuse,
+            }
             for name, step in draft.steps.items()
         },
         "params": msgspec.to_builtins(spec.default_params()),
@@ -126,6 +143,8 @@ def run(pipeline: str | Path | Flow | ModuleType, overrides: Sequence[str] | Map
     flow, cfg, params, plan, spec = prepare(pipeline, overrides)
     run_dir, resuming = _run_dir(cfg, plan, flow.name)
     _check_writable(run_dir, "resume" if resuming and cfg.resume != "auto" else "output.dir")
+    if resuming:
+        refuse_if_running(run_dir, cfg.output.claim_stale_s)
     if cfg.llm.endpoints_dir:
         urls = wait_for_published(cfg.llm.endpoints_dir, cfg.cluster.wait_s)
         log.info("llm.endpoints_dir: %d endpoints: %s", len(urls), ", ".join(urls))
@@ -134,8 +153,29 @@ def run(pipeline: str | Path | Flow | ModuleType, overrides: Sequence[str] | Map
         asyncio.run(_check_llm(cfg))
     if cfg.llm.backend == "llamacpp":
         check_llamacpp(cfg.llm.model, cfg.llm.model_path)
+    attempt = RunAttempt(run_dir)
+    attempt.begin()  # claims data/ before reading what is committed: writers of a killed run stop here
+    try:
+        result = _attempt(flow, cfg, params, plan, spec, run_dir, resuming, attempt)
+    except BaseException as exc:
+        attempt.end(_ended(exc))
+        raise
+    attempt.end("finished")
+    return result
+
+
+def _attempt(
+    flow: Flow,
+    cfg: RunConfig,
+    params: Any,
+    plan: InputPlan,
+    spec: Pipeline,
+    run_dir: str,
+    resuming: bool,
+    attempt: RunAttempt,
+) -> RunResult:
+    """One attempt at the run in ``run_dir``, which ``attempt`` holds: run the rows not committed yet."""
     data_dir = os.path.join(run_dir, "data")
-    claim_directory(data_dir)  # before reading what is committed: writers of a killed run stop here
     if not os.path.exists(os.path.join(run_dir, RUN_RECORD)):  # a resume keeps the record of the first start
         write_run_record(run_dir, cfg, plan, flow.name)
     committed = Committed()
@@ -155,14 +195,22 @@ def run(pipeline: str | Path | Flow | ModuleType, overrides: Sequence[str] | Map
         else:
             from streamflow.runtime.driver import run_rows as run_mode
 
-        result = asyncio.run(run_mode(flow, spec.recipe(params), cfg, plan, run_dir, skip=committed.ids))
+        recipe = spec.recipe(params)
+        cfg = _with_run_cache(cfg, run_dir)
+        result = asyncio.run(run_mode(flow, recipe, cfg, plan, run_dir, skip=committed.ids, attempt=attempt))
     finally:
         if started_ray:
             import ray
 
             ray.shutdown()
+    attempt.report(result.rows_done, result.usage)
     result = committed.merged(result)
-    result = msgspec.structs.replace(result, quality=measure_quality(spec.metrics, result.files))
+    result = msgspec.structs.replace(
+        result,
+        quality=measure_quality(spec.metrics, result.files),
+        attempt=attempt.number,
+        earlier=earlier_totals(attempt.earlier),
+    )
     write_manifest(run_dir, cfg, plan, result, pipeline_source=spec.source, started_at=started_at, cluster=shape)
     if not result.balanced:
         msg = f"ledger does not add up: read {result.rows_read}, finished {result.rows_out} ({result.statuses})."
@@ -170,8 +218,29 @@ def run(pipeline: str | Path | Flow | ModuleType, overrides: Sequence[str] | Map
     return result
 
 
+def _with_run_cache(cfg: RunConfig, run_dir: str) -> RunConfig:
+    """``cfg`` with the LLM response cache in ``run_dir`` (one file per host) unless ``llm.cache.path`` names one."""
+    cache = cfg.llm.cache
+    if not cache.enabled or cache.path is not None:
+        return cfg
+    cache = msgspec.structs.replace(cache, path=os.path.join(run_dir, "llm-cache", "{host}.sqlite"))
+    return msgspec.structs.replace(cfg, llm=msgspec.structs.replace(cfg.llm, cache=cache))
+
+
+def _ended(exc: BaseException) -> str:
+    """How an attempt that raised ``exc`` ended, for its record."""
+    if isinstance(exc, (Interrupted, OverErrorBudget, ClaimLost)):
+        return str(exc).split(";", 1)[0]
+    if isinstance(exc, KeyboardInterrupt):
+        return "stopped by SIGINT"
+    return f"failed: {type(exc).__name__}: {exc}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line; returns the exit status (0 ok, 1 run failed, 2 refused before any row, 128+N signal N)."""
+    """The command line; returns the exit status.
+
+    0 finished, 1 run failed, 2 refused before any row, 3 stopped early by the error budget, 128+N signal N.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
@@ -187,6 +256,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Interrupted as exc:
         print(f"streamflow: {exc}", file=sys.stderr)
         return 128 + exc.signum
+    except OverErrorBudget as exc:
+        print(f"streamflow: {exc}", file=sys.stderr)
+        return EXIT_OVER_ERROR_BUDGET
     except KeyboardInterrupt:  # Ctrl-C while starting (before any row) or a second one while committing
         print("streamflow: stopped by SIGINT; rows not committed run again on resume", file=sys.stderr)
         return 128 + signal.SIGINT

@@ -35,7 +35,7 @@ def summary_tables(result: RunResult) -> list[Table]:
     rows.add_column("rows", justify="right")
     rows.add_column("share", justify="right")
     read = max(result.rows_read, 1)
-    rows.add_row("read", f"{result.rows_read:,}", "")
+    rows.add_row("read (whole run)" if result.resumed else "read", f"{result.rows_read:,}", "")
     rows.add_row("ok", f"{result.ok:,}", f"{result.ok / read:.1%}")
     for reason, n in result.filtered.items():
         rows.add_row(f"filtered: {reason}", f"{n:,}", f"{n / read:.1%}")
@@ -44,13 +44,18 @@ def summary_tables(result: RunResult) -> list[Table]:
     for part in result.unreadable:
         rows.add_row(f"unreadable: {part.path} {part.where}", f"{part.rows:,}", f"{part.rows / read:.1%}", style="red")
     rows.add_section()
-    rows.add_row("LLM tokens in / out", f"{result.prompt_tokens:,} / {result.completion_tokens:,}", "")
-    rows.add_row("rows/s", f"{result.rows_per_s:,.1f}", "")
-    rows.add_row("output tokens/s", f"{result.tokens_per_s:,.1f}", "")
-    rows.add_row(
-        "row latency P50 / P99", f"{result.latency.quantile(0.5):,.1f} s / {result.latency.quantile(0.99):,.1f} s", ""
-    )
-    rows.add_row("wall time", f"{result.wall_s:,.1f} s", "")
+    if result.resumed:
+        _add_attempt_rows(rows, result)
+    else:
+        rows.add_row("LLM tokens in / out", f"{result.prompt_tokens:,} / {result.completion_tokens:,}", "")
+        rows.add_row("rows/s", f"{result.rows_per_s:,.1f}", "")
+        rows.add_row("output tokens/s", f"{result.tokens_per_s:,.1f}", "")
+        rows.add_row(
+            "row latency P50 / P99",
+            f"{result.latency.quantile(0.5):,.1f} s / {result.latency.quantile(0.99):,.1f} s",
+            "",
+        )
+        rows.add_row("wall time", f"{result.wall_s:,.1f} s", "")
     moved = result.transfer
     if moved.offloaded_objects:
         rows.add_row(
@@ -68,10 +73,38 @@ def summary_tables(result: RunResult) -> list[Table]:
         for name, value in result.quality.items():
             rows.add_row(name, f"{value:,.0f}" if value.is_integer() else f"{value:,.3f}", "")
 
-    tables = [rows, _usage_table("LLM calls per step", "step", result.usage)]
+    of_attempt = f", attempt {result.attempt}" if result.resumed else ""
+    tables = [rows, _usage_table(f"LLM calls per step{of_attempt}", "step", result.usage)]
     if len(result.replica_usage) > 1 or result.lost_replicas:
-        tables.append(_usage_table("LLM calls per replica", "replica", result.replica_usage, result.lost_replicas))
+        tables.append(
+            _usage_table(f"LLM calls per replica{of_attempt}", "replica", result.replica_usage, result.lost_replicas)
+        )
     return tables
+
+
+def _add_attempt_rows(rows: Table, result: RunResult) -> None:
+    """A resumed run's figures, each labelled: this attempt's, and the whole run's over every recorded attempt."""
+    earlier = result.earlier
+    whole = f"whole run ({earlier.attempts + 1} attempts)" if earlier.attempts else "whole run"
+    run_tokens_per_s = result.run_completion_tokens / result.run_wall_s if result.run_wall_s > 0 else 0.0
+    rows.add_row(f"attempt {result.attempt}: rows read", f"{result.rows_this_attempt:,}", "")
+    rows.add_row(
+        f"attempt {result.attempt}: LLM tokens in / out", f"{result.prompt_tokens:,} / {result.completion_tokens:,}", ""
+    )
+    rows.add_row(f"attempt {result.attempt}: rows/s", f"{result.rows_per_s:,.1f}", "")
+    rows.add_row(f"attempt {result.attempt}: output tokens/s", f"{result.tokens_per_s:,.1f}", "")
+    rows.add_row(
+        f"attempt {result.attempt}: row latency P50 / P99",
+        f"{result.latency.quantile(0.5):,.1f} s / {result.latency.quantile(0.99):,.1f} s",
+        "",
+    )
+    rows.add_row(f"attempt {result.attempt}: wall time", f"{result.wall_s:,.1f} s", "")
+    rows.add_row(
+        f"{whole}: LLM tokens in / out", f"{result.run_prompt_tokens:,} / {result.run_completion_tokens:,}", ""
+    )
+    rows.add_row(f"{whole}: rows/s", f"{result.run_rows_per_s:,.1f}", "")
+    rows.add_row(f"{whole}: output tokens/s", f"{run_tokens_per_s:,.1f}", "")
+    rows.add_row(f"{whole}: wall time", f"{result.run_wall_s:,.1f} s", "")
 
 
 def _usage_table(title: str, key: str, usage: dict[str, Usage], lost: Sequence[str] = ()) -> Table:

@@ -93,9 +93,15 @@ def test_a_killed_driver_is_resumed_to_the_same_output(ray_runtime, tmp_path, un
     process = subprocess.Popen(
         command, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
+    record = data.parent / "attempts" / "1.json"
+
+    def recorded_tokens():
+        usage = json.loads(record.read_text())["usage"] if record.exists() else {}
+        return sum(step["prompt_tokens"] for step in usage.values())
+
     deadline = time.monotonic() + 120
-    try:
-        while len(list(data.glob("*.parquet"))) < 2:
+    try:  # kill it once it committed parts and a heartbeat recorded some of its LLM usage
+        while len(list(data.glob("*.parquet"))) < 2 or not recorded_tokens():
             assert process.poll() is None, process.stderr.read().decode()[-2000:]
             assert time.monotonic() < deadline, "the run committed no part within 2 minutes"
             time.sleep(0.2)
@@ -104,10 +110,14 @@ def test_a_killed_driver_is_resumed_to_the_same_output(ray_runtime, tmp_path, un
         process.wait()
     committed = pl.read_parquet(f"{data}/*.parquet").height
     assert 0 < committed < ROWS
+    killed_attempt_tokens = recorded_tokens()
 
     resumed = streamflow.run(str(NR_PIPELINE), [*settings(tmp_path), f"resume={data.parent}"])
     assert_same_output(output(resumed.run_dir), undisturbed)
     assert resumed.balanced and resumed.rows_read == ROWS
+    # the whole run counts the tokens the killed attempt's last heartbeat recorded beside this attempt's
+    assert resumed.attempt == 2 and resumed.earlier.attempts == 1
+    assert resumed.run_prompt_tokens == resumed.prompt_tokens + killed_attempt_tokens
 
 
 class CrashesOn(Operator):

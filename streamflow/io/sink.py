@@ -14,20 +14,22 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import os
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import msgspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from streamflow.errors import ConfigError, RunError
+from streamflow.errors import ClaimLost, ConfigError, RunError
 from streamflow.message import Message
 from streamflow.schema import RESERVED_COLUMNS
 
-__all__ = ["PartWriter", "claim_directory", "part_row_ids", "write_part"]
+__all__ = ["PartWriter", "claim_directory", "claim_id", "part_row_ids", "read_claim", "write_part"]
 
 OWNER_FILE = ".writer"
 
@@ -56,14 +58,14 @@ class PartWriter:
         prefix: str,
         part_rows: int = 100_000,
         compression: str = "zstd",
-        fenced: bool = False,
+        claim: str | None = None,
     ) -> None:
         _check_config(schema, prefix, part_rows, compression)
         os.makedirs(directory, exist_ok=True)
-        # With ``fenced``, parts are committed only while the directory's claim is the one
-        # this writer started under: a writer left over from a killed run cannot add parts
-        # behind the back of the run that resumed it.
-        self._claim = _read_claim(directory) if fenced else None
+        # With a ``claim``, parts are committed only while the directory's claim is that one
+        # (``claim_directory``): a writer left over from a killed run, or from a run whose
+        # directory was taken over, cannot add parts behind the back of the run that holds it.
+        self._claim = claim
         self.directory = directory
         self.schema = schema
         self.prefix = prefix
@@ -186,9 +188,9 @@ class PartWriter:
         return self._write(table.slice(0, count))
 
     def _check_claim(self) -> None:
-        if self._claim is not None and _read_claim(self.directory) != self._claim:
+        if self._claim is not None and claim_id(self.directory) != self._claim:
             msg = f"another run has claimed {self.directory!r} (it was resumed); this writer commits nothing more."
-            raise RunError(msg)
+            raise ClaimLost(msg)
 
     def _write(self, table: pa.Table) -> str:
         final = os.path.join(self.directory, f"{self.prefix}-{self._sequence:05d}.parquet")
@@ -227,29 +229,43 @@ def write_part(
         raise RunError(msg) from exc
 
 
-def claim_directory(directory: str) -> str:
-    """Make this run the only one allowed to commit parts in ``directory``; returns its claim.
+def claim_directory(directory: str, holder: Mapping[str, Any] | None = None, *, claim: str | None = None) -> str:
+    """Make this run the only one allowed to commit parts in ``directory``; returns its claim id.
 
-    Fenced writers of an earlier run (for example sink actors that outlived a killed driver)
-    find the claim changed and stop before committing another part.
+    Writers holding an earlier claim (for example sink actors that outlived a killed driver)
+    find the claim changed and stop before committing another part. ``holder`` (host, pid,
+    attempt) is recorded beside the id, so whoever finds the claim can say who holds it;
+    ``claim`` is the id to use (default: a new random one).
     """
     os.makedirs(directory, exist_ok=True)
-    claim = uuid.uuid4().hex
+    claim = claim or uuid.uuid4().hex
     path = os.path.join(directory, OWNER_FILE)
     with open(path + ".tmp", "w") as handle:
-        handle.write(claim)
+        json.dump({**(holder or {}), "claim": claim}, handle)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(path + ".tmp", path)
     return claim
 
 
-def _read_claim(directory: str) -> str | None:
+def read_claim(directory: str) -> dict[str, Any] | None:
+    """The claim on ``directory``: its id under ``claim`` and what its holder recorded; None when unclaimed."""
     try:
         with open(os.path.join(directory, OWNER_FILE)) as handle:
-            return handle.read()
+            text = handle.read()
     except FileNotFoundError:
         return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        record = None
+    return record if isinstance(record, dict) and "claim" in record else {"claim": text}  # a bare id: older runs
+
+
+def claim_id(directory: str) -> str | None:
+    """The id of the claim on ``directory`` (None when unclaimed)."""
+    claim = read_claim(directory)
+    return claim["claim"] if claim is not None else None
 
 
 def part_row_ids(directory: str, prefix: str) -> dict[str, str]:

@@ -13,7 +13,7 @@ hop; a row holding a sandbox of another actor reaches it through that actor.
 
 When the actor dies, Ray restarts it (``recovery.max_restarts``) as a blank incarnation:
 it holds rows sent to it until the driver has wired it again with ``start``. Its census
-(``stats``) reports the old rows it holds; rows no census finds any more (they died with an
+(``stats``) reports every input row it holds; rows no census finds any more (they died with an
 actor) are re-admitted by the driver.
 """
 
@@ -84,14 +84,14 @@ class StepCounts(msgspec.Struct):
 
 
 class ActorStats(msgspec.Struct):
-    """A census answer of one actor: its counters, usage and the old input rows it holds."""
+    """A census answer of one actor: its counters, usage and the input rows it holds."""
 
     group: str
     replica: int
     incarnation: str = ""
     ready: bool = False
     held: list[str] = []
-    """Input rows admitted before the census's ``older_than`` that this actor holds."""
+    """Input rows this actor holds: being processed, buffered for the next hop, or being delivered."""
     steps: dict[str, StepCounts] = {}
     delivery_failures: int = 0
     usage: dict[str, Usage] = {}
@@ -138,7 +138,6 @@ class StepActor:
         self._sinks: list[Peer] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._holding: Counter[str] = Counter()
-        self._admitted_at: dict[str, float] = {}
         self._ready = asyncio.Event()
         self._counts = {step: StepCounts() for step in self._steps}
         self._stats = ActorStats(group=group, replica=replica, incarnation=uuid.uuid4().hex, steps=self._counts)
@@ -198,15 +197,13 @@ class StepActor:
             self._spawn(row, row.sent_at, received_at, None)
         return len(self._tasks)
 
-    async def stats(self, older_than: float = float("inf")) -> ActorStats:
-        """Counters, usage, and the input rows admitted before ``older_than`` that this actor holds.
+    async def stats(self) -> ActorStats:
+        """Counters, usage, and every input row this actor holds (the driver renews their leases).
 
-        Only old rows are listed: the driver's lease of a row starts at its admission, so a
-        row younger than the lease needs no renewal, and a census ships few ids when rows are quick.
+        Young rows are listed too: when this actor dies, the driver knows all the rows it held.
         """
-        admitted = self._admitted_at
-        held = [root for root in self._holding if admitted[root] < older_than]
-        held.extend(root for root, at in self._outbox.held_roots() if at < older_than)
+        held = list(self._holding)
+        held.extend(self._outbox.held_roots())
         self._stats.held = held
         offloader = self._outbox.offloader
         transfer = msgspec.structs.replace(offloader.stats) if offloader is not None else TransferStats()
@@ -247,10 +244,7 @@ class StepActor:
     # -- a row's walk through the group ------------------------------------------------
 
     def _hold(self, row: Message) -> None:
-        root = row.root_id
-        if self._holding[root] == 0:
-            self._admitted_at[root] = row.admitted_at
-        self._holding[root] += 1
+        self._holding[row.root_id] += 1
 
     def _release(self, root: str) -> None:
         left = self._holding[root] - 1
@@ -258,7 +252,6 @@ class StepActor:
             self._holding[root] = left
         else:
             del self._holding[root]
-            del self._admitted_at[root]
 
     def _spawn(self, row: Message, sent_at: float, received_at: float, origins: Origins | None) -> None:
         """Walk ``row`` now; it becomes a task only when a step has to wait (an LLM call, a tool)."""

@@ -14,7 +14,9 @@ Phases, in order:
 
 SIGTERM (``scancel``, a SLURM time limit, ``kill``) or SIGINT (Ctrl-C) ends phase 4 early:
 the sinks commit what they hold, the actors stop, and the run raises ``Interrupted``; a
-resume reruns only the rows that were not committed. A second Ctrl-C stops at once.
+resume reruns only the rows that were not committed. A second Ctrl-C stops at once. The
+error budget (``streamflow.budget``) ends it the same way, raising ``OverErrorBudget``, and
+another run taking the directory over (``streamflow.attempts``) ends it at once with ``ClaimLost``.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ from typing import Any
 
 import ray
 
+from streamflow.attempts import RunAttempt
+from streamflow.budget import ErrorBudget
 from streamflow.config import RunConfig
-from streamflow.errors import Interrupted, RunError, SetupError, StreamflowError, raised_inside
+from streamflow.errors import Interrupted, OverErrorBudget, RunError, SetupError, StreamflowError, raised_inside
 from streamflow.events import events_dir
 from streamflow.execution import row_seed, uses_sandbox
 from streamflow.flow import Flow
@@ -66,16 +70,25 @@ STOP_COMMIT_TIMEOUT_S = 20.0  # SLURM sends SIGKILL KillWait (default 30 s) afte
 
 
 async def run_rows(
-    flow: Flow, recipe: Recipe, cfg: RunConfig, plan: InputPlan, run_dir: str, *, skip: AbstractSet[str] = frozenset()
+    flow: Flow,
+    recipe: Recipe,
+    cfg: RunConfig,
+    plan: InputPlan,
+    run_dir: str,
+    *,
+    skip: AbstractSet[str] = frozenset(),
+    attempt: RunAttempt | None = None,
 ) -> RunResult:
     """Run ``flow`` over ``plan`` in row mode; returns when every admitted row is written.
 
     ``recipe`` rebuilds the same flow inside each actor. ``skip`` holds the ids a resumed
     run already committed; they are never admitted. The driver holds that set once: it
     costs O(rows committed) ids, a few tens of bytes each, acceptable for the driver only.
+    ``attempt`` holds the run directory's claim: the sinks commit under it, the driver reports
+    its figures to it every second and stops once another run has taken the claim.
     """
     started = time.monotonic()
-    driver = _Driver(flow, recipe, cfg, plan, run_dir, skip)
+    driver = _Driver(flow, recipe, cfg, plan, run_dir, skip, attempt)
     try:
         await driver.start()
         streaming = time.monotonic()
@@ -110,9 +123,18 @@ async def run_rows(
 
 class _Driver:
     def __init__(
-        self, flow: Flow, recipe: Recipe, cfg: RunConfig, plan: InputPlan, run_dir: str, skip: AbstractSet[str]
+        self,
+        flow: Flow,
+        recipe: Recipe,
+        cfg: RunConfig,
+        plan: InputPlan,
+        run_dir: str,
+        skip: AbstractSet[str],
+        attempt: RunAttempt | None = None,
     ) -> None:
         self.flow = flow
+        self.attempt = attempt
+        self.budget = ErrorBudget(cfg.errors)
         self.skip = skip
         self.recipe = recipe
         self.cfg = cfg
@@ -199,6 +221,7 @@ class _Driver:
                 cfg.output.commit_s,
                 events_dir=self.events_dir,
                 events=cfg.events,
+                claim=self.attempt.claim if self.attempt is not None else None,
             )
             for shard in range(_sink_count(cfg.output.sinks))
         ]
@@ -263,6 +286,8 @@ class _Driver:
                     if task is not changed and task.exception() is not None:
                         raise task.exception()  # type: ignore[misc]
                 background = [task for task in background if not task.done()]
+            if self.budget.over(final=True):  # a run shorter than the window is judged on all its rows
+                raise await self._over_budget()
         finally:
             for leftover in [*readers, *background, *self._rewiring.values()]:
                 leftover.cancel()
@@ -322,12 +347,14 @@ class _Driver:
             incarnation = current
             for completion in accepted:
                 ledger.accept(*completion)
+                self.budget.add(completion[4])
             for completion in committed:
                 if ledger.commit(*completion):
                     self._retire[shard].append(completion[1])
 
     async def _watch(self, progress: Progress) -> None:
-        """Every second: show progress, and start a census of the replicas unless one is still running."""
+        """Every second: show progress, report to the claim, check the error budget, and start a census
+        of the replicas unless one is still running."""
         census: asyncio.Task[None] | None = None
         try:
             while True:
@@ -338,6 +365,11 @@ class _Driver:
                     census = asyncio.create_task(self._census())
                 if self._fatal is not None:
                     raise self._fatal
+                if self.attempt is not None:
+                    self.attempt.check()
+                    self.attempt.report(self.ledger.completed, self._usage())
+                if self.budget.over():
+                    raise await self._over_budget()
                 progress.update(self._snapshot())
                 self.metrics.update(self._metrics_view())
         finally:
@@ -359,11 +391,9 @@ class _Driver:
         out dead or restarted (``_lost_holder``).
         """
         asked = time.monotonic()
-        in_driver = [root for root, _ in self.outbox.held_roots()]
-        # Rows admitted less than half a lease ago need no renewal yet: actors leave them out.
-        older_than = time.time() - self.cfg.recovery.lease_s / 2
+        in_driver = self.outbox.held_roots()
         calls = {
-            asyncio.wrap_future(handle.stats.remote(older_than).future()): ((name, replica), handle)
+            asyncio.wrap_future(handle.stats.remote().future()): ((name, replica), handle)
             for name, handles in self.actors.items()
             for replica, handle in enumerate(handles)
         }
@@ -372,11 +402,21 @@ class _Driver:
         await counting
         for future in late:
             future.cancel()
+        # Every live replica's rows first: a row that moved on from a replica that died is not lost.
+        for future in answered:
+            if future.exception() is None:
+                self.ledger.renew(future.result().held, asked)
         for future in answered:
             key, handle = calls[future]
             self._on_stats(key, handle, asked, future)
         self.ledger.renew(in_driver, asked)
         self._readmit(self.ledger.missed(asked, time.monotonic(), self.cfg.recovery.lease_s))
+
+    async def _over_budget(self) -> OverErrorBudget:
+        """The error that stops a run over its error budget, quoting a message of its dominant error."""
+        answers = await asyncio.gather(*(sink.error_samples.remote() for sink in self.sinks), return_exceptions=True)
+        samples = {status: line for answer in answers if isinstance(answer, dict) for status, line in answer.items()}
+        return OverErrorBudget(self.budget.describe(samples), self.run_dir)
 
     async def _count_objects(self) -> None:
         """Offloaded objects still alive, summed over the keepers (for the metrics and the summary)."""
@@ -389,7 +429,7 @@ class _Driver:
         self.objects_alive_peak = max(self.objects_alive_peak, self.objects_alive)
 
     def _on_stats(self, key: tuple[str, int], handle: Any, asked: float, future: asyncio.Future[ActorStats]) -> None:
-        """Renew the leases of the rows a replica holds; re-wire it if it is a new incarnation."""
+        """Note the rows a replica holds (the census renewed their leases); re-wire it if it is a new incarnation."""
         name, replica = key
         try:
             stats = future.result()
@@ -407,14 +447,13 @@ class _Driver:
             log.warning("%s replica %d restarted; wiring it again", _hosting(name), replica)
         self.stats[key] = stats
         self._held_by[key] = (asked, stats.held)
-        self.ledger.renew(stats.held, asked)
         if not stats.ready and key not in self._rewiring:
             self._rewiring[key] = asyncio.create_task(self._rewire(name, replica, handle))
 
     def _lost_holder(self, key: tuple[str, int]) -> None:
-        """A replica died or restarted: the rows it reported last are re-admitted unless the next census finds them."""
+        """A replica died or restarted: the rows it reported last are re-admitted at once, unless they moved on."""
         asked, held = self._held_by.pop(key, (0.0, []))
-        self.ledger.suspect(held, asked)
+        self._readmit(self.ledger.held_by_dead(held, asked))
 
     async def _rewire(self, name: str, replica: int, handle: Any) -> None:
         """Give a restarted replica its peers, LLM access and operator setup again."""
@@ -444,11 +483,15 @@ class _Driver:
         if entries:
             log.warning("re-admitted %d rows whose actor died", len(entries))
 
+    def _usage(self) -> dict[str, Usage]:
+        """LLM usage per step as last reported by every incarnation of every replica, dead ones included."""
+        return merge_usage([s.usage for s in [*self.stats.values(), *self.earlier_usage]])
+
     def _snapshot(self) -> Snapshot:
         statuses = self.ledger.accepted_statuses
         filtered = sum(n for s, n in statuses.items() if s.startswith("filtered:"))
         errors = sum(n for s, n in statuses.items() if s.startswith("error:"))
-        usage = [u for s in [*self.stats.values(), *self.earlier_usage] for u in s.usage.values()]
+        usage = self._usage().values()
         return Snapshot(
             done=self.ledger.accepted,
             ok=statuses.get("ok", 0),
@@ -479,10 +522,14 @@ class _Driver:
         """Stop the actors once every row is committed; an actor dying now costs only its last counters."""
         handles = [((name, i), h) for name, hs in self.actors.items() for i, h in enumerate(hs)]
         stopped = await asyncio.gather(*(h.stop.remote() for _, h in handles), return_exceptions=True)
-        final = [
-            result if isinstance(result, ActorStats) else self.stats.get(key, ActorStats(group=key[0], replica=key[1]))
-            for (key, _), result in zip(handles, stopped, strict=True)
-        ]
+        final = []
+        for (key, _), result in zip(handles, stopped, strict=True):
+            last = self.stats.get(key, ActorStats(group=key[0], replica=key[1]))
+            if not isinstance(result, ActorStats):
+                result = last
+            elif result.incarnation != last.incarnation:  # it died after the last census: keep what it reported
+                self.earlier_usage.append(last)
+            final.append(result)
         closed = await asyncio.gather(*(sink.close.remote() for sink in self.sinks), return_exceptions=True)
         fetched = await asyncio.gather(*(sink.transfer.remote() for sink in self.sinks), return_exceptions=True)
         transfer = self._transfer([s for s in fetched if isinstance(s, TransferStats)], final)
@@ -545,18 +592,27 @@ async def _stream_until_stopped(driver: _Driver) -> None:
         if not received:
             raise
         log.warning("%s received: committing the rows the sinks hold, then stopping", received[0].name)
-        flushed = asyncio.gather(*(sink.flush.remote() for sink in driver.sinks), return_exceptions=True)
-        try:
-            failed = [result for result in await asyncio.wait_for(flushed, STOP_COMMIT_TIMEOUT_S) if result is not None]
-        except TimeoutError:
-            failed = [f"no answer within {STOP_COMMIT_TIMEOUT_S:g} s"]
-        for why in failed:  # e.g. Ray itself was stopped at the same moment (plain scancel)
-            log.warning("a sink could not commit what it held (%s); those rows are rerun on resume", why)
+        await _commit_held(driver)
         raise Interrupted(received[0], driver.run_dir) from None
+    except OverErrorBudget:
+        log.warning("errors dominate the last finished rows: committing the rows the sinks hold, then stopping")
+        await _commit_held(driver)
+        raise
     finally:
         for signum, handler in previous.items():
             loop.remove_signal_handler(signum)
             signal.signal(signum, handler)  # e.g. Ray's own, or asyncio's for Ctrl-C, outside streaming
+
+
+async def _commit_held(driver: _Driver) -> None:
+    """Ask every sink to commit the rows it holds now; rows it cannot commit are rerun on resume."""
+    flushed = asyncio.gather(*(sink.flush.remote() for sink in driver.sinks), return_exceptions=True)
+    try:
+        failed = [result for result in await asyncio.wait_for(flushed, STOP_COMMIT_TIMEOUT_S) if result is not None]
+    except TimeoutError:
+        failed = [f"no answer within {STOP_COMMIT_TIMEOUT_S:g} s"]
+    for why in failed:  # e.g. Ray itself was stopped at the same moment (plain scancel)
+        log.warning("a sink could not commit what it held (%s); those rows are rerun on resume", why)
 
 
 def _start_keepers(run_id: str) -> dict[str, Any]:

@@ -164,18 +164,19 @@ class Ledger:
                 lost.append(entry)
         return lost
 
-    def suspect(self, roots: list[str], reported: float) -> None:
-        """These rows were on a replica that died: one more census that misses them makes them lost.
+    def held_by_dead(self, roots: list[str], reported: float) -> list[Entry]:
+        """The rows a replica that died reported holding at ``reported``, less those that moved on since.
 
-        Rows another replica reported after ``reported`` have moved on and are left alone; the
-        next census keeps the rows that moved on in between from being re-admitted for nothing.
+        A row another replica reported after ``reported``, or that a sink took, has moved on and
+        is left alone.
         """
         entries = self.entries
+        lost = []
         for root in roots:
             entry = entries.get(root)
             if entry is not None and entry.accepted < 1 and entry.lease <= reported:
-                entry.lease = 0.0
-                entry.misses = max(entry.misses, 1)
+                lost.append(entry)
+        return lost
 
     def uncommitted_in(self, owns: Callable[[str], bool]) -> list[Entry]:
         """Accepted rows not yet committed by the sink shard that ``owns`` a root (it restarted)."""

@@ -29,6 +29,7 @@ import msgspec
 import pyarrow as pa
 import ray
 
+from streamflow.budget import first_line
 from streamflow.config import EventsConfig
 from streamflow.events import SINK_STEP, recorder, write_when_due
 from streamflow.io.arrow import skip_pandas_probe
@@ -76,6 +77,7 @@ class SinkActor:
         *,
         events_dir: str = "",
         events: EventsConfig | None = None,
+        claim: str | None = None,
     ) -> None:
         logging.basicConfig(level=logging.WARNING)
         skip_pandas_probe()  # its Arrow arrays are built from Python values: no pandas import
@@ -83,7 +85,9 @@ class SinkActor:
         self._events = recorder(events_dir, SINK_STEP, shard, events)
         self._writing_events: asyncio.Task[None] | None = None
         self.incarnation = uuid.uuid4().hex
-        self._writer = PartWriter(directory, schema, prefix=prefix, part_rows=part_rows, fenced=True)
+        # Parts are committed only under the run's claim on the directory, also by an incarnation
+        # Ray restarted after another run took the directory over (it reads no claim of its own).
+        self._writer = PartWriter(directory, schema, prefix=prefix, part_rows=part_rows, claim=claim)
         self._commit_s = commit_s
         self._lock = asyncio.Lock()
         # After a restart the ids of this shard's committed parts are reloaded: a row the driver
@@ -99,6 +103,7 @@ class SinkActor:
         self._timer: asyncio.Task[None] | None = None
         self._moved = 0
         self._fetcher: Offloader | None = None
+        self._error_samples: dict[str, str] = {}
         self.rows = 0
         self.duplicates = 0
 
@@ -117,6 +122,9 @@ class SinkActor:
                     written = self._writer.append(rows)
                 now = time.time()
                 done = [(r.id, r.root_id, r.share[0], r.share[1], r.status, now - r.admitted_at) for r in written]
+                for row in written:
+                    if row.error is not None and row.status.startswith("error:"):
+                        self._error_samples[row.status] = row.error
                 self._record(written, received_at, started_at, now, duplicate=False)
                 self._accepted.extend(done)
                 self._buffered.extend(done)
@@ -172,6 +180,10 @@ class SinkActor:
     async def transfer(self) -> TransferStats:
         """Bytes of offloaded values this sink fetched."""
         return self._fetcher.stats if self._fetcher is not None else TransferStats()
+
+    async def error_samples(self) -> dict[str, str]:
+        """The first line of the error of the last row written with each ``error:*`` status (for the stop line)."""
+        return {status: first_line(error) for status, error in self._error_samples.items()}
 
     async def held(self) -> int:
         """How many ids this sink remembers for de-duplication (bounded by rows not yet retired)."""

@@ -131,10 +131,10 @@ class Outbox:
         while self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
 
-    def held_roots(self) -> list[tuple[str, float]]:
-        """(input row id, admitted at) of every row buffered or being delivered (the driver renews their leases)."""
-        held = [(row.root_id, row.admitted_at) for peer in self._buffering for row in peer.buffer]
-        held.extend((row.root_id, row.admitted_at) for batch in self._pending.values() for row in batch)
+    def held_roots(self) -> list[str]:
+        """Input row ids of every row buffered or being delivered (the driver renews their leases)."""
+        held = [row.root_id for peer in self._buffering for row in peer.buffer]
+        held.extend(row.root_id for batch in self._pending.values() for row in batch)
         return held
 
     @property

@@ -55,7 +55,7 @@ class LLMAccess:
             max_retries=cfg.max_retries,
             breaker=Breaker(cfg.circuit_failures, cfg.circuit_cooldown_s),
             refresh=self._refresh if self.registry is not None else None,
-            cache=ResponseCache(cfg.cache.path) if cfg.cache.enabled else None,
+            cache=ResponseCache(cfg.cache.path) if cfg.cache.enabled and cfg.cache.path else None,
         )
 
     async def _refresh(self) -> dict[str, list[str]]:

@@ -190,10 +190,20 @@ def test_bad_writer_settings_are_config_errors(tmp_path, schema, knobs, match):
 def test_a_fenced_writer_commits_nothing_once_another_run_claimed_the_directory(tmp_path):
     from streamflow.io.sink import claim_directory
 
-    claim_directory(str(tmp_path))
-    writer = PartWriter(str(tmp_path), SCHEMA, prefix="s0", part_rows=1, fenced=True)
+    claim = claim_directory(str(tmp_path), {"host": "node-1", "pid": 11, "attempt": 1})
+    writer = PartWriter(str(tmp_path), SCHEMA, prefix="s0", part_rows=1, claim=claim)
     writer.append([row(0)])
-    claim_directory(str(tmp_path))  # a resumed run takes over
+    claim_directory(str(tmp_path), {"host": "node-2", "pid": 22, "attempt": 2})  # a resumed run takes over
     with pytest.raises(RunError, match="another run has claimed"):
         writer.append([row(1)])
     assert visible(tmp_path) == ["s0-00000.parquet"]
+
+
+def test_a_claim_names_its_holder_and_a_bare_id_from_older_runs_still_reads(tmp_path):
+    from streamflow.io.sink import OWNER_FILE, claim_directory, claim_id, read_claim
+
+    assert read_claim(str(tmp_path)) is None
+    claim = claim_directory(str(tmp_path), {"host": "node-1", "pid": 11, "attempt": 3})
+    assert read_claim(str(tmp_path)) == {"host": "node-1", "pid": 11, "attempt": 3, "claim": claim}
+    (tmp_path / OWNER_FILE).write_text("0123abcd")
+    assert claim_id(str(tmp_path)) == "0123abcd"

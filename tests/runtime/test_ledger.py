@@ -127,9 +127,9 @@ def test_a_commit_whose_acceptance_was_never_reported_completes_the_row():
     assert ledger.completed == 1 and ledger.inflight == 0 and ledger.statuses == {"ok": 1}
 
 
-def test_rows_of_a_dead_replica_are_lost_only_if_the_next_census_misses_them():
+def test_rows_a_dead_replica_reported_are_lost_unless_they_moved_on_since():
     ledger = two_rows_admitted()
     start = ledger.entries["0:0"].lease
-    ledger.suspect(["0:0", "0:1"], start + 1)
-    ledger.renew(["0:1"], start + 2)  # 0:1 had moved on to a live replica
-    assert [e.message.id for e in ledger.missed(start + 2, start + 3, lease_s=5)] == ["0:0"]
+    ledger.renew(["0:0", "0:1"], start + 1)  # the replica's last census answer
+    ledger.renew(["0:1"], start + 2)  # 0:1 moved on: a live replica reported it since
+    assert [e.message.id for e in ledger.held_by_dead(["0:0", "0:1"], start + 1)] == ["0:0"]

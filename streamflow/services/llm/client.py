@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 
 from streamflow.errors import ConfigError
+from streamflow.services.llm.cache import CallScope, ResponseCache
 from streamflow.services.llm.errors import (
     LLMBadRequest,
     LLMBadResponse,
@@ -29,7 +30,6 @@ from streamflow.services.llm.errors import (
     LLMRateLimited,
     LLMServerError,
 )
-from streamflow.services.llm.cache import ResponseCache
 from streamflow.services.llm.replicas import Breaker, Replica, ReplicaSet
 from streamflow.services.llm.transport import HTTPTransport, Response, Transport
 from streamflow.services.llm.usage import LATENCY_BOUNDS_S, ROW_USAGE, Usage
@@ -142,16 +142,27 @@ class LLMClient:
     # -- public API -------------------------------------------------------------------
 
     async def chat(
-        self, messages: list[dict[str, Any]], *, model: str | None = None, step: str = "", **params: Any
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        model: str | None = None,
+        step: str = "",
+        scope: CallScope | None = None,
+        **params: Any,
     ) -> Completion:
-        """A chat completion; ``params`` are OpenAI fields (max_tokens, temperature, seed, tools...)."""
-        payload = {"model": model or self.model, "messages": messages, **_without_none(params)}
-        return await self._call("/chat/completions", payload, step)
+        """A chat completion; ``params`` are OpenAI fields (max_tokens, temperature, seed, tools...).
 
-    async def complete(self, prompt: str, *, model: str | None = None, step: str = "", **params: Any) -> Completion:
+        ``scope`` names the row making the call, for the response cache (``StepLLM.for_row``).
+        """
+        payload = {"model": model or self.model, "messages": messages, **_without_none(params)}
+        return await self._call("/chat/completions", payload, step, scope)
+
+    async def complete(
+        self, prompt: str, *, model: str | None = None, step: str = "", scope: CallScope | None = None, **params: Any
+    ) -> Completion:
         """A plain text completion (``/v1/completions``)."""
         payload = {"model": model or self.model, "prompt": prompt, **_without_none(params)}
-        return await self._call("/completions", payload, step)
+        return await self._call("/completions", payload, step, scope)
 
     def for_step(self, step: str) -> StepLLM:
         """A view of this client that books usage under ``step``."""
@@ -221,7 +232,7 @@ class LLMClient:
 
     # -- internals --------------------------------------------------------------------
 
-    async def _call(self, path: str, payload: dict[str, Any], step: str) -> Completion:
+    async def _call(self, path: str, payload: dict[str, Any], step: str, scope: CallScope | None = None) -> Completion:
         usage = self._usage.setdefault(step, Usage())
         usage.requests += 1
         row = ROW_USAGE.get()
@@ -229,8 +240,9 @@ class LLMClient:
             row.requests += 1
         body = _encode(payload)
         started = time.monotonic()
-        cache_key = ResponseCache.key(path, body) if self._cache is not None else None
-        if self._cache is not None and cache_key is not None:
+        cache_key = None
+        if self._cache is not None:
+            cache_key = scope.key(path, body) if scope is not None else ResponseCache.key(path, body)
             hit = self._cache.get(cache_key)
             if hit is not None:
                 usage.cache_hits += 1
@@ -358,13 +370,21 @@ class LLMClient:
 
 
 class StepLLM:
-    """The LLM as one step sees it (``ctx.llm``): usage is booked under the step's name."""
+    """The LLM as one step sees it (``ctx.llm``): usage is booked under the step's name.
 
-    __slots__ = ("_client", "step")
+    The view of one row (``for_row``) also scopes the response cache to that row.
+    """
 
-    def __init__(self, client: LLMClient, step: str) -> None:
+    __slots__ = ("_client", "_scope", "step")
+
+    def __init__(self, client: LLMClient, step: str, scope: CallScope | None = None) -> None:
         self._client = client
         self.step = step
+        self._scope = scope
+
+    def for_row(self, seed: int) -> StepLLM:
+        """This step's LLM as the row whose step seed is ``seed`` uses it: the cache replays only its calls."""
+        return StepLLM(self._client, self.step, CallScope(seed))
 
     @property
     def model(self) -> str:
@@ -372,11 +392,11 @@ class StepLLM:
 
     async def chat(self, messages: list[dict[str, Any]], *, model: str | None = None, **params: Any) -> Completion:
         """See ``LLMClient.chat``."""
-        return await self._client.chat(messages, model=model, step=self.step, **params)
+        return await self._client.chat(messages, model=model, step=self.step, scope=self._scope, **params)
 
     async def complete(self, prompt: str, *, model: str | None = None, **params: Any) -> Completion:
         """See ``LLMClient.complete``."""
-        return await self._client.complete(prompt, model=model, step=self.step, **params)
+        return await self._client.complete(prompt, model=model, step=self.step, scope=self._scope, **params)
 
 
 def _without_none(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -144,7 +144,9 @@ class SimServer:
         if self._runner is not None:
             msg = f"SimServer is already running at {self._url}; call stop() before starting it again."
             raise RuntimeError(msg)
-        runner = web.AppRunner(self.app, access_log=None)
+        # A client that goes away cancels its handler, which aborts its request, as vLLM does: a
+        # request of a crashed caller must not keep the simulated GPU busy.
+        runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True)
         await runner.setup()
         try:
             await web.TCPSite(runner, host, port).start()

@@ -239,6 +239,29 @@ def test_client_that_disconnects_mid_stream_frees_its_slot() -> None:
     assert asyncio.run(main()) == 1
 
 
+def test_client_that_goes_away_before_a_plain_answer_frees_its_slot() -> None:
+    """A caller that crashed (its actor was killed) must not keep the simulated GPU busy, as with vLLM."""
+
+    async def main() -> int:
+        server = SimServer(SimConfig(time_scale=1.0))
+        url = await server.start()
+        body = {"model": "sim-8b", "messages": [{"role": "user", "content": "Write a long essay."}]}
+        async with aiohttp.ClientSession() as session:
+            asking = asyncio.ensure_future(session.post(f"{url}/chat/completions", json=body))
+            while not server.engine.stats().running:
+                await asyncio.sleep(0.01)
+            asking.cancel()  # the connection closes with the answer still being made
+        for _ in range(100):
+            if server.engine.stats().aborted:
+                break
+            await asyncio.sleep(0.01)
+        stats = server.engine.stats()
+        await server.stop()
+        return stats.aborted + 10 * stats.running
+
+    assert asyncio.run(main()) == 1
+
+
 def test_package_does_not_import_ray_and_has_a_cli() -> None:
     probe = "import sys, streamflow.services.sim.__main__; assert 'ray' not in sys.modules"
     subprocess.run([sys.executable, "-c", probe], check=True)
