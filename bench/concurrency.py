@@ -4,8 +4,8 @@ For each pipeline (Coral dialogues, Tau2 trajectories) and each number of rows i
 the plain asyncio loop (one process) and streamflow row mode run the same rows against the
 same simulated servers, sized so that they are not the bottleneck (``--sim-replicas`` servers
 of ``--sim-max-num-seqs`` sequences each). The loop's one core saturates and its throughput
-plateaus; row mode spreads the rows over the actors of each step group (``--row-overrides``,
-for example two replicas per step on two cores). The input is the pipeline's sample repeated
+plateaus; row mode spreads the rows over ``--row-replicas`` actors (every step gets that many
+replicas, and the steps fuse into one group of that many actors). The input is the pipeline's sample repeated
 until there are ``--rows-per-slot`` rows per slot in flight (at least ``--min-rows``). Each
 system runs as a command of its own (``bench/systems.py``); output tokens/s are counted by the
 servers between their first request and last token. This is the shape of the Matrix paper's
