@@ -127,6 +127,9 @@ def main() -> None:
     parser.add_argument("--skip-ray-data-llm", action="store_true")
     parser.add_argument("--row-overrides", nargs="*", default=[],
                         help="extra streamflow overrides for row mode (e.g. operators.STEP.replicas=2)")
+    parser.add_argument("--row-variant", action="append", default=[], metavar="OVERRIDES",
+                        help="one more row-mode system in every round, with these space-separated overrides "
+                             "(repeatable), optionally labelled: --row-variant '2 replicas: operators.agent.replicas=2'")
     parser.add_argument("--json", help="write all results (with time series) to this file")
     parser.add_argument("--plot", help="write tokens/s over time and latency CDFs to this PNG")
     args = parser.parse_args(_as_flags(sys.argv[1:]))
@@ -144,6 +147,11 @@ def systems(pipeline: Path, sim_args: dict[str, Any], args: argparse.Namespace) 
         run_system("streamflow row mode", " ".join([f"max_inflight={args.inflight}", *args.row_overrides]),
                    "streamflow", pipeline, sim_args, args, [f"max_inflight={args.inflight}", *args.row_overrides]),
     ]  # fmt: skip
+    for variant in args.row_variant:
+        label, _, given = variant.rpartition(": ")
+        overrides = [f"max_inflight={args.inflight}", *args.row_overrides, *given.split()]
+        results.append(run_system("streamflow row mode", label or " ".join(overrides), "streamflow", pipeline,
+                                  sim_args, args, overrides))  # fmt: skip
     for size in args.batch_sizes:
         actors, per_actor = batch_shape(args.inflight, size)
         overrides = ["mode=batch", f"batch.size={size}", f"batch.actors={actors}", f"batch.batches_per_actor={per_actor}"]
@@ -181,14 +189,16 @@ def report(rounds: list[list[dict[str, Any]]], args: argparse.Namespace) -> None
               f"{_median([x['sim_cpu_s_per_1000_rows'] for x in runs]):>7.1f} "
               f"{_median([x['latency_p50_s'] for x in runs]):>5.1f} {_median([x['latency_p99_s'] for x in runs]):>5.1f} "
               f"{r['ok']:>5}")  # fmt: skip
-    row = next(i for i, r in enumerate(first) if r["system"] == "streamflow row mode")
+    rows = [i for i, r in enumerate(first) if r["system"] == "streamflow row mode"]
     batches = [i for i, r in enumerate(first) if r["system"].startswith("batch")]
-    if batches:
-        best = [max((round_[i] for i in batches), key=lambda r: r["output_tokens_per_s"]) for round_ in rounds]
-        ratios = [round_[row]["output_tokens_per_s"] / b["output_tokens_per_s"] for round_, b in zip(rounds, best)]
-        print(f"row mode / best batch configuration of each round: {_spread(ratios, '{:.2f}x')} output tokens/s")
-    cpu = [round_[row]["cpu_s_per_1000_rows"] / round_[0]["cpu_s_per_1000_rows"] for round_ in rounds]
-    print(f"row mode CPU per row / plain loop's: {_spread(cpu, '{:.2f}x')}")
+    for row in rows:
+        name = "row mode" if len(rows) == 1 else f"row mode ({first[row]['config']})"
+        if batches:
+            best = [max((round_[i] for i in batches), key=lambda r: r["output_tokens_per_s"]) for round_ in rounds]
+            ratios = [round_[row]["output_tokens_per_s"] / b["output_tokens_per_s"] for round_, b in zip(rounds, best)]
+            print(f"{name} / best batch configuration of each round: {_spread(ratios, '{:.2f}x')} output tokens/s")
+        cpu = [round_[row]["cpu_s_per_1000_rows"] / round_[0]["cpu_s_per_1000_rows"] for round_ in rounds]
+        print(f"{name} CPU per row / plain loop's: {_spread(cpu, '{:.2f}x')}")
     names = list(dict.fromkeys(name for r in first for name in r["quality"]))
     if names:
         widths = [max(len(name), 8) for name in names]
