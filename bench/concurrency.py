@@ -114,7 +114,7 @@ def report(points: list[dict[str, Any]], args: argparse.Namespace) -> None:
             mine = [p for p in points if p["pipeline"] == pipeline and p["inflight"] == inflight]
             plain = [p for p in mine if p["system"].startswith("plain")]
             row = [p for p in mine if p["system"].startswith("streamflow")]
-            ratio = statistics.median(r["output_tokens_per_s"] / p["output_tokens_per_s"] for p, r in zip(plain, row))
+            ratio = statistics.median(r["output_tokens_per_s"] / p["output_tokens_per_s"] for p, r in zip(plain, row, strict=True))
             print(f"{pipeline:<9} {inflight:>9,} {plain[0]['rows']:>7,} "
                   f"{statistics.median(p['output_tokens_per_s'] for p in plain):>12,.0f} "
                   f"{statistics.median(r['output_tokens_per_s'] for r in row):>10,.0f} {ratio:>8.2f}x "
@@ -133,7 +133,7 @@ def plot(points: list[dict[str, Any]], args: argparse.Namespace) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(args.pipelines), figsize=(6 * len(args.pipelines), 4.2), squeeze=False)
-    for axis, pipeline in zip(axes[0], args.pipelines):
+    for axis, pipeline in zip(axes[0], args.pipelines, strict=False):
         for system, style in (("plain asyncio loop", "o--"), ("streamflow row mode", "s-")):
             xs, ys = [], []
             for inflight in args.inflight:

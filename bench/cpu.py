@@ -111,9 +111,8 @@ class CommandCPU:
         """Kill what still runs in the cgroup and remove it."""
         if self.cgroup is None:
             return
-        with contextlib.suppress(OSError):
-            with open(os.path.join(self.cgroup, "cgroup.kill"), "w") as handle:
-                handle.write("1")
+        with contextlib.suppress(OSError), open(os.path.join(self.cgroup, "cgroup.kill"), "w") as handle:
+            handle.write("1")
         for _ in range(50):
             try:
                 os.rmdir(self.cgroup)

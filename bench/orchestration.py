@@ -38,6 +38,7 @@ import ray
 import streamflow
 from bench.cpu import CommandCPU
 from streamflow import Flow, Message, Operator
+import itertools
 
 STEPS = 3
 HOPS = STEPS + 1  # driver -> steps -> sink
@@ -142,7 +143,7 @@ class _Hop:
 def run_bare_ray(rows: int, inflight: int, flush_rows: int) -> dict[str, Any]:
     hop = ray.remote(_Hop).options(num_cpus=0)
     actors = [hop.remote(flush_rows) for _ in range(STEPS + 1)]
-    ray.get([a.wire.remote(b) for a, b in zip(actors, actors[1:])])
+    ray.get([a.wire.remote(b) for a, b in itertools.pairwise(actors)])
     first, sink = actors[0], actors[-1]
     cpu0 = METER.seconds()
     started = time.perf_counter()
@@ -223,7 +224,7 @@ def main() -> None:
     print(header)
     for r in results:
         print(f"{r['system']:<20} {r['operators']:<12} {'on' if r['event_log'] else 'off':>6} "
-              f"{r['max_inflight']:>8,} {str(r['coalescing']):>8} {r['rows']:>7,} {r['rows_per_s']:>9,.0f} "
+              f"{r['max_inflight']:>8,} {r['coalescing']!s:>8} {r['rows']:>7,} {r['rows_per_s']:>9,.0f} "
               f"{r['messages_per_s']:>9,.0f} {r['cpu_us_per_message']:>10,.1f} {r['cpu_us_per_row']:>10,.1f}")
     for inflight in args.inflight:
         bare = next(r for r in results if r["system"] == "bare Ray chain" and r["max_inflight"] == inflight)

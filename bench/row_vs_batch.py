@@ -180,8 +180,8 @@ def report(rounds: list[list[dict[str, Any]]], args: argparse.Namespace) -> None
           f"{'start s':>7} {'CPU s/1k':>8} {'sim CPU':>7} {'P50 s':>5} {'P99 s':>5} {'ok':>5}")
     for index, r in enumerate(first):
         runs = [round_[index] for round_ in rounds]
-        shares = [run["output_tokens_per_s"] / round_[0]["output_tokens_per_s"] for run, round_ in zip(runs, rounds)]
-        e2e_shares = [round_[0]["end_to_end_s"] / run["end_to_end_s"] for run, round_ in zip(runs, rounds)]
+        shares = [run["output_tokens_per_s"] / round_[0]["output_tokens_per_s"] for run, round_ in zip(runs, rounds, strict=True)]
+        e2e_shares = [round_[0]["end_to_end_s"] / run["end_to_end_s"] for run, round_ in zip(runs, rounds, strict=True)]
         print(f"{r['system']:<20} {r['config'][:32]:<32} {_spread([x['output_tokens_per_s'] for x in runs], '{:,.0f}'):>19} "
               f"{_spread(shares, '{:.0%}'):>15} {_spread([x['end_to_end_s'] for x in runs], '{:.1f}'):>17} "
               f"{_spread(e2e_shares, '{:.0%}'):>15} {_median([x['start_s'] for x in runs]):>7.1f} "
@@ -195,17 +195,17 @@ def report(rounds: list[list[dict[str, Any]]], args: argparse.Namespace) -> None
         name = "row mode" if len(rows) == 1 else f"row mode ({first[row]['config']})"
         if batches:
             best = [max((round_[i] for i in batches), key=lambda r: r["output_tokens_per_s"]) for round_ in rounds]
-            ratios = [round_[row]["output_tokens_per_s"] / b["output_tokens_per_s"] for round_, b in zip(rounds, best)]
+            ratios = [round_[row]["output_tokens_per_s"] / b["output_tokens_per_s"] for round_, b in zip(rounds, best, strict=True)]
             print(f"{name} / best batch configuration of each round: {_spread(ratios, '{:.2f}x')} output tokens/s")
         cpu = [round_[row]["cpu_s_per_1000_rows"] / round_[0]["cpu_s_per_1000_rows"] for round_ in rounds]
         print(f"{name} CPU per row / plain loop's: {_spread(cpu, '{:.2f}x')}")
     names = list(dict.fromkeys(name for r in first for name in r["quality"]))
     if names:
         widths = [max(len(name), 8) for name in names]
-        print(f"\n{'output quality (first round)':<53}" + "".join(f" {name:>{w}}" for name, w in zip(names, widths)))
+        print(f"\n{'output quality (first round)':<53}" + "".join(f" {name:>{w}}" for name, w in zip(names, widths, strict=True)))
         for r in first:
             print(f"{r['system']:<20} {r['config'][:32]:<32}"
-                  + "".join(f" {_figure(r['quality'].get(name)):>{w}}" for name, w in zip(names, widths)))
+                  + "".join(f" {_figure(r['quality'].get(name)):>{w}}" for name, w in zip(names, widths, strict=True)))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"config": vars(args), "rounds": rounds}, handle, indent=2)
@@ -255,10 +255,10 @@ def plot(results: list[dict[str, Any]], path: str) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
     for r in results:
         if r["tokens_series"]:
-            xs, ys = zip(*r["tokens_series"])
+            xs, ys = zip(*r["tokens_series"], strict=False)
             left.plot(xs, ys, label=f"{r['system']} ({r['config']})", linewidth=1)
         if r["latency_cdf"]:
-            xs, ys = zip(*r["latency_cdf"])
+            xs, ys = zip(*r["latency_cdf"], strict=False)
             right.step(xs, ys, where="post", label=r["system"] + ("" if "batch" not in r["system"] else f" {r['config'].split(',')[0]}"))
     left.set(title="output tokens/s over time", xlabel="s since first request", ylabel="tokens/s")
     right.set(title="row latency CDF", xlabel="seconds", ylabel="share of rows", xscale="log")

@@ -124,7 +124,7 @@ class SimProcess:
         """(seconds since the first request, output tokens/s over the last poll interval)."""
         started, _ = self.busy_window()
         points = []
-        for before, after in zip(self.series, self.series[1:]):
+        for before, after in zip(self.series, self.series[1:], strict=False):
             if after["t_wall"] < started:
                 continue
             rate = (after["completion_tokens"] - before["completion_tokens"]) / max(after["t"] - before["t"], 1e-9)

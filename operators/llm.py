@@ -133,7 +133,7 @@ class ChatJSON(Operator):
         self.temperature = temperature
         self.model = model
         declared: dict[str, Any] = (
-            {into: schema} if into else {f: t for f, t in zip(schema.__struct_fields__, _field_types(schema))}
+            {into: schema} if into else dict(zip(schema.__struct_fields__, _field_types(schema), strict=False))
         )
         self.fields = {**declared, RAW_FIELD: str}
 

@@ -64,7 +64,7 @@ class Pose(Operator):
             raise RowError(
                 f"row {row.id!r}: options must be a list of 2 to 26 choices, got {options!r}", kind="bad_input"
             )
-        lettered = "\n".join(f"({letter}) {option}" for letter, option in zip(LETTERS, options))
+        lettered = "\n".join(f"({letter}) {option}" for letter, option in zip(LETTERS, options, strict=False))
         return row.with_fields(problem=f"{question.strip()}\n\n{lettered}")
 
 

@@ -326,7 +326,9 @@ def _follow(path: str, data: Any) -> tuple[list[str], Any, Any, Any]:
     declared type at the end of the path (a list item's, say).
     """
     keys: list[str] = []
-    value, declared, kind = data, RunConfig, RunConfig
+    value: Any = data
+    declared: Any = RunConfig
+    kind: Any = RunConfig
     for step in _PATH_STEP.finditer(path):
         bare = _bare(kind)
         if step["name"] is not None:

@@ -89,7 +89,7 @@ def settle(before: Message, after: Message) -> Message:
         history, old_history = state.history, before.state.history
         if history is not old_history:
             kept = 0
-            for new_turn, old_turn in zip(history, old_history):
+            for new_turn, old_turn in zip(history, old_history, strict=False):
                 if new_turn is not old_turn:
                     break
                 kept += 1

@@ -171,7 +171,7 @@ async def serve(llm: LLMConfig, *, seed: int, publish: str | None, log_dir: str)
             published.add(url)
             print(f"serving {llm.model} at {url}", flush=True)
         if publish:
-            print(f"runs use them with: llm.endpoints_dir={os.path.abspath(publish)} llm.model={llm.model}", flush=True)
+            print(f"runs use them with: llm.endpoints_dir={os.path.abspath(publish)} llm.model={llm.model}", flush=True)  # noqa: ASYNC240 (no disk I/O)
         await stop
         log.info("stopping %d servers", len(urls))
     finally:

@@ -266,7 +266,7 @@ class LangStream:
         while len(rows) < k and not self.exhausted:
             chunk = self.pages[self.pos : self.pos + max(self.batch, k - len(rows))]
             results = list(self.pool.map(lambda p: render(p, self.env), chunk))
-            for page, (text, err) in zip(chunk, results):
+            for page, (text, err) in zip(chunk, results, strict=False):
                 if len(rows) == k:
                     break  # rest of the batch is unused; resume from here next time
                 self.pos += 1
@@ -307,9 +307,9 @@ def sample(streams: dict[str, LangStream], want: dict[str, int]) -> list[dict]:
         short += k - len(got)
     # A language that ran out of pages: spread the shortfall round-robin over
     # the other non-English languages, then English as a last resort.
-    others = [l for l in want if l != "en"]
+    others = [lang for lang in want if lang != "en"]
     while short:
-        open_others = [l for l in others if not streams[l].exhausted]
+        open_others = [lang for lang in others if not streams[lang].exhausted]
         if not open_others:
             break
         for lang in open_others:
@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     versions = package_versions(packages)
 
     env = render_env(args.width)
-    others = [l for l in LANGS if l != "en"]
+    others = [lang for lang in LANGS if lang != "en"]
     want = quotas(args.docs, args.en_frac, others)
     pool_sizes: dict[str, int] = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:

@@ -161,7 +161,7 @@ KINDS = (
 
 def build_tasks(count: int, db: dict, rng: random.Random) -> list[dict]:
     tasks = []
-    kinds, weights = zip(*KINDS)
+    kinds, weights = zip(*KINDS, strict=False)
     while len(tasks) < count:
         kind = rng.choices(kinds, weights)[0]
         found = next(filter(None, (task(kind, db, rng) for _ in range(200))), None)

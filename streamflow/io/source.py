@@ -23,7 +23,7 @@ import hashlib
 import logging
 import time
 import zlib
-from collections.abc import Callable, Container, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -626,7 +626,7 @@ def _open_jsonl(fs: fsspec.AbstractFileSystem, name: str) -> IO[bytes]:
     return fs.open(name, "rb", compression="gzip" if name.lower().endswith(".gz") else None)
 
 
-def _file_lines(fs: fsspec.AbstractFileSystem, name: str) -> Iterator[tuple[int, bytes]]:
+def _file_lines(fs: fsspec.AbstractFileSystem, name: str) -> Generator[tuple[int, bytes], None, None]:
     with _open_jsonl(fs, name) as handle:
         yield from _lines(handle)
 

@@ -156,7 +156,7 @@ def inflight_over_time(events: pl.DataFrame, every_s: float) -> pl.DataFrame:
         start=(pl.col("start") - origin).dt.total_microseconds() / 1e6,
         end=(pl.col("end") - origin).dt.total_microseconds() / 1e6,
     )
-    last = float(seconds["end"].max() or seconds["start"].max() or 0.0)
+    last = float(seconds["end"].max() or seconds["start"].max() or 0.0)  # type: ignore[arg-type]
     times = [index * every_s for index in range(int(last / every_s) + 2)]
     starts = seconds["start"].sort()
     ends = seconds["end"].drop_nulls().sort()
