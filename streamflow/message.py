@@ -3,7 +3,7 @@
 A ``Message`` is immutable from the operator's point of view: ``with_fields`` and
 ``with_state`` return a changed copy, so a row handed to two branches cannot be
 changed behind one branch's back. Messages are encoded with msgspec msgpack because
-it is about 3x faster than pickle for rows of this shape (DESIGN.md §7).
+it is about 3x faster than pickle for rows of this shape.
 """
 
 from __future__ import annotations

@@ -124,8 +124,8 @@ class Remote:
 def test_an_actor_that_died_after_its_last_census_keeps_what_that_census_reported(tmp_path):
     """When the run ends, ``stop`` answers from the restarted incarnation: the dead one's usage is kept beside it."""
     from streamflow.run import prepare
-    from streamflow.runtime.actor import ActorStats
-    from streamflow.runtime.driver import _Driver
+    from streamflow.runtime.row.actor import ActorStats
+    from streamflow.runtime.row.driver import _Driver
     from streamflow.services.llm import Usage
 
     flow, cfg, params, plan, spec = prepare(

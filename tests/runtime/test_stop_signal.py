@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from streamflow.errors import Interrupted
-from streamflow.runtime.driver import _stream_until_stopped
+from streamflow.runtime.row.driver import _stream_until_stopped
 
 
 class FakeSink:

@@ -1,7 +1,7 @@
 """Peer-to-peer hops between actors, coalesced per destination.
 
 One Ray actor call costs about 1 ms of CPU, so sending each row on its own caps a
-3-hop pipeline at a few hundred rows/s (DESIGN.md §7). An ``Outbox`` instead buffers
+3-hop pipeline at a few hundred rows/s. An ``Outbox`` instead buffers
 the rows bound for the same actor and ships them as one encoded batch when
 ``flush_rows`` are waiting or ``flush_ms`` after the first one arrived, whichever comes
 first. It never waits for a barrier: a lone row leaves after at most ``flush_ms``.
@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from streamflow.message import Message
-from streamflow.runtime.offload import Offloader, encode_rows
+from streamflow.runtime.row.offload import Offloader, encode_rows
 
 __all__ = ["Outbox", "Peer", "Peers"]
 

@@ -48,13 +48,13 @@ from streamflow.message import Message, State
 from streamflow.pipeline import Recipe
 from streamflow.progress import Progress, Snapshot
 from streamflow.result import RunResult, TransferStats
-from streamflow.runtime.actor import ActorStats, StepActor, Wiring
-from streamflow.runtime.fusion import Group, fuse_steps
-from streamflow.runtime.ledger import Entry, Ledger
-from streamflow.runtime.metrics import MetricsServer, MetricsView, RunMetrics
-from streamflow.runtime.offload import ObjectKeeper, node_offloader
-from streamflow.runtime.sink import SinkActor, decode_completions, sink_shard
-from streamflow.runtime.transport import Outbox, Peer, Peers
+from streamflow.runtime.row.actor import ActorStats, StepActor, Wiring
+from streamflow.runtime.row.fusion import Group, fuse_steps
+from streamflow.runtime.row.ledger import Entry, Ledger
+from streamflow.runtime.row.offload import ObjectKeeper, node_offloader
+from streamflow.runtime.row.outbox import Outbox, Peer, Peers
+from streamflow.runtime.row.prometheus import MetricsServer, MetricsView, RunMetrics
+from streamflow.runtime.row.sink import SinkActor, decode_completions, sink_shard
 from streamflow.schema import output_schema
 from streamflow.services.llm import Usage, merge_usage
 from streamflow.services.llm_service import LLMService
