@@ -317,7 +317,9 @@ class StepActor:
         counts.rows_out += len(results)
         return results, ended
 
-    async def _run(self, step: str, row: Message, ctx: Context, counts: StepCounts) -> tuple[list[Message], float, float]:
+    async def _run(
+        self, step: str, row: Message, ctx: Context, counts: StepCounts
+    ) -> tuple[list[Message], float, float]:
         counts.running += 1
         started = time.time()
         try:
