@@ -1,7 +1,7 @@
 """Latency constants of a vLLM-style server, as used by the simulator's batching engine.
 
-The model and every constant come from §3 of
-``/work/shared/reference/llm-latency-profile.md`` (ITL(b) = a + c*b, TTFT = t0 + P/R + ITL(b)).
+The model is a vLLM-style server's: ITL(b) = a + c*b, TTFT = t0 + P/R + ITL(b), for a batch of
+b sequences and a prompt of P tokens (``docs/simulator.md``).
 """
 
 from __future__ import annotations
