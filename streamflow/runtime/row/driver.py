@@ -291,8 +291,8 @@ class Driver:
         for action in actions:
             if isinstance(action, Readmit):
                 for row in action.rows:
-                    shard = sink_shard(row.root, len(self.sinks))
-                    self.outbox.send(self.sink_peers[shard] if row.to_sink else self.entry.pick(), row.message)
+                    peer = self.sink_peers[sink_shard(row.root, len(self.sinks))] if row.to_sink else self.entry.pick()
+                    self.outbox.send(peer, row.message)
                 log.warning("re-admitted %d rows whose actor died", len(action.rows))
             elif isinstance(action, Rewire):
                 self._rewiring[action.replica] = asyncio.create_task(self._rewire(action.replica))
