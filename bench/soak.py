@@ -240,8 +240,8 @@ def main() -> None:
 
     logging.basicConfig(level=logging.WARNING)
     metrics = MetricsURL()
-    logging.getLogger("streamflow.runtime.metrics").addHandler(metrics)
-    logging.getLogger("streamflow.runtime.metrics").setLevel(logging.INFO)
+    logging.getLogger("streamflow.runtime.row.prometheus").addHandler(metrics)
+    logging.getLogger("streamflow.runtime.row.prometheus").setLevel(logging.INFO)
     with tempfile.TemporaryDirectory(prefix="sf-soak-") as out:
         data = os.path.join(out, "rows.parquet")
         child = multiprocessing.get_context("spawn").Process(

@@ -16,7 +16,7 @@ from streamflow.execution import run_step
 from streamflow.io.sink import PartWriter
 from streamflow.message import State, decode_batch, encode_batch
 from streamflow.operator import Context
-from streamflow.runtime.transport import Peer, Peers
+from streamflow.runtime.row.outbox import Peer, Peers
 from streamflow.schema import output_schema
 
 TEXT = "The read() system call returns the number of bytes read, or -1 on error. " * 20  # ~1.5 KB

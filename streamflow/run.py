@@ -191,9 +191,9 @@ def _attempt(
     try:
         shape = wait_for_cluster(cfg.cluster)
         if cfg.mode == "batch":
-            from streamflow.batch import run_batches as run_mode
+            from streamflow.runtime.batch import run_batches as run_mode
         else:
-            from streamflow.runtime.driver import run_rows as run_mode
+            from streamflow.runtime.row.driver import run_rows as run_mode
 
         recipe = spec.recipe(params)
         cfg = _with_run_cache(cfg, run_dir)

@@ -124,14 +124,14 @@ class Remote:
 def test_an_actor_that_died_after_its_last_census_keeps_what_that_census_reported(tmp_path):
     """When the run ends, ``stop`` answers from the restarted incarnation: the dead one's usage is kept beside it."""
     from streamflow.run import prepare
-    from streamflow.runtime.actor import ActorStats
-    from streamflow.runtime.driver import _Driver
+    from streamflow.runtime.row.actor import ActorStats
+    from streamflow.runtime.row.driver import Driver
     from streamflow.services.llm import Usage
 
     flow, cfg, params, plan, spec = prepare(
         Flow("ask").step("ask", AskThenWait(str(tmp_path / "no-gate"))), [f"input.path={numbers(tmp_path, 1)}"]
     )
-    driver = _Driver(flow, spec.recipe(params), cfg, plan, str(tmp_path), frozenset())
+    driver = Driver(flow, spec.recipe(params), cfg, plan, str(tmp_path), frozenset())
     dead = ActorStats(group="ask", replica=0, incarnation="first", usage={"ask": Usage(requests=7, prompt_tokens=70)})
     restarted = ActorStats(
         group="ask", replica=0, incarnation="second", usage={"ask": Usage(requests=2, prompt_tokens=20)}

@@ -10,8 +10,8 @@ from polars.testing import assert_frame_equal
 
 import streamflow
 from streamflow import ConfigError, Drop, Flow, Operator, SetupError
-from streamflow.batch import rows_in_flight
 from streamflow.config import BatchConfig
+from streamflow.runtime.batch import rows_in_flight
 
 NR_PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "natural_reasoning.py"
 SMALL_POOL = ["batch.actors=2", "batch.batches_per_actor=2"]

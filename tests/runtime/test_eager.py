@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from streamflow.runtime.eager import start_eagerly
+from streamflow.runtime.row.eager import start_eagerly
 
 
 def test_a_coroutine_that_never_waits_finishes_at_once_without_a_task():

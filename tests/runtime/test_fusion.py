@@ -1,7 +1,7 @@
 """Which steps share an actor: neighbours that ask for the same resources, unless one opts out."""
 
 from streamflow.config import OperatorConfig
-from streamflow.runtime.fusion import fuse_steps
+from streamflow.runtime.row.fusion import fuse_steps
 
 
 def names(**operators):

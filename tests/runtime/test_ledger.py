@@ -3,7 +3,7 @@
 import asyncio
 
 from streamflow.message import Message
-from streamflow.runtime.ledger import Ledger
+from streamflow.runtime.row.ledger import Ledger
 
 
 def row(index):

@@ -3,8 +3,8 @@
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamflow.runtime.actor import ActorStats, StepCounts
-from streamflow.runtime.metrics import MetricsView, RunMetrics
+from streamflow.runtime.row.actor import ActorStats, StepCounts
+from streamflow.runtime.row.prometheus import MetricsView, RunMetrics
 from streamflow.services.llm import Usage
 from streamflow.services.llm.usage import LATENCY_BOUNDS_S
 

@@ -6,7 +6,7 @@ import pytest
 import ray
 
 from streamflow.message import Message
-from streamflow.runtime.offload import (
+from streamflow.runtime.row.offload import (
     ObjectKeeper,
     Offloaded,
     Offloader,

@@ -5,9 +5,9 @@ import asyncio
 import polars as pl
 import pyarrow as pa
 
-import streamflow.runtime.sink as sink_module
+import streamflow.runtime.row.sink as sink_module
 from streamflow.message import Message, encode_batch
-from streamflow.runtime.sink import SinkActor, decode_completions
+from streamflow.runtime.row.sink import SinkActor, decode_completions
 from streamflow.schema import output_schema
 
 SCHEMA = output_schema(pa.schema([("text", pa.string())]), {})

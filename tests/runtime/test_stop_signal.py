@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from streamflow.errors import Interrupted
-from streamflow.runtime.driver import _stream_until_stopped
+from streamflow.runtime.row.watch import stream_until_stopped
 
 
 class FakeSink:
@@ -55,7 +55,7 @@ def test_a_stop_signal_ends_streaming_commits_the_sinks_and_names_the_resume(sig
     driver = StreamingForever()
 
     async def scenario():
-        stopping = asyncio.ensure_future(_stream_until_stopped(driver))
+        stopping = asyncio.ensure_future(stream_until_stopped(driver))
         await asyncio.sleep(0.05)
         os.kill(os.getpid(), signum)
         await stopping
@@ -74,5 +74,5 @@ def test_a_run_that_finishes_gives_the_process_its_handler_back():
         async def stream(self):
             return None
 
-    asyncio.run(_stream_until_stopped(Finishing()))
+    asyncio.run(stream_until_stopped(Finishing()))
     assert signal.getsignal(signal.SIGTERM) is previous_handler

@@ -1,7 +1,7 @@
 """Latency constants of a vLLM-style server, as used by the simulator's batching engine.
 
-The model (ITL(b) = a + c*b, TTFT = t0 + P/R + ITL(b)) and its constants are described in
-``docs/simulator.md`` ("What it models").
+The model is a vLLM-style server's: ITL(b) = a + c*b, TTFT = t0 + P/R + ITL(b), for a batch of
+b sequences and a prompt of P tokens (``docs/simulator.md``).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class LatencyProfile(msgspec.Struct, frozen=True, kw_only=True):
         return prompt_tokens / self.prefill_tok_s
 
 
-# max_num_seqs: vLLM's own default on H100 is 1024 (docs/simulator.md, Sources #12); we use 256,
+# max_num_seqs: vLLM's own default on H100 is 1024 (reference doc, table 1b #12); we use 256,
 # the V0 / A100-class default (#14), so a single simulated server saturates at a batch size
 # where the linear ITL fit (§3) is still backed by measurements (b <= 167, #4/#5).
 PROFILES: dict[ProfileName, LatencyProfile] = {

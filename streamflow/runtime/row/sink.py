@@ -36,8 +36,8 @@ from streamflow.io.arrow import skip_pandas_probe
 from streamflow.io.sink import PartWriter, part_row_ids
 from streamflow.message import Message
 from streamflow.result import TransferStats
-from streamflow.runtime.offload import Offloader, ValueLost, decode_rows, local_put
-from streamflow.runtime.restart import was_restarted
+from streamflow.runtime.row.offload import Offloader, ValueLost, decode_rows, local_put
+from streamflow.runtime.row.restart import was_restarted
 
 __all__ = ["Completion", "Completions", "SinkActor", "decode_completions", "sink_shard"]
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from streamflow.message import Message
-from streamflow.runtime.offload import Offloader, encode_rows
+from streamflow.runtime.row.offload import Offloader, encode_rows
 
 __all__ = ["Outbox", "Peer", "Peers"]
 

@@ -40,10 +40,10 @@ from streamflow.message import Message
 from streamflow.operator import Context
 from streamflow.pipeline import Recipe
 from streamflow.result import TransferStats
-from streamflow.runtime.eager import start_eagerly
-from streamflow.runtime.offload import Offloaded, ValueLost, decode_rows, keep_references, node_offloader
-from streamflow.runtime.sink import sink_shard
-from streamflow.runtime.transport import Outbox, Peer, Peers
+from streamflow.runtime.row.eager import start_eagerly
+from streamflow.runtime.row.offload import Offloaded, ValueLost, decode_rows, keep_references, node_offloader
+from streamflow.runtime.row.outbox import Outbox, Peer, Peers
+from streamflow.runtime.row.sink import sink_shard
 from streamflow.services.llm import LLMClient, Usage
 from streamflow.services.llm.usage import ROW_USAGE
 from streamflow.services.llm_service import LLMAccess
@@ -317,7 +317,9 @@ class StepActor:
         counts.rows_out += len(results)
         return results, ended
 
-    async def _run(self, step: str, row: Message, ctx: Context, counts: StepCounts) -> tuple[list[Message], float, float]:
+    async def _run(
+        self, step: str, row: Message, ctx: Context, counts: StepCounts
+    ) -> tuple[list[Message], float, float]:
         counts.running += 1
         started = time.time()
         try:

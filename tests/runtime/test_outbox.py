@@ -3,7 +3,7 @@
 import asyncio
 
 from streamflow.message import Message, decode_batch
-from streamflow.runtime.transport import Outbox, Peer, Peers
+from streamflow.runtime.row.outbox import Outbox, Peer, Peers
 
 
 class FakeActor:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from streamflow.config import OperatorConfig
 
-__all__ = ["Group", "fuse_steps"]
+__all__ = ["Group", "fuse_steps", "hosting"]
 
 
 @dataclass(frozen=True)
@@ -54,3 +54,8 @@ def fuse_steps(operators: Mapping[str, OperatorConfig]) -> list[Group]:
         else:
             groups.append(Group((name,), op.replicas, op.num_cpus))
     return groups
+
+
+def hosting(group: str) -> str:
+    """How messages name the actor of a group: ``step 'ask'``, or ``steps 'ask+judge'`` when fused."""
+    return f"steps {group!r}" if "+" in group else f"step {group!r}"

@@ -18,7 +18,7 @@ import msgspec
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from streamflow.runtime.actor import ActorStats
+from streamflow.runtime.row.actor import ActorStats
 from streamflow.services.llm import Usage, merge_usage
 from streamflow.services.llm.usage import LATENCY_BOUNDS_S
 
