@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import itertools
 import json
 import os
 import statistics
@@ -38,7 +40,6 @@ import ray
 import streamflow
 from bench.cpu import CommandCPU
 from streamflow import Flow, Message, Operator
-import itertools
 
 STEPS = 3
 HOPS = STEPS + 1  # driver -> steps -> sink
@@ -133,10 +134,8 @@ class _Hop:
     async def completed(self, at_least: int) -> int:
         while self.done < at_least:
             self.arrived.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.arrived.wait(), 0.5)
-            except TimeoutError:
-                pass
         return self.done
 
 

@@ -74,7 +74,7 @@ class Admission:
                         self.outbox.send(self.sinks[sink_shard(message.id, len(self.sinks))], message)
                     continue
                 ids, rows = batch
-                for row_id, fields in zip(ids, rows):
+                for row_id, fields in zip(ids, rows, strict=True):
                     message = new_row(row_id, fields, self.first, self.seed)
                     await self.ledger.admit(message)
                     self.outbox.send(self.entry.pick(), message)

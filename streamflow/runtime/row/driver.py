@@ -368,7 +368,7 @@ class Driver:
         files: list[str] = []
         for shard, paths in enumerate(closed):
             if isinstance(paths, BaseException):  # restarted while closing: its parts are all committed
-                paths = [str(p) for p in Path(self.data_dir).glob(f"part-{shard:03d}-*.parquet")]
+                paths = [str(p) for p in Path(self.data_dir).glob(f"part-{shard:03d}-*.parquet")]  # noqa: ASYNC240 (once, at the end of a run)
             files.extend(paths)
         usage = merge_usage([s.usage for s in [*final, *self.earlier_usage]])
         replicas = merge_usage([s.replica_usage for s in [*final, *self.earlier_usage]])

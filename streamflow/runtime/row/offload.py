@@ -131,7 +131,7 @@ class ObjectKeeper:
 
         Read from the keeper's reference table in Ray's core worker (no public API gives it).
         """
-        return len(ray._private.worker.global_worker.core_worker.get_all_reference_counts())
+        return len(ray._private.worker.global_worker.core_worker.get_all_reference_counts())  # type: ignore[attr-defined]
 
 
 class Offloader:

@@ -342,7 +342,7 @@ class SandboxPool:
 
     def _write(self, box: _Sandbox, path: str, data: bytes) -> None:
         target = self._inside(box, path)
-        created = []  # folders this write makes, outermost first: they must belong to the sandbox's user
+        created: list[str] = []  # folders this write makes, outermost first: they must belong to the sandbox's user
         folder = os.path.dirname(target)
         while folder != box.directory and not os.path.exists(folder):
             created.insert(0, folder)
@@ -364,7 +364,7 @@ class SandboxPool:
 
     async def _start_worker(self, box: _Sandbox) -> asyncio.subprocess.Process:
         command = self._command(box, [self.backend.python, "-I", "-S", "-c", WORKER_CODE])
-        with open(self._stderr_path(box), "ab") as log_file:
+        with open(self._stderr_path(box), "ab") as log_file:  # noqa: ASYNC230 (opened once per sandbox, for the child to inherit)
             return await asyncio.create_subprocess_exec(
                 *command,
                 stdin=asyncio.subprocess.PIPE,

@@ -24,7 +24,7 @@ def main() -> None:
             function = getattr(importlib.import_module(request["module"]), request["function"])
             reply = {"result": function(**request.get("arguments", {}))}
             text = json.dumps(reply, default=str)
-        except Exception as exc:  # noqa: BLE001 - every failure of the tool is the caller's answer
+        except Exception as exc:
             traceback.print_exc()
             text = json.dumps({"error": f"{type(exc).__name__}: {exc}"})
         replies.write(text + "\n")

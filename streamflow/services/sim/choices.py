@@ -55,7 +55,7 @@ def answer_letters(messages: Sequence[tuple[str, str]]) -> str:
     for _, content in messages:
         letters = "".join(dict.fromkeys(_OPTION.findall(content)))
         run = ""
-        for expected, letter in zip("ABCDEFGHIJKLMNOPQRSTUVWXYZ", letters):
+        for expected, letter in zip("ABCDEFGHIJKLMNOPQRSTUVWXYZ", letters, strict=False):
             if letter != expected:
                 break
             run += letter

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import msgspec
 
-from streamflow.services.sim.profile import DEFAULT_PROFILE, PROFILES, LatencyProfile
+from streamflow.services.sim.profile import DEFAULT_PROFILE, PROFILES, LatencyProfile, ProfileName
 
 __all__ = ["SimConfig"]
 
@@ -61,4 +63,4 @@ class SimConfig(msgspec.Struct, kw_only=True):
 
     def latency_profile(self) -> LatencyProfile:
         """The profile itself, looking names up in ``PROFILES``."""
-        return PROFILES[self.profile] if isinstance(self.profile, str) else self.profile
+        return PROFILES[cast(ProfileName, self.profile)] if isinstance(self.profile, str) else self.profile

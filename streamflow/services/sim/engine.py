@@ -115,7 +115,7 @@ class SimRequest:
         await asyncio.shield(self._done)
         return self.timing()
 
-    async def poll(self, timeout: float) -> bool:
+    async def poll(self, timeout: float) -> bool:  # noqa: ASYNC109 (the simulated clock, not wall time)
         """Wait up to ``timeout`` loop seconds for the last token; return whether it exists."""
         await asyncio.wait((self._done,), timeout=timeout)
         return self.done()
