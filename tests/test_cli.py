@@ -135,6 +135,7 @@ def test_an_output_dir_on_a_read_only_file_system_exits_2_in_one_line(tmp_path):
     assert error_lines(done) == [f"streamflow: error: config: output.dir: {read_only} {why}"]
 
 
+@pytest.mark.slow  # starts Ray in a subprocess and streams rows for ~20 s; test_a_run_stopped_by_a_signal_* covers the exit code
 def test_ctrl_c_commits_what_the_sinks_hold_and_exits_130_with_the_resume_line(tmp_path):
     import signal
     import time

@@ -64,6 +64,7 @@ def answer_everything(prompt):
     return 200, "fine"
 
 
+@pytest.mark.slow  # two command-line runs; test_batch_mode_stops_early_too stops a run on the budget in-process
 def test_a_server_failing_every_request_stops_the_run_early_naming_the_error(tmp_path, ask, openai_server):
     pipeline, data = ask
     failing = openai_server(fail_everything, delay_s=0.05)

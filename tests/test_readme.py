@@ -48,6 +48,7 @@ def test_the_readme_quotes_runs():
     ]
 
 
+@pytest.mark.slow  # full sample runs of two pipelines; tests/test_run.py and tests/pipelines/ run slices of them
 @pytest.mark.parametrize(("command", "quoted"), quoted_runs(), ids=lambda value: value.split("/")[-1][:20])
 def test_what_the_readme_quotes_is_what_the_command_prints(command, quoted, tmp_path):
     args = shlex.split(command)[2:]  # $ python [-m streamflow.run PIPELINE overrides...]

@@ -68,7 +68,7 @@ def earlier(ray_runtime, tmp_path_factory):
     return path, streamflow.run(Flow("draws").step("draw", Draw()), overrides)
 
 
-@pytest.mark.parametrize("mode", ["row", "batch"])
+@pytest.mark.parametrize("mode", ["row", pytest.param("batch", marks=pytest.mark.slow)])  # batch resume: same skip set
 def test_resume_completes_a_stopped_run_as_an_undisturbed_run_would(ray_runtime, tmp_path, fast_run, mode):
     flow = Flow("draws").step("draw", Draw(), replicas=2)
     path = numbers(tmp_path)
@@ -109,6 +109,7 @@ def test_retry_errors_reruns_exactly_the_failed_rows(ray_runtime, tmp_path, fast
     assert frame.join(was_ok, on="row_id", how="semi").equals(was_ok)  # ok rows untouched
 
 
+@pytest.mark.slow  # the same runs as test_retry_errors_reruns_exactly_the_failed_rows, without its second half
 def test_resume_without_retry_errors_keeps_error_rows(ray_runtime, tmp_path, fast_run):
     marker = tmp_path / "bug"
     marker.touch()

@@ -273,7 +273,7 @@ def test_a_bad_line_at_the_end_of_a_large_jsonl_file_is_recorded_and_the_run_exi
     assert manifest["ledger_balanced"] is True and manifest["summary"]["rows_read"] == 3001
 
 
-@pytest.mark.parametrize("mode", ["row", "batch"])
+@pytest.mark.parametrize("mode", ["row", pytest.param("batch", marks=pytest.mark.slow)])  # 3000 rows through Ray Data
 def test_a_value_of_the_wrong_type_late_in_a_jsonl_file_is_a_bad_input_row(ray_runtime, tmp_path, fast_run, mode):
     path = write_large_jsonl(tmp_path / "docs.jsonl", 3000, '{"text": 12345, "n": 3000}')
     flow = Flow("lengths", requires=["text"]).step("measure", Lengths())

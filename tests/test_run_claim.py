@@ -77,6 +77,7 @@ def wait_for(condition, process, what, limit_s=180):
         time.sleep(0.2)
 
 
+@pytest.mark.slow  # two command-line runs side by side for ~20 s; every run writes and checks its claim
 def test_a_resume_of_a_run_that_is_still_going_is_refused_naming_its_holder(tmp_path, nap):
     pipeline, data = nap
     run_dir = tmp_path / "nap" / "g"

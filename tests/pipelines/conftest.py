@@ -8,12 +8,24 @@ import streamflow
 
 class PipelineRuns:
     @staticmethod
+    def row_mode(pipeline, out, *, limit):
+        """The row mode result of ``limit`` sample rows against a fast simulator."""
+        return streamflow.run(str(pipeline), PipelineRuns._common(out, limit))
+
+    @staticmethod
+    def batch_mode(pipeline, out, *, limit):
+        """``row_mode``'s rows through batch mode (Ray Data), for a row-for-row comparison."""
+        return streamflow.run(str(pipeline), [*PipelineRuns._common(out, limit), "mode=batch", "batch.size=8",
+                                              "batch.actors=2"])  # fmt: skip
+
+    @staticmethod
     def both_modes(pipeline, out, *, limit):
-        """(row mode result, batch mode result) of ``limit`` sample rows against a fast simulator."""
-        common = [f"output.dir={out}", "llm.sim.time_scale=0.01", "progress=off", f"limit={limit}"]
-        row = streamflow.run(str(pipeline), common)
-        batch = streamflow.run(str(pipeline), [*common, "mode=batch", "batch.size=8", "batch.actors=2"])
-        return row, batch
+        """(row mode result, batch mode result) of the same ``limit`` sample rows."""
+        return PipelineRuns.row_mode(pipeline, out, limit=limit), PipelineRuns.batch_mode(pipeline, out, limit=limit)
+
+    @staticmethod
+    def _common(out, limit):
+        return [f"output.dir={out}", "llm.sim.time_scale=0.01", "progress=off", f"limit={limit}"]
 
     @staticmethod
     def read(result):

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import polars as pl
+import pytest
 from aiohttp import web
 
 import streamflow
@@ -15,6 +16,7 @@ from streamflow.services.sim import SimConfig, SimServer
 NR_PIPELINE = Path(__file__).resolve().parents[2] / "pipelines" / "natural_reasoning.py"
 
 
+@pytest.mark.slow  # 300 rows with a replica killed mid-run; test_hanging_replica_is_timed_out_* covers failover in-process
 def test_killing_one_of_three_simulator_replicas_loses_no_row(ray_runtime, tmp_path):
     """A replica dies mid-run: its requests fail over, every row completes once, retries are counted."""
     import ray
