@@ -45,8 +45,8 @@ from streamflow.runtime.offload import Offloaded, ValueLost, decode_rows, keep_r
 from streamflow.runtime.sink import sink_shard
 from streamflow.runtime.transport import Outbox, Peer, Peers
 from streamflow.services.llm import LLMClient, Usage
+from streamflow.services.llm.service import LLMAccess
 from streamflow.services.llm.usage import ROW_USAGE
-from streamflow.services.llm_service import LLMAccess
 from streamflow.services.sandbox import SandboxClient, SandboxPool, SandboxSettings
 
 __all__ = ["ActorStats", "StepActor", "StepCounts", "Wiring"]

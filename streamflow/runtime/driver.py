@@ -57,7 +57,7 @@ from streamflow.runtime.sink import SinkActor, decode_completions, sink_shard
 from streamflow.runtime.transport import Outbox, Peer, Peers
 from streamflow.schema import output_schema
 from streamflow.services.llm import Usage, merge_usage
-from streamflow.services.llm_service import LLMService
+from streamflow.services.llm.service import LLMService
 
 __all__ = ["run_rows"]
 
