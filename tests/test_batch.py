@@ -12,13 +12,10 @@ import streamflow
 from streamflow import ConfigError, Drop, Flow, Operator, SetupError
 from streamflow.batch import rows_in_flight
 from streamflow.config import BatchConfig
+from streamflow.testing import read_output
 
 NR_PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "natural_reasoning.py"
 SMALL_POOL = ["batch.actors=2", "batch.batches_per_actor=2"]
-
-
-def read_output(result):
-    return pl.read_parquet(f"{result.data_dir}/*.parquet").sort("row_id")
 
 
 @pytest.fixture(scope="module")

@@ -4,56 +4,51 @@ import subprocess
 import sys
 from pathlib import Path
 
-import polars as pl
 import pytest
+
+from streamflow.testing import read_output
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def cli(*args, timeout=120):
-    return subprocess.run(
-        [sys.executable, "-m", "streamflow.run", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def test_help_explains_the_main_knobs():
+def test_help_explains_the_main_knobs(cli):
     done = cli("--help")
     assert done.returncode == 0
     for knob in ("input.path", "max_inflight", "operators.STEP.replicas", "llm.base_url", "limit", "output.dir"):
         assert knob in done.stdout
 
 
-def test_no_arguments_prints_usage_and_fails():
+def test_no_arguments_prints_usage_and_fails(cli):
     done = cli()
     assert done.returncode == 2 and "usage:" in done.stdout
 
 
-def test_bad_override_exits_2_with_one_line_on_stderr():
+def test_bad_override_exits_2_with_one_line_on_stderr(cli):
     done = cli("pipelines/natural_reasoning.py", "max_inflight=lots")
     assert done.returncode == 2
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert lines == ["streamflow: error: config: max_inflight=lots; expected `int`, got `str`."]
 
 
-def test_a_mistyped_key_exits_2_naming_the_closest_key():
+def test_a_mistyped_key_exits_2_naming_the_closest_key(cli):
     done = cli("pipelines/natural_reasoning.py", "max_inflght=10")
     assert done.returncode == 2
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert lines == ["streamflow: error: config: unknown key 'max_inflght'; did you mean 'max_inflight'?"]
 
 
-def test_missing_pipeline_file_is_named():
+def test_missing_pipeline_file_is_named(cli):
     done = cli("pipelines/nope.py")
     assert done.returncode == 2 and "pipelines/nope.py" in done.stderr and "does not exist" in done.stderr
 
 
-def test_unknown_step_in_operators_names_the_steps():
+def test_unknown_step_in_operators_names_the_steps(cli):
     done = cli("pipelines/natural_reasoning.py", "+operators.nope.replicas=2")
     assert done.returncode == 2
     assert "operators.nope names no step" in done.stderr and "english, classify, score, question" in done.stderr
 
 
-def test_resume_flag_is_the_same_as_the_override(tmp_path):
+def test_resume_flag_is_the_same_as_the_override(cli, tmp_path):
     missing = tmp_path / "no-such-run"
     flag, override = (
         cli("pipelines/natural_reasoning.py", "--resume", str(missing)),
@@ -63,7 +58,7 @@ def test_resume_flag_is_the_same_as_the_override(tmp_path):
     assert flag.stderr == override.stderr and str(missing) in flag.stderr
 
 
-def test_unknown_option_is_named():
+def test_unknown_option_is_named(cli):
     done = cli("pipelines/natural_reasoning.py", "--fast")
     assert done.returncode == 2 and "'--fast'" in done.stderr and "--resume" in done.stderr
 
@@ -107,7 +102,7 @@ def error_lines(done):
     return [line for line in done.stderr.splitlines() if line.strip()]
 
 
-def test_an_output_dir_that_is_a_file_exits_2_in_one_line_and_creates_nothing(tmp_path):
+def test_an_output_dir_that_is_a_file_exits_2_in_one_line_and_creates_nothing(cli, tmp_path):
     target = tmp_path / "runs.txt"
     target.write_text("not a directory")
     done = cli("pipelines/natural_reasoning.py", f"output.dir={target}")
@@ -135,7 +130,7 @@ def test_an_output_dir_on_a_read_only_file_system_exits_2_in_one_line(tmp_path):
     assert error_lines(done) == [f"streamflow: error: config: output.dir: {read_only} {why}"]
 
 
-@pytest.mark.slow  # starts Ray in a subprocess and streams rows for ~20 s; test_a_run_stopped_by_a_signal_* covers the exit code
+@pytest.mark.slow  # Ray in a subprocess for ~20 s; test_a_run_stopped_by_a_signal_* covers the exit code
 def test_ctrl_c_commits_what_the_sinks_hold_and_exits_130_with_the_resume_line(tmp_path):
     import signal
     import time
@@ -156,5 +151,5 @@ def test_ctrl_c_commits_what_the_sinks_hold_and_exits_130_with_the_resume_line(t
     assert err.strip().splitlines()[-1] == (
         f"streamflow: stopped by SIGINT; committed rows are kept, continue with resume={tmp_path}/natural_reasoning/cut"
     )
-    committed = pl.read_parquet(tmp_path / "natural_reasoning" / "cut" / "data" / "*.parquet")
+    committed = read_output(tmp_path / "natural_reasoning" / "cut")
     assert 0 < committed.height < 2000  # commit_s=600: only the stop itself committed them

@@ -13,10 +13,11 @@ import textwrap
 import time
 from pathlib import Path
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
+from streamflow.testing import read_output
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,7 +106,7 @@ def test_a_resume_of_a_run_that_is_still_going_is_refused_naming_its_holder(tmp_
     finally:
         first.kill()
     assert first.returncode == 0, err[-3000:]
-    frame = pl.read_parquet(run_dir / "data" / "*.parquet")
+    frame = read_output(run_dir)
     assert frame.height == frame["row_id"].n_unique() == 600
 
 
@@ -145,7 +146,7 @@ def test_a_run_whose_directory_was_taken_over_stops_at_once_with_one_line(tmp_pa
             if process is not None and process.poll() is None:
                 os.kill(process.pid, signal.SIGCONT)
                 process.kill()
-    frame = pl.read_parquet(run_dir / "data" / "*.parquet")
+    frame = read_output(run_dir)
     assert frame.height == frame["row_id"].n_unique() == 600
     records = sorted(int(p.stem) for p in (run_dir / "attempts").glob("*.json"))
     assert records == [1, 2]

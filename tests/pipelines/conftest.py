@@ -1,9 +1,9 @@
 """Helpers for pipeline tests: the same rows through row mode and batch mode, and their output."""
 
-import polars as pl
 import pytest
 
 import streamflow
+from streamflow.testing import read_output
 
 
 class PipelineRuns:
@@ -27,10 +27,7 @@ class PipelineRuns:
     def _common(out, limit):
         return [f"output.dir={out}", "llm.sim.time_scale=0.01", "progress=off", f"limit={limit}"]
 
-    @staticmethod
-    def read(result):
-        """A run's output rows, sorted by row id so two runs compare row for row."""
-        return pl.read_parquet(f"{result.data_dir}/*.parquet").sort("row_id")
+    read = staticmethod(read_output)
 
 
 @pytest.fixture(scope="session")
