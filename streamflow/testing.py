@@ -4,7 +4,16 @@
 Ray runtime (``streamflow.execution.run_step``) and encodes each row between steps as
 the transport would, so a value that could not travel between actors fails here too.
 
->>> rows = run_local(flow, [{"text": "hello"}], llm=fake_llm(lambda request: "Yes"))  # doctest: +SKIP
+>>> from streamflow import Flow, Operator
+>>> class Ask(Operator):
+...     fields = {"answer": str}
+...
+...     async def __call__(self, row, ctx):
+...         reply = await ctx.llm.chat([{"role": "user", "content": row["text"]}])
+...         return row.with_fields(answer=reply.text)
+>>> [row] = run_local(Flow("ask").step("ask", Ask()), [{"text": "hello"}], llm=fake_llm(lambda request: "Yes"))
+>>> row.status, row["answer"]
+('ok', 'Yes')
 """
 
 from __future__ import annotations
