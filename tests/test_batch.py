@@ -102,6 +102,7 @@ class BrokenSetup(Operator):
         return row
 
 
+@pytest.mark.slow  # the same setup path as tests/test_run.py's failing-setup test, through Ray Data
 def test_failing_setup_aborts_batch_mode_with_its_message(ray_runtime, tmp_path, fast_run):
     overrides = [f"input.path={numbers(tmp_path, 3)}", "mode=batch", *fast_run]
     with pytest.raises(SetupError, match="model weights not found") as info:

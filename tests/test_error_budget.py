@@ -92,6 +92,7 @@ def test_a_server_failing_every_request_stops_the_run_early_naming_the_error(cli
     assert frame["status"].unique().to_list() == ["ok"]
 
 
+@pytest.mark.slow  # a command-line run; the ErrorBudget tests below say when a run goes on
 def test_a_run_with_a_few_errors_finishes_and_exits_0(cli, tmp_path, ask, openai_server):
     pipeline, data = ask
 

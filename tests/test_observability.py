@@ -157,6 +157,7 @@ def test_sampling_records_all_hops_of_some_rows_and_none_of_the_others(ray_runti
     assert set(first["root_id"]) == set(roots)  # ...and from its start
 
 
+@pytest.mark.slow  # one more run; test_sampling_records_all_hops_* covers event sampling
 def test_sample_zero_writes_no_event_log(ray_runtime, tmp_path):
     overrides = [f"output.dir={tmp_path}", "llm.sim.time_scale=0.01", "progress=off", "limit=20", "events.sample=0"]
     result = streamflow.run(str(NR_PIPELINE), overrides)

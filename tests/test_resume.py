@@ -119,6 +119,7 @@ def test_resume_without_retry_errors_keeps_error_rows(ray_runtime, tmp_path, fas
     assert read_output(first).height == 30
 
 
+@pytest.mark.slow  # two more runs; test_resume_completes_a_stopped_run_* covers resuming
 def test_resume_auto_starts_a_named_run_and_continues_it_when_run_again(ray_runtime, tmp_path, fast_run):
     """What a SLURM job does: the same command starts the run, and after a requeue finishes it."""
     flow = Flow("draws").step("draw", Draw())

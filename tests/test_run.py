@@ -281,7 +281,7 @@ def test_a_value_of_the_wrong_type_late_in_a_jsonl_file_is_a_bad_input_row(ray_r
     assert "docs.jsonl' line 3001: column 'text' is int, the input schema says string" in bad["error"][0]
 
 
-@pytest.mark.parametrize("mode", ["row", "batch"])
+@pytest.mark.parametrize("mode", ["row", pytest.param("batch", marks=pytest.mark.slow)])  # same reader in both
 def test_a_corrupt_page_in_the_last_row_group_is_counted_unreadable_and_the_rest_is_done(
     ray_runtime, tmp_path, fast_run, mode
 ):
