@@ -149,14 +149,16 @@ def test_an_output_dir_on_a_read_only_file_system_exits_2_in_one_line(tmp_path):
 
 
 @pytest.mark.slow  # Ray in a subprocess for ~20 s; test_a_run_stopped_by_a_signal_* covers the exit code
-def test_ctrl_c_commits_what_the_sinks_hold_and_exits_130_with_the_resume_line(tmp_path):
+def test_ctrl_c_commits_what_the_sinks_hold_and_exits_130_with_the_resume_line(tmp_path, own_ray_env):
     import signal
     import time
 
     command = [sys.executable, "-m", "streamflow.run", "pipelines/natural_reasoning.py", "limit=2000", "run_id=cut",
                "llm.sim.time_scale=0.5", "output.commit_s=600", f"output.dir={tmp_path}", "progress=log",
                "metrics.enabled=false"]  # fmt: skip
-    running = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    running = subprocess.Popen(
+        command, cwd=REPO, env=own_ray_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     events = tmp_path / "natural_reasoning" / "cut" / "events"
     deadline = time.monotonic() + 120
     while not any(events.glob("*.parquet")) and time.monotonic() < deadline:  # rows are flowing by now
