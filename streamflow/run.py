@@ -137,8 +137,10 @@ def prepare(
 def run(pipeline: str | Path | Flow | ModuleType, overrides: Sequence[str] | Mapping[str, Any] = ()) -> RunResult:
     """Run a pipeline (file path, module or Flow) with config overrides; returns the result.
 
-    >>> result = streamflow.run("pipelines/natural_reasoning.py", ["limit=100"])  # doctest: +SKIP
-    >>> polars.read_parquet(result.data_dir + "/*.parquet")                         # doctest: +SKIP
+    >>> from streamflow.testing import read_output  # doctest: +SKIP
+    >>> result = run("pipelines/natural_reasoning.py", ["limit=100"])  # doctest: +SKIP
+    >>> read_output(result).height  # doctest: +SKIP
+    100
     """
     flow, cfg, params, plan, spec = prepare(pipeline, overrides)
     run_dir, resuming = _run_dir(cfg, plan, flow.name)

@@ -28,7 +28,7 @@ import msgspec
 from streamflow.config import LLMConfig, compose
 from streamflow.errors import ConfigError, StreamflowError
 from streamflow.services.engines import EngineReplica
-from streamflow.services.llm_service import engine_spec, sim_config
+from streamflow.services.llm.service import engine_spec, sim_config
 from streamflow.services.sim import SimServer
 
 __all__ = ["ENDPOINT_SUFFIX", "answers", "gpu_slices", "main", "published_endpoints", "serve", "wait_for_published"]

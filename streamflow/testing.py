@@ -1,17 +1,27 @@
-"""Run flows in-process, without Ray, and fake LLM answers: for tests and notebooks.
+"""Run flows in-process, without Ray, fake LLM answers, read what a run wrote: for tests and notebooks.
 
 ``run_local`` walks every row through the flow with the same step semantics as the
 Ray runtime (``streamflow.execution.run_step``) and encodes each row between steps as
 the transport would, so a value that could not travel between actors fails here too.
 
->>> rows = run_local(flow, [{"text": "hello"}], llm=fake_llm(lambda request: "Yes"))  # doctest: +SKIP
+>>> from streamflow import Flow, Operator
+>>> class Ask(Operator):
+...     fields = {"answer": str}
+...
+...     async def __call__(self, row, ctx):
+...         reply = await ctx.llm.chat([{"role": "user", "content": row["text"]}])
+...         return row.with_fields(answer=reply.text)
+>>> [row] = run_local(Flow("ask").step("ask", Ask()), [{"text": "hello"}], llm=fake_llm(lambda request: "Yes"))
+>>> row.status, row["answer"]
+('ok', 'Yes')
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -21,7 +31,12 @@ from streamflow.message import Message
 from streamflow.services.llm import LLMClient, Response
 from streamflow.services.sandbox import SandboxClient, SandboxPool, SandboxSettings
 
-__all__ = ["ScriptedTransport", "fake_llm", "run_local", "run_local_async"]
+if TYPE_CHECKING:
+    import polars as pl
+
+    from streamflow.result import RunResult
+
+__all__ = ["ScriptedTransport", "fake_llm", "read_output", "run_local", "run_local_async"]
 
 
 def run_local(
@@ -84,6 +99,20 @@ async def run_local_async(
         if pool is not None:
             await pool.close()
     return [message for finished in done for message in finished]
+
+
+def read_output(run: RunResult | str | os.PathLike[str]) -> pl.DataFrame:
+    """The rows a run committed (its ``data/*.parquet``), sorted by row id so two runs compare row for row.
+
+    ``run`` is what ``streamflow.run`` returned, or the run's directory (to read a run after a resume
+    or a crash, when there is no result).
+    """
+    import polars as pl
+
+    from streamflow.result import RunResult
+
+    data_dir = run.data_dir if isinstance(run, RunResult) else os.path.join(run, "data")
+    return pl.read_parquet(os.path.join(data_dir, "*.parquet")).sort("row_id")
 
 
 def _admit(row: Mapping[str, Any] | Message, index: int, first: str, seed: int) -> Message:

@@ -1,13 +1,18 @@
-"""Shared fixtures: one Ray runtime per test session, started only by tests that need it; an OpenAI-compatible
-test server."""
+"""Shared fixtures: one Ray runtime per test session, started only by tests that need it; quick-run overrides;
+the command line in a subprocess; an OpenAI-compatible test server. ``streamflow.testing.read_output`` reads
+what a run wrote."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Self
 
 import pytest
@@ -30,6 +35,33 @@ def ray_runtime():
 def fast_run(tmp_path):
     """Overrides for a quick run: simulator 100x faster than real time, output in tmp_path."""
     return [f"output.dir={tmp_path}", "llm.sim.time_scale=0.01", "progress=off"]
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def own_ray_env():
+    """The environment of a subprocess that runs a pipeline on a Ray runtime of its own.
+
+    ``ray.init()`` without an address joins the Ray instance last started on this machine by ``ray start`` or
+    a test cluster (tests/test_cluster.py, another checkout's tests); ``RAY_ADDRESS=local`` starts a new one.
+    """
+    return {**os.environ, "RAY_ADDRESS": "local"}
+
+
+@pytest.fixture(scope="session")
+def cli(own_ray_env):
+    """``cli(*args, timeout=120)`` runs ``python -m streamflow.run ARGS`` from the repository root and returns
+    the finished process (exit code, stdout, stderr), as a user at a shell would see it."""
+
+    def run(*args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "streamflow.run", *map(str, args)]
+        return subprocess.run(
+            command, cwd=REPO, env=own_ray_env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+
+    return run
 
 
 @pytest.fixture

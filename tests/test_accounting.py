@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 import streamflow
 from streamflow import Flow, Operator
@@ -68,6 +69,7 @@ def test_the_usage_of_a_killed_actor_is_counted(ray_runtime, tmp_path, openai_se
     assert (usage.requests, usage.cache_hits, usage.prompt_tokens, usage.completion_tokens) == (20, 10, 10, 10)
 
 
+@pytest.mark.slow  # two runs and a resume; tests/test_resume.py resumes runs by default
 def test_a_resumed_run_reports_this_attempt_and_the_whole_run_apart(ray_runtime, tmp_path, openai_server):
     server = openai_server(answer)
     gate = tmp_path / "no-gate"

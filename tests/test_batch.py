@@ -12,13 +12,10 @@ import streamflow
 from streamflow import ConfigError, Drop, Flow, Operator, SetupError
 from streamflow.config import BatchConfig
 from streamflow.runtime.batch import rows_in_flight
+from streamflow.testing import read_output
 
 NR_PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "natural_reasoning.py"
 SMALL_POOL = ["batch.actors=2", "batch.batches_per_actor=2"]
-
-
-def read_output(result):
-    return pl.read_parquet(f"{result.data_dir}/*.parquet").sort("row_id")
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +102,7 @@ class BrokenSetup(Operator):
         return row
 
 
+@pytest.mark.slow  # the same setup path as tests/test_run.py's failing-setup test, through Ray Data
 def test_failing_setup_aborts_batch_mode_with_its_message(ray_runtime, tmp_path, fast_run):
     overrides = [f"input.path={numbers(tmp_path, 3)}", "mode=batch", *fast_run]
     with pytest.raises(SetupError, match="model weights not found") as info:

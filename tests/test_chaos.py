@@ -20,6 +20,7 @@ import pytest
 import streamflow
 from streamflow import Flow, Operator, RunError
 from streamflow.chaos import ActorKiller
+from streamflow.testing import read_output
 
 pytestmark = pytest.mark.chaos
 
@@ -43,14 +44,10 @@ def settings(out):
     ]
 
 
-def output(run_dir):
-    return pl.read_parquet(f"{run_dir}/data/*.parquet").sort("row_id")
-
-
 @pytest.fixture(scope="module")
 def undisturbed(ray_runtime, tmp_path_factory):
     result = streamflow.run(str(NR_PIPELINE), settings(tmp_path_factory.mktemp("calm")))
-    return output(result.run_dir)
+    return read_output(result)
 
 
 def run_while_killing(out, run_id, every_s, *, only=(), limit=None, extra=()):
@@ -75,14 +72,14 @@ def test_killing_operator_actors_every_few_seconds_loses_and_duplicates_nothing(
     # flight, and a row can be caught again and again; the give-up rule (recovery.max_attempts)
     # has its own test below, this one is about losing nothing.
     result, kills = run_while_killing(tmp_path, "ops", every_s=3.0, only=steps, extra=["recovery.max_attempts=1000"])
-    assert_same_output(output(result.run_dir), undisturbed)
+    assert_same_output(read_output(result), undisturbed)
     assert result.balanced and result.restarts >= 1 and result.readmitted >= 1, (kills, result.restarts)
 
 
 def test_killing_a_sink_mid_run_loses_and_duplicates_nothing(ray_runtime, tmp_path, undisturbed):
     result, kills = run_while_killing(tmp_path, "sink", every_s=1.0, only=("sink",), limit=1)
     assert kills, "the run ended before the sink could be killed"
-    assert_same_output(output(result.run_dir), undisturbed)
+    assert_same_output(read_output(result), undisturbed)
     assert result.balanced and result.restarts == 1
 
 
@@ -114,7 +111,7 @@ def test_a_killed_driver_is_resumed_to_the_same_output(ray_runtime, tmp_path, un
     killed_attempt_tokens = recorded_tokens()
 
     resumed = streamflow.run(str(NR_PIPELINE), [*settings(tmp_path), f"resume={data.parent}"])
-    assert_same_output(output(resumed.run_dir), undisturbed)
+    assert_same_output(read_output(resumed), undisturbed)
     assert resumed.balanced and resumed.rows_read == ROWS
     # the whole run counts the tokens the killed attempt's last heartbeat recorded beside this attempt's
     assert resumed.attempt == 2 and resumed.earlier.attempts == 1
@@ -145,7 +142,7 @@ def test_a_row_that_kills_its_actor_every_time_ends_as_error_lost(ray_runtime, t
     flow = Flow("poison").step("crash", CrashesOn(poison=7))
     overrides = [f"input.path={numbers(tmp_path, 12)}", "max_inflight=1", "recovery.max_attempts=3", *fast_run]
     result = streamflow.run(flow, overrides)
-    frame = output(result.run_dir)
+    frame = read_output(result)
     assert frame["row_id"].to_list() == sorted(f"0:{n}" for n in range(12))
     poisoned = frame.filter(pl.col("n") == 7).row(0, named=True)
     assert poisoned["status"] == "error:lost" and "recovery.max_attempts" in poisoned["error"]
@@ -170,6 +167,6 @@ def test_losing_a_node_of_a_cluster_loses_and_duplicates_nothing(tmp_path, undis
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["removed"] and report["removed"][0]["actors"] > 0, report
-    assert_same_output(output(report["run_dir"]), undisturbed)
+    assert_same_output(read_output(report["run_dir"]), undisturbed)
     assert report["restarts"] >= 1 and report["readmitted"] >= 1, report
     assert report["fetched_remote_bytes"] > 0, report  # offloaded values crossed nodes

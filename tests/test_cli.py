@@ -1,70 +1,83 @@
 """The command line: help, exit codes, and one-line errors on stderr."""
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
 
-import polars as pl
 import pytest
+
+from streamflow.testing import read_output
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def cli(*args, timeout=120):
-    return subprocess.run(
-        [sys.executable, "-m", "streamflow.run", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
-    )
+@pytest.fixture
+def main(monkeypatch, capsys):
+    """``main(*args)`` runs the command line in this process from the repository root and returns what ``cli``
+    returns: the same code as ``python -m streamflow.run`` without a new interpreter, for errors found before
+    Ray starts."""
+    monkeypatch.chdir(REPO)
+    run_module = importlib.import_module("streamflow.run")  # the module: streamflow.run is also the function
+
+    def call(*args: object) -> subprocess.CompletedProcess[str]:
+        capsys.readouterr()
+        status = run_module.main([str(arg) for arg in args])
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), status, out, err)
+
+    return call
 
 
-def test_help_explains_the_main_knobs():
+def test_help_explains_the_main_knobs(cli):
     done = cli("--help")
     assert done.returncode == 0
     for knob in ("input.path", "max_inflight", "operators.STEP.replicas", "llm.base_url", "limit", "output.dir"):
         assert knob in done.stdout
 
 
-def test_no_arguments_prints_usage_and_fails():
-    done = cli()
+def test_no_arguments_prints_usage_and_fails(main):
+    done = main()
     assert done.returncode == 2 and "usage:" in done.stdout
 
 
-def test_bad_override_exits_2_with_one_line_on_stderr():
-    done = cli("pipelines/natural_reasoning.py", "max_inflight=lots")
+def test_bad_override_exits_2_with_one_line_on_stderr(main):
+    done = main("pipelines/natural_reasoning.py", "max_inflight=lots")
     assert done.returncode == 2
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert lines == ["streamflow: error: config: max_inflight=lots; expected `int`, got `str`."]
 
 
-def test_a_mistyped_key_exits_2_naming_the_closest_key():
-    done = cli("pipelines/natural_reasoning.py", "max_inflght=10")
+def test_a_mistyped_key_exits_2_naming_the_closest_key(main):
+    done = main("pipelines/natural_reasoning.py", "max_inflght=10")
     assert done.returncode == 2
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert lines == ["streamflow: error: config: unknown key 'max_inflght'; did you mean 'max_inflight'?"]
 
 
-def test_missing_pipeline_file_is_named():
-    done = cli("pipelines/nope.py")
+def test_missing_pipeline_file_is_named(main):
+    done = main("pipelines/nope.py")
     assert done.returncode == 2 and "pipelines/nope.py" in done.stderr and "does not exist" in done.stderr
 
 
-def test_unknown_step_in_operators_names_the_steps():
-    done = cli("pipelines/natural_reasoning.py", "+operators.nope.replicas=2")
+def test_unknown_step_in_operators_names_the_steps(main):
+    done = main("pipelines/natural_reasoning.py", "+operators.nope.replicas=2")
     assert done.returncode == 2
     assert "operators.nope names no step" in done.stderr and "english, classify, score, question" in done.stderr
 
 
-def test_resume_flag_is_the_same_as_the_override(tmp_path):
+def test_resume_flag_is_the_same_as_the_override(main, tmp_path):
     missing = tmp_path / "no-such-run"
     flag, override = (
-        cli("pipelines/natural_reasoning.py", "--resume", str(missing)),
-        cli("pipelines/natural_reasoning.py", f"resume={missing}"),
+        main("pipelines/natural_reasoning.py", "--resume", str(missing)),
+        main("pipelines/natural_reasoning.py", f"resume={missing}"),
     )
     assert flag.returncode == override.returncode == 2
     assert flag.stderr == override.stderr and str(missing) in flag.stderr
 
 
-def test_unknown_option_is_named():
-    done = cli("pipelines/natural_reasoning.py", "--fast")
+def test_unknown_option_is_named(main):
+    done = main("pipelines/natural_reasoning.py", "--fast")
     assert done.returncode == 2 and "'--fast'" in done.stderr and "--resume" in done.stderr
 
 
@@ -107,10 +120,10 @@ def error_lines(done):
     return [line for line in done.stderr.splitlines() if line.strip()]
 
 
-def test_an_output_dir_that_is_a_file_exits_2_in_one_line_and_creates_nothing(tmp_path):
+def test_an_output_dir_that_is_a_file_exits_2_in_one_line_and_creates_nothing(main, tmp_path):
     target = tmp_path / "runs.txt"
     target.write_text("not a directory")
-    done = cli("pipelines/natural_reasoning.py", f"output.dir={target}")
+    done = main("pipelines/natural_reasoning.py", f"output.dir={target}")
     assert done.returncode == 2
     assert error_lines(done) == [
         f"streamflow: error: config: output.dir: {target} is a file, not a directory; point output.dir at a directory."
@@ -135,14 +148,17 @@ def test_an_output_dir_on_a_read_only_file_system_exits_2_in_one_line(tmp_path):
     assert error_lines(done) == [f"streamflow: error: config: output.dir: {read_only} {why}"]
 
 
-def test_ctrl_c_commits_what_the_sinks_hold_and_exits_130_with_the_resume_line(tmp_path):
+@pytest.mark.slow  # Ray in a subprocess for ~20 s; test_a_run_stopped_by_a_signal_* covers the exit code
+def test_ctrl_c_commits_what_the_sinks_hold_and_exits_130_with_the_resume_line(tmp_path, own_ray_env):
     import signal
     import time
 
     command = [sys.executable, "-m", "streamflow.run", "pipelines/natural_reasoning.py", "limit=2000", "run_id=cut",
                "llm.sim.time_scale=0.5", "output.commit_s=600", f"output.dir={tmp_path}", "progress=log",
                "metrics.enabled=false"]  # fmt: skip
-    running = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    running = subprocess.Popen(
+        command, cwd=REPO, env=own_ray_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     events = tmp_path / "natural_reasoning" / "cut" / "events"
     deadline = time.monotonic() + 120
     while not any(events.glob("*.parquet")) and time.monotonic() < deadline:  # rows are flowing by now
@@ -155,5 +171,5 @@ def test_ctrl_c_commits_what_the_sinks_hold_and_exits_130_with_the_resume_line(t
     assert err.strip().splitlines()[-1] == (
         f"streamflow: stopped by SIGINT; committed rows are kept, continue with resume={tmp_path}/natural_reasoning/cut"
     )
-    committed = pl.read_parquet(tmp_path / "natural_reasoning" / "cut" / "data" / "*.parquet")
+    committed = read_output(tmp_path / "natural_reasoning" / "cut")
     assert 0 < committed.height < 2000  # commit_s=600: only the stop itself committed them

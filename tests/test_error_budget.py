@@ -2,10 +2,7 @@
 ``resume=<run dir> retry_errors=true`` finishes it once the cause is fixed. A run within budget exits 0."""
 
 import re
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
@@ -16,8 +13,8 @@ import streamflow
 from streamflow.budget import ErrorBudget
 from streamflow.config import ErrorsConfig
 from streamflow.errors import OverErrorBudget
+from streamflow.testing import read_output
 
-REPO = Path(__file__).resolve().parents[1]
 ROWS = 1000
 
 PIPELINE = textwrap.dedent(
@@ -50,10 +47,8 @@ def ask(tmp_path):
     return pipeline, data
 
 
-def cli(pipeline, *overrides):
-    command = [sys.executable, "-m", "streamflow.run", str(pipeline), "progress=off", "metrics.enabled=false",
-               "llm.max_retries=0", *overrides]  # fmt: skip
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+QUIET = ["progress=off", "metrics.enabled=false", "llm.max_retries=0"]
+"""Command-line overrides: no progress display, no metrics endpoint, no retries (each failure is a row's error)."""
 
 
 def fail_everything(prompt):
@@ -64,13 +59,14 @@ def answer_everything(prompt):
     return 200, "fine"
 
 
-def test_a_server_failing_every_request_stops_the_run_early_naming_the_error(tmp_path, ask, openai_server):
+@pytest.mark.slow  # two command-line runs; test_batch_mode_stops_early_too stops a run on the budget in-process
+def test_a_server_failing_every_request_stops_the_run_early_naming_the_error(cli, tmp_path, ask, openai_server):
     pipeline, data = ask
     failing = openai_server(fail_everything, delay_s=0.05)
     run_dir = tmp_path / "ask" / "fire"
     args = [f"input.path={data}", f"output.dir={tmp_path}", "run_id=fire", "max_inflight=4", "errors.window=20"]
 
-    done = cli(pipeline, f"llm.base_url={failing.url}", *args)
+    done = cli(pipeline, *QUIET, f"llm.base_url={failing.url}", *args, timeout=300)
 
     assert done.returncode == 3, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
@@ -82,30 +78,33 @@ def test_a_server_failing_every_request_stops_the_run_early_naming_the_error(tmp
         rf"fix the cause, then continue with resume={re.escape(str(run_dir))} retry_errors=true",
         last,
     ), last
-    committed = pl.read_parquet(run_dir / "data" / "*.parquet")
+    committed = read_output(run_dir)
     assert 20 <= committed.height < ROWS // 2  # it stopped early, and what finished was kept
     assert committed["status"].unique().to_list() == ["error:llm_server_error"]
 
     healthy = openai_server(answer_everything)
-    resumed = cli(pipeline, f"llm.base_url={healthy.url}", f"resume={run_dir}", "retry_errors=true", *args)
+    resumed = cli(pipeline, *QUIET, f"llm.base_url={healthy.url}", f"resume={run_dir}", "retry_errors=true", *args,
+                  timeout=300)  # fmt: skip
 
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    frame = pl.read_parquet(run_dir / "data" / "*.parquet")
+    frame = read_output(run_dir)
     assert frame.height == frame["row_id"].n_unique() == ROWS
     assert frame["status"].unique().to_list() == ["ok"]
 
 
-def test_a_run_with_a_few_errors_finishes_and_exits_0(tmp_path, ask, openai_server):
+@pytest.mark.slow  # a command-line run; the ErrorBudget tests below say when a run goes on
+def test_a_run_with_a_few_errors_finishes_and_exits_0(cli, tmp_path, ask, openai_server):
     pipeline, data = ask
 
     def fail_some(prompt):
         return (500, "out of memory") if prompt.endswith("3") else (200, "fine")
 
     server = openai_server(fail_some)
-    done = cli(pipeline, f"llm.base_url={server.url}", f"input.path={data}", f"output.dir={tmp_path}", "run_id=few")
+    done = cli(pipeline, *QUIET, f"llm.base_url={server.url}", f"input.path={data}", f"output.dir={tmp_path}",
+               "run_id=few", timeout=300)  # fmt: skip
 
     assert done.returncode == 0, done.stderr[-3000:]
-    frame = pl.read_parquet(tmp_path / "ask" / "few" / "data" / "*.parquet")
+    frame = read_output(tmp_path / "ask" / "few")
     assert frame.height == ROWS
     assert dict(frame.group_by("status").len().iter_rows()) == {"ok": 900, "error:llm_server_error": 100}
 

@@ -17,6 +17,7 @@ import streamflow
 from streamflow.events import EVENT_SCHEMA, SINK_STEP, events_dir, read_events
 from streamflow.report import Report, trace_tables
 from streamflow.report.__main__ import main as report_main
+from streamflow.testing import read_output
 
 NR_PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "natural_reasoning.py"
 STEPS = ["english", "classify", "score", "question"]
@@ -90,10 +91,6 @@ def events(run):
     return pl.from_arrow(read_events(run.run_dir))
 
 
-def output(result):
-    return pl.read_parquet(f"{result.data_dir}/*.parquet")
-
-
 # -- the event log ---------------------------------------------------------------------
 
 
@@ -108,7 +105,7 @@ def test_every_output_row_reached_its_sink_once_with_its_status(run, events):
     written = events.filter(pl.col("step") == SINK_STEP)
     assert written["row_id"].n_unique() == written.height == run.rows_out
     by_status = dict(written.group_by("status").len().iter_rows())
-    assert by_status == run.statuses == dict(output(run).group_by("status").len().iter_rows())
+    assert by_status == run.statuses == dict(read_output(run).group_by("status").len().iter_rows())
 
 
 def test_each_step_has_one_hop_per_row_it_processed(run, events):
@@ -160,6 +157,7 @@ def test_sampling_records_all_hops_of_some_rows_and_none_of_the_others(ray_runti
     assert set(first["root_id"]) == set(roots)  # ...and from its start
 
 
+@pytest.mark.slow  # one more run; test_sampling_records_all_hops_* covers event sampling
 def test_sample_zero_writes_no_event_log(ray_runtime, tmp_path):
     overrides = [f"output.dir={tmp_path}", "llm.sim.time_scale=0.01", "progress=off", "limit=20", "events.sample=0"]
     result = streamflow.run(str(NR_PIPELINE), overrides)
@@ -202,7 +200,7 @@ def test_report_prints_tables_and_saves_three_plots(run, tmp_path, capsys):
 
 
 def test_trace_shows_one_rows_path_and_output(run, events):
-    ok = output(run).filter(pl.col("status") == "ok")["row_id"][0]
+    ok = read_output(run).filter(pl.col("status") == "ok")["row_id"][0]
     console = Console(record=True, width=200)
     for table in trace_tables(Report.load(run.run_dir), ok):
         console.print(table)
@@ -248,7 +246,7 @@ def test_report_refuses_a_plots_directory_it_cannot_write_before_printing(run, t
 
 def test_report_printed_to_a_pipe_keeps_every_column_of_the_trace_whole(run, capsys, monkeypatch):
     monkeypatch.delenv("COLUMNS", raising=False)
-    ok = output(run).filter(pl.col("status") == "ok")["row_id"][0]
+    ok = read_output(run).filter(pl.col("status") == "ok")["row_id"][0]
     assert report_main([run.run_dir, "--trace", ok]) == 0
     printed = capsys.readouterr().out  # captured: not a terminal, as in a log file or a pipe
     hops = printed.split("Output of row")[0]

@@ -8,7 +8,6 @@ but their lines must be there, in the same place. The runs here use the simulato
 speed, which changes the timings only.
 """
 
-import os
 import re
 import shlex
 import subprocess
@@ -48,10 +47,11 @@ def test_the_readme_quotes_runs():
     ]
 
 
+@pytest.mark.slow  # full sample runs of two pipelines; tests/test_run.py and tests/pipelines/ run slices of them
 @pytest.mark.parametrize(("command", "quoted"), quoted_runs(), ids=lambda value: value.split("/")[-1][:20])
-def test_what_the_readme_quotes_is_what_the_command_prints(command, quoted, tmp_path):
+def test_what_the_readme_quotes_is_what_the_command_prints(command, quoted, tmp_path, own_ray_env):
     args = shlex.split(command)[2:]  # $ python [-m streamflow.run PIPELINE overrides...]
-    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}  # stdout is a pipe: printed at full width
+    env = {k: v for k, v in own_ray_env.items() if k != "COLUMNS"}  # stdout is a pipe: printed at full width
     done = subprocess.run(
         [sys.executable, *args, *FAST, f"output.dir={tmp_path}"],
         cwd=REPO,

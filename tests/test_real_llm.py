@@ -14,6 +14,7 @@ import pytest
 import streamflow
 from streamflow.errors import ConfigError
 from streamflow.services.engines.llamacpp import check_llamacpp
+from streamflow.testing import read_output
 
 pytestmark = pytest.mark.realllm
 NR = Path(__file__).resolve().parents[1] / "pipelines" / "natural_reasoning.py"
@@ -33,14 +34,14 @@ def smollm_run(ray_runtime, tmp_path_factory):
 
 
 def test_every_row_is_accounted_for(smollm_run):
-    frame = pl.read_parquet(f"{smollm_run.data_dir}/*.parquet")
+    frame = read_output(smollm_run)
     assert smollm_run.balanced and smollm_run.rows_read == 20 == frame.height == frame["row_id"].n_unique()
     assert frame["status"].str.contains(STATUS).all()
     assert sum(smollm_run.statuses.values()) == 20
 
 
 def test_the_real_model_was_asked_and_its_raw_answers_are_kept(smollm_run):
-    frame = pl.read_parquet(f"{smollm_run.data_dir}/*.parquet")
+    frame = read_output(smollm_run)
     usage = smollm_run.usage["classify"]
     assert usage.requests > 0 and usage.completion_tokens > 0 and usage.failures == 0
     rejected = frame.filter(pl.col("status").is_in(["filtered:classifier", "filtered:no_json", "filtered:low_score"]))
@@ -48,7 +49,7 @@ def test_the_real_model_was_asked_and_its_raw_answers_are_kept(smollm_run):
 
 
 def test_the_output_has_the_pipelines_schema(smollm_run):
-    frame = pl.read_parquet(f"{smollm_run.data_dir}/*.parquet")
+    frame = read_output(smollm_run)
     for column, kind in {"doc_id": pl.String, "text": pl.String, "reasoning_label": pl.String, "question": pl.String,
                          "final_answer": pl.String, "status": pl.String, "error": pl.String}.items():  # fmt: skip
         assert frame.schema[column] == kind, column

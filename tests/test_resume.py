@@ -11,6 +11,7 @@ import pytest
 
 import streamflow
 from streamflow import ConfigError, Drop, Flow, Operator
+from streamflow.testing import read_output
 
 
 class Draw(Operator):
@@ -44,10 +45,6 @@ def numbers(tmp_path, count=100, name="nums.parquet"):
     return str(path)
 
 
-def output(run_dir):
-    return pl.read_parquet(f"{run_dir}/data/*.parquet").sort("row_id")
-
-
 def keep_only(run_dir, keep):
     """Simulate a run stopped part way: only rows whose id is in ``keep`` stay committed."""
     for part in Path(run_dir, "data").glob("part-*.parquet"):
@@ -68,12 +65,12 @@ def earlier(ray_runtime, tmp_path_factory):
     return path, streamflow.run(Flow("draws").step("draw", Draw()), overrides)
 
 
-@pytest.mark.parametrize("mode", ["row", "batch"])
+@pytest.mark.parametrize("mode", ["row", pytest.param("batch", marks=pytest.mark.slow)])  # batch resume: same skip set
 def test_resume_completes_a_stopped_run_as_an_undisturbed_run_would(ray_runtime, tmp_path, fast_run, mode):
     flow = Flow("draws").step("draw", Draw(), replicas=2)
     path = numbers(tmp_path)
     full = streamflow.run(flow, [f"input.path={path}", f"mode={mode}", *fast_run])
-    undisturbed = output(full.run_dir)
+    undisturbed = read_output(full)
     first_40 = {f"0:{offset}" for offset in range(40)}
     keep_only(full.run_dir, first_40)
     os.remove(f"{full.run_dir}/manifest.json")  # crashed before the manifest: run.json is checked
@@ -81,7 +78,7 @@ def test_resume_completes_a_stopped_run_as_an_undisturbed_run_would(ray_runtime,
     resumed = streamflow.run(
         flow, [f"input.path={path}", f"resume={full.run_dir}", f"mode={mode}", "max_inflight=8", *fast_run]
     )
-    frame = output(full.run_dir)
+    frame = read_output(full)
     assert frame.height == 100 and frame["row_id"].n_unique() == 100
     assert frame.equals(undisturbed)  # kept rows untouched, the rest as the undisturbed run made them
     assert resumed.run_dir == full.run_dir and resumed.statuses == full.statuses
@@ -97,11 +94,11 @@ def test_retry_errors_reruns_exactly_the_failed_rows(ray_runtime, tmp_path, fast
     path = numbers(tmp_path)
     first = streamflow.run(flow, [f"input.path={path}", *fast_run])
     assert first.statuses == {"ok": 90, "error:value_error": 10}
-    before = output(first.run_dir)
+    before = read_output(first)
 
     marker.unlink()  # the bug is fixed
     retried = streamflow.run(flow, [f"input.path={path}", f"resume={first.run_dir}", "retry_errors=true", *fast_run])
-    frame = output(first.run_dir)
+    frame = read_output(first)
     assert retried.statuses == {"ok": 100} and retried.rows_read == 100 and retried.balanced
     assert frame.height == 100 and frame["row_id"].n_unique() == 100
     assert frame["n_squared"].to_list() == [n * n for n in frame["n"].to_list()]
@@ -109,6 +106,7 @@ def test_retry_errors_reruns_exactly_the_failed_rows(ray_runtime, tmp_path, fast
     assert frame.join(was_ok, on="row_id", how="semi").equals(was_ok)  # ok rows untouched
 
 
+@pytest.mark.slow  # the same runs as test_retry_errors_reruns_exactly_the_failed_rows, without its second half
 def test_resume_without_retry_errors_keeps_error_rows(ray_runtime, tmp_path, fast_run):
     marker = tmp_path / "bug"
     marker.touch()
@@ -118,21 +116,22 @@ def test_resume_without_retry_errors_keeps_error_rows(ray_runtime, tmp_path, fas
     marker.unlink()
     resumed = streamflow.run(flow, [f"input.path={path}", f"resume={first.run_dir}", *fast_run])
     assert resumed.statuses == first.statuses == {"ok": 27, "error:value_error": 3}
-    assert output(first.run_dir).height == 30
+    assert read_output(first).height == 30
 
 
+@pytest.mark.slow  # two more runs; test_resume_completes_a_stopped_run_* covers resuming
 def test_resume_auto_starts_a_named_run_and_continues_it_when_run_again(ray_runtime, tmp_path, fast_run):
     """What a SLURM job does: the same command starts the run, and after a requeue finishes it."""
     flow = Flow("draws").step("draw", Draw())
     args = [f"input.path={numbers(tmp_path, 30)}", "run_id=job-7", "resume=auto", *fast_run]
     (tmp_path / "draws" / "job-7" / "data").mkdir(parents=True)  # an attempt killed before it recorded its start
     first = streamflow.run(flow, args)
-    undisturbed = output(first.run_dir)
+    undisturbed = read_output(first)
     keep_only(first.run_dir, {f"0:{offset}" for offset in range(10)})
     again = streamflow.run(flow, args)
     assert again.run_dir == first.run_dir == str(tmp_path / "draws" / "job-7")
     assert again.rows_read == 30 and again.balanced
-    assert output(first.run_dir).equals(undisturbed)
+    assert read_output(first).equals(undisturbed)
 
 
 @pytest.mark.parametrize(

@@ -10,14 +10,11 @@ import pytest
 
 import streamflow
 from streamflow import ConfigError, Drop, Flow, Operator, SetupError
+from streamflow.testing import read_output
 
 NR_PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "natural_reasoning.py"
 
 STATUS = r"^(ok|filtered:[a-z_]+|error:[a-z_]+)$"
-
-
-def read_output(result):
-    return pl.read_parquet(f"{result.data_dir}/*.parquet")
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +123,7 @@ def test_bad_rows_become_errors_and_the_run_goes_on(ray_runtime, tmp_path, fast_
     table = pa.table({"text": [None, "A normal English sentence about system calls and errors.", huge, ""]})
     path = write(tmp_path / "rows.parquet", table)
     result = streamflow.run(str(NR_PIPELINE), [f"input.path={path}", *fast_run])
-    frame = read_output(result).sort("row_id")
+    frame = read_output(result)
     assert frame.height == 4 and result.balanced
     assert frame["status"][0] == "error:bad_input" and "is null" in frame["error"][0]
     assert frame["text"].str.len_chars()[2] == len(huge)  # the 5 MB document is kept whole
@@ -180,7 +177,7 @@ def test_wrongly_typed_value_is_a_schema_error_on_its_row(ray_runtime, tmp_path,
     path = write(tmp_path / "nums.parquet", pa.table({"n": [0, 1, 2]}))
     result = streamflow.run(Flow("liar").step("score", Liar()), [f"input.path={path}", *fast_run])
     assert result.statuses == {"error:schema": 1, "ok": 2}
-    frame = read_output(result).sort("row_id")
+    frame = read_output(result)
     assert "column 'score' is str" in frame["error"][0]
 
 
@@ -264,7 +261,7 @@ def test_a_bad_line_at_the_end_of_a_large_jsonl_file_is_recorded_and_the_run_exi
     assert status == 0
     assert "error: bad_input" in capsys.readouterr().out
     (run_dir,) = (tmp_path / "measure").iterdir()
-    frame = pl.read_parquet(run_dir / "data" / "*.parquet")
+    frame = read_output(run_dir)
     assert frame.height == 3001 and frame["row_id"].n_unique() == 3001
     assert dict(frame.group_by("status").len().iter_rows()) == {"ok": 3000, "error:bad_input": 1}
     bad = frame.filter(pl.col("status") == "error:bad_input")
@@ -273,7 +270,7 @@ def test_a_bad_line_at_the_end_of_a_large_jsonl_file_is_recorded_and_the_run_exi
     assert manifest["ledger_balanced"] is True and manifest["summary"]["rows_read"] == 3001
 
 
-@pytest.mark.parametrize("mode", ["row", "batch"])
+@pytest.mark.parametrize("mode", ["row", pytest.param("batch", marks=pytest.mark.slow)])  # 3000 rows through Ray Data
 def test_a_value_of_the_wrong_type_late_in_a_jsonl_file_is_a_bad_input_row(ray_runtime, tmp_path, fast_run, mode):
     path = write_large_jsonl(tmp_path / "docs.jsonl", 3000, '{"text": 12345, "n": 3000}')
     flow = Flow("lengths", requires=["text"]).step("measure", Lengths())
@@ -284,7 +281,7 @@ def test_a_value_of_the_wrong_type_late_in_a_jsonl_file_is_a_bad_input_row(ray_r
     assert "docs.jsonl' line 3001: column 'text' is int, the input schema says string" in bad["error"][0]
 
 
-@pytest.mark.parametrize("mode", ["row", "batch"])
+@pytest.mark.parametrize("mode", ["row", pytest.param("batch", marks=pytest.mark.slow)])  # same reader in both
 def test_a_corrupt_page_in_the_last_row_group_is_counted_unreadable_and_the_rest_is_done(
     ray_runtime, tmp_path, fast_run, mode
 ):

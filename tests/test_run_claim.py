@@ -13,10 +13,11 @@ import textwrap
 import time
 from pathlib import Path
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
+from streamflow.testing import read_output
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,8 +66,8 @@ def command(pipeline, *overrides):
             "llm.backend=none", "output.commit_s=1", *overrides]  # fmt: skip
 
 
-def start(args):
-    return subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def start(args, env):
+    return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def wait_for(condition, process, what, limit_s=180):
@@ -77,17 +78,19 @@ def wait_for(condition, process, what, limit_s=180):
         time.sleep(0.2)
 
 
-def test_a_resume_of_a_run_that_is_still_going_is_refused_naming_its_holder(tmp_path, nap):
+@pytest.mark.slow  # two command-line runs side by side for ~20 s; every run writes and checks its claim
+def test_a_resume_of_a_run_that_is_still_going_is_refused_naming_its_holder(tmp_path, nap, own_ray_env):
     pipeline, data = nap
     run_dir = tmp_path / "nap" / "g"
     args = command(pipeline, f"input.path={data}", f"output.dir={tmp_path}", "run_id=g", "max_inflight=30",
                    "params.nap_s=1")  # fmt: skip
-    first = start(args)
+    first = start(args, own_ray_env)
     try:
         wait_for(lambda: any((run_dir / "data").glob("part-*.parquet")), first, "committed part")
 
         second = subprocess.run(
-            [*args, f"resume={run_dir}"], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+            [*args, f"resume={run_dir}"], cwd=REPO, env=own_ray_env, capture_output=True, text=True, timeout=120,
+            check=False,
         )
 
         assert second.returncode == 2, second.stderr[-3000:]
@@ -104,18 +107,18 @@ def test_a_resume_of_a_run_that_is_still_going_is_refused_naming_its_holder(tmp_
     finally:
         first.kill()
     assert first.returncode == 0, err[-3000:]
-    frame = pl.read_parquet(run_dir / "data" / "*.parquet")
+    frame = read_output(run_dir)
     assert frame.height == frame["row_id"].n_unique() == 600
 
 
 @pytest.mark.chaos
-def test_a_run_whose_directory_was_taken_over_stops_at_once_with_one_line(tmp_path, nap):
+def test_a_run_whose_directory_was_taken_over_stops_at_once_with_one_line(tmp_path, nap, own_ray_env):
     """The first run's driver is suspended until its heartbeat is stale, a resume takes the directory
     over, then the first run comes back: it must stop by itself, and the resumed run finish the rows."""
     pipeline, data = nap
     run_dir = tmp_path / "nap" / "g"
     args = command(pipeline, f"input.path={data}", f"output.dir={tmp_path}", "run_id=g", "max_inflight=30", "params.nap_s=1", "output.claim_stale_s=5")  # fmt: skip
-    first = start(args)
+    first = start(args, own_ray_env)
     second = None
     try:
         wait_for(lambda: any((run_dir / "data").glob("part-*.parquet")), first, "committed part")
@@ -124,7 +127,7 @@ def test_a_run_whose_directory_was_taken_over_stops_at_once_with_one_line(tmp_pa
         while time.time() - json.loads(record.read_text())["heartbeat"] <= 5:  # the heartbeat goes stale
             time.sleep(0.2)
 
-        second = start([*args, f"resume={run_dir}"])
+        second = start([*args, f"resume={run_dir}"], own_ray_env)
         wait_for(lambda: json.loads((run_dir / "data" / ".writer").read_text())["attempt"] == 2, second, "takeover")
         os.kill(first.pid, signal.SIGCONT)
         _, err = first.communicate(timeout=120)  # a first run that hangs fails the test here
@@ -144,7 +147,7 @@ def test_a_run_whose_directory_was_taken_over_stops_at_once_with_one_line(tmp_pa
             if process is not None and process.poll() is None:
                 os.kill(process.pid, signal.SIGCONT)
                 process.kill()
-    frame = pl.read_parquet(run_dir / "data" / "*.parquet")
+    frame = read_output(run_dir)
     assert frame.height == frame["row_id"].n_unique() == 600
     records = sorted(int(p.stem) for p in (run_dir / "attempts").glob("*.json"))
     assert records == [1, 2]

@@ -8,13 +8,13 @@ import time
 import urllib.request
 from pathlib import Path
 
-import polars as pl
 import pytest
 
 import streamflow
 from streamflow import ConfigError
 from streamflow.config import compose
 from streamflow.serve import gpu_slices, published_endpoints, wait_for_published
+from streamflow.testing import read_output
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,7 +85,7 @@ def test_served_endpoints_feed_a_run_and_vanish_when_the_servers_stop(ray_runtim
         )
         assert result.rows_read == 20 and result.balanced
         assert not any(status.startswith("error") for status in result.statuses)
-        assert pl.read_parquet(f"{result.data_dir}/*.parquet").height == 20
+        assert read_output(result).height == 20
     finally:
         server.send_signal(signal.SIGTERM)
         output, _ = server.communicate(timeout=30)

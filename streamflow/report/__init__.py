@@ -1,8 +1,10 @@
 """A run's report from its event log and output: where the time went, per operator and per status.
 
 >>> report = Report.load("outputs/natural_reasoning/20261130-020000-ab12")  # doctest: +SKIP
->>> report.breakdown()                          # polars DataFrame: share of row time per component
->>> report.operators()                          # per operator: hops, rows/s, tokens, P50/P99 per component
+>>> report.breakdown()  # doctest: +SKIP
+(a polars DataFrame: the share of row time per component)
+>>> report.operators()  # doctest: +SKIP
+(per operator: hops, rows/s, tokens, P50/P99 per component)
 
 ``python -m streamflow.report RUN_DIR`` prints the same as tables and saves PNG plots.
 """

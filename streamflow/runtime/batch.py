@@ -60,7 +60,7 @@ from streamflow.progress import Progress, Snapshot
 from streamflow.result import RunResult
 from streamflow.schema import output_schema
 from streamflow.services.llm import LLMClient, Usage, merge_usage
-from streamflow.services.llm_service import LLMAccess, LLMService
+from streamflow.services.llm.service import LLMAccess, LLMService
 from streamflow.services.sandbox import SandboxClient, SandboxPool, SandboxSettings
 
 __all__ = ["BatchOutput", "BatchWorker", "WorkerReport", "rows_in_flight", "run_batches"]

@@ -113,14 +113,14 @@ def test_metrics_count_unagreed_dialogues_as_incorrect(coral):
 
 
 @pytest.fixture(scope="module")
-def both_modes(ray_runtime, tmp_path_factory, runs):
-    return runs.both_modes(CORAL, tmp_path_factory.mktemp("coral"), limit=60)
+def row_run(ray_runtime, tmp_path_factory, runs):
+    return runs.row_mode(CORAL, tmp_path_factory.mktemp("coral"), limit=30)
 
 
-def test_sample_dialogues_have_the_documented_schema(both_modes, runs):
-    row, _ = both_modes
+def test_sample_dialogues_have_the_documented_schema(row_run, runs):
+    row = row_run
     frame = runs.read(row)
-    assert frame.height == 60 and row.balanced and row.ok == 60
+    assert frame.height == 30 and row.balanced and row.ok == 30
     assert frame.schema["dialogue"] == pl.List(
         pl.Struct({"role": pl.String, "content": pl.String, "answer": pl.String})
     )
@@ -134,25 +134,26 @@ def test_sample_dialogues_have_the_documented_schema(both_modes, runs):
     assert frame.filter(pl.col("agreed"))["agreed_answer"].null_count() == 0
 
 
-def test_simulated_dialogues_take_both_exits_and_several_lengths(both_modes, runs):
-    frame = runs.read(both_modes[0])
+def test_simulated_dialogues_take_both_exits_and_several_lengths(row_run, runs):
+    frame = runs.read(row_run)
     assert frame["turns"].min() == 2 and frame["turns"].n_unique() >= 4
     unagreed = frame.filter(~pl.col("agreed"))
     assert 0 < unagreed.height < frame.height / 4
     assert (unagreed["turns"] == 6).all()
 
 
-def test_quality_figures_are_in_the_result_and_the_manifest(both_modes, runs):
-    row, _ = both_modes
+def test_quality_figures_are_in_the_result_and_the_manifest(row_run, runs):
+    row = row_run
     frame = runs.read(row)
-    assert row.quality["dialogues"] == 60
+    assert row.quality["dialogues"] == 30
     assert row.quality["agreement correctness"] == pytest.approx(frame["correct"].mean())
     manifest = (Path(row.run_dir) / "manifest.json").read_text()
     assert re.search(r'"agreement correctness": 0\.\d+', manifest)
 
 
-def test_batch_mode_runs_whole_dialogues_and_writes_the_same_ones(both_modes, runs):
-    row, batch = both_modes
+@pytest.mark.slow  # one more run; tests/pipelines/test_tau2.py compares multi-turn loops in batch mode by default
+def test_batch_mode_runs_whole_dialogues_and_writes_the_same_ones(row_run, runs, tmp_path):
+    row, batch = row_run, runs.batch_mode(CORAL, tmp_path, limit=30)
     columns = ["row_id", "dialogue", "turns", "agreed_answer", "correct", "status"]
     assert runs.read(batch).select(columns).equals(runs.read(row).select(columns))
     assert batch.quality == row.quality

@@ -241,7 +241,7 @@ def test_replicas_on_ray_answer_chat_and_stop(ray_runtime, tmp_path):
     assert sorted(os.listdir(tmp_path / "logs")) == ["vllm-0.log", "vllm-1.log"]
 
 
-@pytest.mark.parametrize("how", ["ray.kill", "SIGKILL"])
+@pytest.mark.parametrize("how", [pytest.param("ray.kill", marks=pytest.mark.slow), "SIGKILL"])  # same stop path
 def test_server_stops_gracefully_when_its_actor_is_killed(ray_runtime, tmp_path, how):
     """``ray.kill``, or SIGKILL from outside (the OOM killer): the server still gets SIGTERM and exits."""
     (tmp_path / "pids").mkdir()
@@ -262,6 +262,7 @@ def test_server_stops_gracefully_when_its_actor_is_killed(ray_runtime, tmp_path,
     assert "SIGTERM received, shutting down" in (tmp_path / "logs" / "vllm-0.log").read_text()
 
 
+@pytest.mark.slow  # starts replicas on Ray; test_replicas_on_ray_answer_chat_and_stop covers launch
 def test_one_failed_replica_stops_the_others_and_raises(ray_runtime, tmp_path):
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()

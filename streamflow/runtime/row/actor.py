@@ -45,8 +45,8 @@ from streamflow.runtime.row.offload import Offloaded, ValueLost, decode_rows, ke
 from streamflow.runtime.row.outbox import Outbox, Peer, Peers
 from streamflow.runtime.row.sink import sink_shard
 from streamflow.services.llm import LLMClient, Usage
+from streamflow.services.llm.service import LLMAccess
 from streamflow.services.llm.usage import ROW_USAGE
-from streamflow.services.llm_service import LLMAccess
 from streamflow.services.sandbox import SandboxClient, SandboxPool, SandboxSettings
 
 __all__ = ["ActorStats", "StepActor", "StepCounts", "Wiring"]

@@ -63,7 +63,7 @@ from streamflow.runtime.row.startup import create_sinks, create_step_actors, sta
 from streamflow.runtime.row.watch import over_budget, snapshot, stream_until_stopped, watch, watch_llm
 from streamflow.schema import output_schema
 from streamflow.services.llm import Usage, merge_usage
-from streamflow.services.llm_service import LLMService
+from streamflow.services.llm.service import LLMService
 
 __all__ = ["Driver", "run_rows"]
 

@@ -25,7 +25,7 @@ from streamflow.runtime.row.fusion import Group, hosting
 from streamflow.runtime.row.offload import ObjectKeeper
 from streamflow.runtime.row.recovery import Replica
 from streamflow.runtime.row.sink import SinkActor
-from streamflow.services.llm_service import LLMAccess
+from streamflow.services.llm.service import LLMAccess
 
 __all__ = ["create_sinks", "create_step_actors", "restart_options", "start_keepers", "start_step_actors"]
 

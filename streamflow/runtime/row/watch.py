@@ -22,7 +22,7 @@ from streamflow.errors import Interrupted, OverErrorBudget
 from streamflow.progress import Progress, Snapshot
 from streamflow.runtime.row.ledger import Ledger
 from streamflow.services.llm import Usage
-from streamflow.services.llm_service import LLMService
+from streamflow.services.llm.service import LLMService
 
 if TYPE_CHECKING:
     from streamflow.runtime.row.driver import Driver

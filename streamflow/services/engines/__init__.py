@@ -10,7 +10,7 @@ Example::
 
 Modules: ``spec`` (what to launch), ``commands`` (each engine's argv, pure), ``process``
 (a subprocess that dies with its owner), ``health`` (waiting for ``GET /health``),
-``replica`` (the actor body), ``launch`` (checks, then all replicas or none).
+``server_actor`` (the body of the Ray actor that runs one server), ``launch`` (checks, then all replicas or none).
 """
 
 from streamflow.services.engines.commands import server_command, sglang_command, vllm_command
@@ -20,7 +20,7 @@ from streamflow.services.engines.launch import (
     start_engine_replicas,
     stop_engine_replicas,
 )
-from streamflow.services.engines.replica import EngineReplica
+from streamflow.services.engines.server_actor import EngineReplica
 from streamflow.services.engines.spec import ENGINES, ServerSpec
 
 __all__ = [

@@ -20,7 +20,7 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from streamflow.errors import ConfigError, SetupError, StreamflowError, raised_inside
-from streamflow.services.engines.replica import EngineReplica
+from streamflow.services.engines.server_actor import EngineReplica
 from streamflow.services.engines.spec import ServerSpec
 
 __all__ = ["check_engine_installed", "check_gpus", "start_engine_replicas", "stop_engine_replicas"]

@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 
 from streamflow.errors import ConfigError
+from streamflow.services.llm.balancer import Breaker, Replica, ReplicaSet
 from streamflow.services.llm.cache import CallScope, ResponseCache
 from streamflow.services.llm.errors import (
     LLMBadRequest,
@@ -30,7 +31,6 @@ from streamflow.services.llm.errors import (
     LLMRateLimited,
     LLMServerError,
 )
-from streamflow.services.llm.replicas import Breaker, Replica, ReplicaSet
 from streamflow.services.llm.transport import HTTPTransport, Response, Transport
 from streamflow.services.llm.usage import LATENCY_BOUNDS_S, ROW_USAGE, Usage
 

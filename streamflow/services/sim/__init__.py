@@ -1,5 +1,7 @@
 """Simulated OpenAI-compatible LLM server with a vLLM continuous-batching latency model (no GPU, no Ray).
 
+Only ``server_actors``, which runs simulators as Ray actors for a run, imports Ray; this package does not.
+
 Example::
 
     server = SimServer(SimConfig(time_scale=0.01))

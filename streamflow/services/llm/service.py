@@ -1,14 +1,12 @@
 """The LLM service of one run: replicas started here (simulator, vLLM, SGLang) or listed in
 the config, an endpoint registry that tracks them, and how a worker process connects.
 
-
 Row mode and batch mode both start it the same way, so a comparison of the two uses the
 same service.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from dataclasses import dataclass, field
@@ -21,12 +19,12 @@ from streamflow.config import LLMConfig
 from streamflow.services.engines import ServerSpec, start_engine_replicas, stop_engine_replicas
 from streamflow.services.engines.llamacpp import gguf_path
 from streamflow.services.llm import LLMClient
+from streamflow.services.llm.balancer import Breaker
 from streamflow.services.llm.cache import ResponseCache
 from streamflow.services.llm.registry import EndpointRegistry
-from streamflow.services.llm.replicas import Breaker
 from streamflow.services.placement import on_this_node
 from streamflow.services.sim import PROFILES, SimConfig
-from streamflow.services.sim_replicas import start_sim_replicas
+from streamflow.services.sim.server_actors import start_sim_replicas
 
 __all__ = ["LLMAccess", "LLMService", "engine_spec", "sim_config"]
 

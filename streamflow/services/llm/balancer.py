@@ -1,4 +1,4 @@
-"""The replicas of a model as one client sees them: load, health and a circuit breaker each.
+"""Load balancing over the replicas of a model as one client sees them: load, health and a circuit breaker each.
 
 A replica that fails ``threshold`` times in a row is taken out of rotation for a
 cooldown that doubles while it keeps failing (capped); after the cooldown one request
