@@ -54,8 +54,12 @@ def main() -> None:
     parser.add_argument("--sim-replicas", type=int, default=8)
     parser.add_argument("--sim-max-num-seqs", type=int, default=4096)
     parser.add_argument("--sandboxes", type=int, default=1024, help="Tau2: sandboxes in all (per system)")
-    parser.add_argument("--row-replicas", type=int, default=2,
-                        help="row mode: replicas of every step (they fuse into one group of this many actors)")
+    parser.add_argument(
+        "--row-replicas",
+        type=int,
+        default=2,
+        help="row mode: replicas of every step (they fuse into one group of this many actors)",
+    )
     parser.add_argument("--row-overrides", nargs="*", default=[], help="more streamflow overrides for row mode")
     parser.add_argument("--runs", type=int, default=1, help="rounds of every point, interleaved")
     parser.add_argument("--time-scale", type=float, default=1.0)
@@ -88,9 +92,12 @@ def main() -> None:
                         result.pop("latency_cdf", None)
                         result.pop("tokens_series", None)
                         points.append(result)
-                    print(f"{pipeline} {inflight:>6} in flight, {rows} rows: plain {plain['output_tokens_per_s']:,.0f}"
-                          f" tok/s, row mode {ours['output_tokens_per_s']:,.0f} tok/s "
-                          f"({ours['output_tokens_per_s'] / plain['output_tokens_per_s']:.2f}x)", flush=True)
+                    print(
+                        f"{pipeline} {inflight:>6} in flight, {rows} rows: plain {plain['output_tokens_per_s']:,.0f}"
+                        f" tok/s, row mode {ours['output_tokens_per_s']:,.0f} tok/s "
+                        f"({ours['output_tokens_per_s'] / plain['output_tokens_per_s']:.2f}x)",
+                        flush=True,
+                    )
     report(points, args)
 
 
@@ -114,7 +121,9 @@ def report(points: list[dict[str, Any]], args: argparse.Namespace) -> None:
             mine = [p for p in points if p["pipeline"] == pipeline and p["inflight"] == inflight]
             plain = [p for p in mine if p["system"].startswith("plain")]
             row = [p for p in mine if p["system"].startswith("streamflow")]
-            ratio = statistics.median(r["output_tokens_per_s"] / p["output_tokens_per_s"] for p, r in zip(plain, row, strict=True))
+            ratio = statistics.median(
+                r["output_tokens_per_s"] / p["output_tokens_per_s"] for p, r in zip(plain, row, strict=True)
+            )
             print(f"{pipeline:<9} {inflight:>9,} {plain[0]['rows']:>7,} "
                   f"{statistics.median(p['output_tokens_per_s'] for p in plain):>12,.0f} "
                   f"{statistics.median(r['output_tokens_per_s'] for r in row):>10,.0f} {ratio:>8.2f}x "

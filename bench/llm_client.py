@@ -78,8 +78,13 @@ async def drive(call: Callable[[], Awaitable[object]], requests: int, inflight: 
     return time.perf_counter() - started
 
 
-async def measure(name: str, make: Callable[[], tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable[None]]]],
-                  requests: int, inflight: int, servers: list[subprocess.Popen[bytes]]) -> dict[str, float | str]:
+async def measure(
+    name: str,
+    make: Callable[[], tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable[None]]]],
+    requests: int,
+    inflight: int,
+    servers: list[subprocess.Popen[bytes]],
+) -> dict[str, float | str]:
     call, close = make()
     await drive(call, min(500, requests), inflight)  # warm up connections
     cpu0, servers0 = time.process_time(), sum(cpu_seconds(p.pid) for p in servers)
@@ -96,7 +101,9 @@ async def measure(name: str, make: Callable[[], tuple[Callable[[], Awaitable[obj
     }
 
 
-def streamflow_client(urls: list[str]) -> Callable[[], tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable[None]]]]:
+def streamflow_client(
+    urls: list[str],
+) -> Callable[[], tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable[None]]]]:
     def make() -> tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable[None]]]:
         client = LLMClient(urls, model="sim-8b")
         return (lambda: client.chat(CHAT, max_tokens=8)), client.close
@@ -104,7 +111,9 @@ def streamflow_client(urls: list[str]) -> Callable[[], tuple[Callable[[], Awaita
     return make
 
 
-def openai_client(urls: list[str]) -> Callable[[], tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable[None]]]]:
+def openai_client(
+    urls: list[str],
+) -> Callable[[], tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable[None]]]]:
     def make() -> tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable[None]]]:
         from openai import AsyncOpenAI
 
@@ -128,26 +137,38 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--replicas", type=int, default=3)
     parser.add_argument("--requests", type=int, default=10_000)
-    parser.add_argument("--reference-requests", type=int, default=3_000,
-                        help="requests for the openai client, which is about 10x slower per request")
+    parser.add_argument(
+        "--reference-requests",
+        type=int,
+        default=3_000,
+        help="requests for the openai client, which is about 10x slower per request",
+    )
     parser.add_argument("--inflight", type=int, default=256)
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     urls, servers = start_replicas(args.replicas)
     try:
         results = [
-            asyncio.run(measure("streamflow LLMClient", streamflow_client(urls), args.requests, args.inflight, servers)),
-            asyncio.run(measure("openai AsyncOpenAI", openai_client(urls), args.reference_requests, args.inflight, servers)),
+            asyncio.run(
+                measure("streamflow LLMClient", streamflow_client(urls), args.requests, args.inflight, servers)
+            ),
+            asyncio.run(
+                measure("openai AsyncOpenAI", openai_client(urls), args.reference_requests, args.inflight, servers)
+            ),
         ]
     finally:
         for proc in servers:
             proc.terminate()
-    print(f"{args.replicas} zero-latency simulator replicas, {args.inflight} in flight, {os.cpu_count()} cores; "
-          f"{args.requests:,} requests (openai: {args.reference_requests:,})")
+    print(
+        f"{args.replicas} zero-latency simulator replicas, {args.inflight} in flight, {os.cpu_count()} cores; "
+        f"{args.requests:,} requests (openai: {args.reference_requests:,})"
+    )
     print(f"{'client':<22} {'req/s':>9} {'CPU us/req':>11} {'client cores':>13} {'client CPU share':>17}")
     for row in results:
-        print(f"{row['client']:<22} {row['requests_per_s']:>9,.0f} {row['client_cpu_us_per_request']:>11,.0f} "
-              f"{row['client_cores']:>13.2f} {row['client_cpu_share']:>17.0%}")
+        print(
+            f"{row['client']:<22} {row['requests_per_s']:>9,.0f} {row['client_cpu_us_per_request']:>11,.0f} "
+            f"{row['client_cores']:>13.2f} {row['client_cpu_share']:>17.0%}"
+        )
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"config": vars(args), "results": results}, handle, indent=2)

@@ -70,8 +70,14 @@ def flow_of(operator: type[Operator]) -> Flow:
 
 
 def run_streamflow(
-    data: str, out: str, operator: type[Operator], inflight: int, coalesce: bool, events: float = 1.0,
-    *, fused: bool = False,
+    data: str,
+    out: str,
+    operator: type[Operator],
+    inflight: int,
+    coalesce: bool,
+    events: float = 1.0,
+    *,
+    fused: bool = False,
 ) -> dict[str, Any]:
     overrides = [
         f"input.path={data}", f"output.dir={out}", f"max_inflight={inflight}", "progress=off", "llm.backend=none",
@@ -184,12 +190,20 @@ def row(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=100_000,
-                        help="rows per coalesced no-op run (enough to amortize actor start-up, which the run's "
-                             "wall time includes); runs without coalescing and with 10 ms operators use 5,000")
+    parser.add_argument(
+        "--rows",
+        type=int,
+        default=100_000,
+        help="rows per coalesced no-op run (enough to amortize actor start-up, which the run's "
+        "wall time includes); runs without coalescing and with 10 ms operators use 5,000",
+    )
     parser.add_argument("--inflight", type=int, nargs="+", default=[1_000, 10_000])
-    parser.add_argument("--event-pairs", type=int, default=1,
-                        help="extra no-op runs with the event log off and on, alternating, per max_inflight")
+    parser.add_argument(
+        "--event-pairs",
+        type=int,
+        default=1,
+        help="extra no-op runs with the event log off and on, alternating, per max_inflight",
+    )
     parser.add_argument("--event-sample", type=float, default=1.0, help="events.sample of the event-log-on runs")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
@@ -207,7 +221,9 @@ def main() -> None:
             results.append(row("streamflow", "noop", inflight, True, run_streamflow(data, tmp, Noop, inflight, True)))
             fused = run_streamflow(data, tmp, Noop, inflight, True, fused=True)
             results.append(row("streamflow", "noop", inflight, True, fused))
-            results.append(row("streamflow", "noop", inflight, False, run_streamflow(small, tmp, Noop, inflight, False)))
+            results.append(
+                row("streamflow", "noop", inflight, False, run_streamflow(small, tmp, Noop, inflight, False))
+            )
             sleeping = run_streamflow(small, tmp, Sleep, inflight, True, fused=True)
             results.append(row("streamflow", "sleep 10 ms", inflight, True, sleeping))
             # The event log's cost: the same unfused no-op runs with events.sample=0, alternating with the default.
@@ -218,29 +234,46 @@ def main() -> None:
                 results.append(row("streamflow", "noop", inflight, True, on))
     ray.shutdown()
     METER.leave()
-    header = f"{'system':<20} {'operators':<12} {'events':>6} {'inflight':>8} {'coalesce':>8} {'rows':>7} " \
-             f"{'rows/s':>9} {'msgs/s':>9} {'CPU us/msg':>10} {'CPU us/row':>10}"
+    header = (
+        f"{'system':<20} {'operators':<12} {'events':>6} {'inflight':>8} {'coalesce':>8} {'rows':>7} "
+        f"{'rows/s':>9} {'msgs/s':>9} {'CPU us/msg':>10} {'CPU us/row':>10}"
+    )
     print(header)
     for r in results:
-        print(f"{r['system']:<20} {r['operators']:<12} {'on' if r['event_log'] else 'off':>6} "
-              f"{r['max_inflight']:>8,} {r['coalescing']!s:>8} {r['rows']:>7,} {r['rows_per_s']:>9,.0f} "
-              f"{r['messages_per_s']:>9,.0f} {r['cpu_us_per_message']:>10,.1f} {r['cpu_us_per_row']:>10,.1f}")
+        print(
+            f"{r['system']:<20} {r['operators']:<12} {'on' if r['event_log'] else 'off':>6} "
+            f"{r['max_inflight']:>8,} {r['coalescing']!s:>8} {r['rows']:>7,} {r['rows_per_s']:>9,.0f} "
+            f"{r['messages_per_s']:>9,.0f} {r['cpu_us_per_message']:>10,.1f} {r['cpu_us_per_row']:>10,.1f}"
+        )
     for inflight in args.inflight:
         bare = next(r for r in results if r["system"] == "bare Ray chain" and r["max_inflight"] == inflight)
-        noop = [r for r in results if r["system"] == "streamflow" and r["operators"] == "noop"
-                and r["coalescing"] and r["max_inflight"] == inflight]
-        fused = next(r for r in results if r["system"] == "streamflow (fused)" and r["operators"] == "noop"
-                     and r["max_inflight"] == inflight)
+        noop = [
+            r
+            for r in results
+            if r["system"] == "streamflow"
+            and r["operators"] == "noop"
+            and r["coalescing"]
+            and r["max_inflight"] == inflight
+        ]
+        fused = next(
+            r
+            for r in results
+            if r["system"] == "streamflow (fused)" and r["operators"] == "noop" and r["max_inflight"] == inflight
+        )
         on = [r["messages_per_s"] for r in noop if r["event_log"]]
         off = [r["messages_per_s"] for r in noop if not r["event_log"]]
-        print(f"max_inflight {inflight:,}: streamflow, steps apart = {statistics.median(on) / bare['messages_per_s']:.0%}"
-              f" of the bare Ray chain's messages/s (median of {len(on)}); fused = "
-              f"{fused['rows_per_s'] / bare['rows_per_s']:.0%} of its rows/s")
+        print(
+            f"max_inflight {inflight:,}: streamflow, steps apart = {statistics.median(on) / bare['messages_per_s']:.0%}"
+            f" of the bare Ray chain's messages/s (median of {len(on)}); fused = "
+            f"{fused['rows_per_s'] / bare['rows_per_s']:.0%} of its rows/s"
+        )
         if on and off:
             on_cpu = statistics.median(r["cpu_us_per_message"] for r in noop if r["event_log"])
             off_cpu = statistics.median(r["cpu_us_per_message"] for r in noop if not r["event_log"])
-            print(f"max_inflight {inflight:,}: event log on / off = {statistics.median(on) / statistics.median(off):.1%}"
-                  f" of messages/s, {on_cpu / off_cpu:.1%} of CPU per message (medians of {len(on)} / {len(off)} runs)")
+            print(
+                f"max_inflight {inflight:,}: event log on / off = {statistics.median(on) / statistics.median(off):.1%}"
+                f" of messages/s, {on_cpu / off_cpu:.1%} of CPU per message (medians of {len(on)} / {len(off)} runs)"
+            )
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"config": vars(args), "cores": os.cpu_count(), "results": results}, handle, indent=2)

@@ -56,8 +56,16 @@ PIPELINES = {name: REPO / "pipelines" / f"{name}.py" for name in ("natural_reaso
 
 
 def run_system(
-    name: str, config: str, system: str, pipeline: Path, sim_args: dict[str, Any], args: argparse.Namespace,
-    overrides: Sequence[str] = (), *, limit: int | None = None, extra: Sequence[str] = (),
+    name: str,
+    config: str,
+    system: str,
+    pipeline: Path,
+    sim_args: dict[str, Any],
+    args: argparse.Namespace,
+    overrides: Sequence[str] = (),
+    *,
+    limit: int | None = None,
+    extra: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run one system as its own command against fresh simulated servers; measure it from the outside.
 
@@ -116,20 +124,37 @@ def main() -> None:
     parser.add_argument("--inflight", type=int, default=256)
     parser.add_argument("--batch-sizes", type=int, nargs="*", default=[16, 32, 64])
     parser.add_argument("--time-scale", type=float, default=1.0)
-    parser.add_argument("--sim-replicas", type=int, default=4,
-                        help="simulated servers shared by the rows; with 1 the workload is bound by the server's "
-                             "prompt processing and every system that keeps it busy ties")
-    parser.add_argument("--ray-data-llm-limit", type=int, default=400,
-                        help="rows for the ray.data.llm reference (it sends a batch's requests one by one and "
-                             "is slow; its tokens/s does not depend on the row count)")
+    parser.add_argument(
+        "--sim-replicas",
+        type=int,
+        default=4,
+        help="simulated servers shared by the rows; with 1 the workload is bound by the server's "
+        "prompt processing and every system that keeps it busy ties",
+    )
+    parser.add_argument(
+        "--ray-data-llm-limit",
+        type=int,
+        default=400,
+        help="rows for the ray.data.llm reference (it sends a batch's requests one by one and "
+        "is slow; its tokens/s does not depend on the row count)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", type=int, default=3, help="rounds of every system, interleaved")
     parser.add_argument("--skip-ray-data-llm", action="store_true")
-    parser.add_argument("--row-overrides", nargs="*", default=[],
-                        help="extra streamflow overrides for row mode (e.g. operators.STEP.replicas=2)")
-    parser.add_argument("--row-variant", action="append", default=[], metavar="OVERRIDES",
-                        help="one more row-mode system in every round, with these space-separated overrides "
-                             "(repeatable), optionally labelled: --row-variant '2 replicas: operators.agent.replicas=2'")
+    parser.add_argument(
+        "--row-overrides",
+        nargs="*",
+        default=[],
+        help="extra streamflow overrides for row mode (e.g. operators.STEP.replicas=2)",
+    )
+    parser.add_argument(
+        "--row-variant",
+        action="append",
+        default=[],
+        metavar="OVERRIDES",
+        help="one more row-mode system in every round, with these space-separated overrides "
+        "(repeatable), optionally labelled: --row-variant '2 replicas: operators.agent.replicas=2'",
+    )
     parser.add_argument("--json", help="write all results (with time series) to this file")
     parser.add_argument("--plot", help="write tokens/s over time and latency CDFs to this PNG")
     args = parser.parse_args(_as_flags(sys.argv[1:]))
@@ -154,15 +179,29 @@ def systems(pipeline: Path, sim_args: dict[str, Any], args: argparse.Namespace) 
                                   sim_args, args, overrides))  # fmt: skip
     for size in args.batch_sizes:
         actors, per_actor = batch_shape(args.inflight, size)
-        overrides = ["mode=batch", f"batch.size={size}", f"batch.actors={actors}", f"batch.batches_per_actor={per_actor}"]
+        overrides = [
+            "mode=batch",
+            f"batch.size={size}",
+            f"batch.actors={actors}",
+            f"batch.batches_per_actor={per_actor}",
+        ]
         results.append(run_system("batch (map_batches)", f"size {size}, {actors} actors x {per_actor} batches",
                                   "streamflow", pipeline, sim_args, args, overrides))  # fmt: skip
     if not args.skip_ray_data_llm and args.pipeline == "natural_reasoning":
         # One URL per processor stage, as its config takes: the first replica. It keeps far
         # fewer requests in flight than one replica can serve, so the others would stay idle.
         limit = min(args.limit, args.ray_data_llm_limit)
-        results.append(run_system("ray.data.llm HTTP", f"batch_size 64, as documented, {limit} rows",
-                                  "ray-data-llm", pipeline, {**sim_args, "replicas": 1}, args, limit=limit))
+        results.append(
+            run_system(
+                "ray.data.llm HTTP",
+                f"batch_size 64, as documented, {limit} rows",
+                "ray-data-llm",
+                pipeline,
+                {**sim_args, "replicas": 1},
+                args,
+                limit=limit,
+            )
+        )
     return results
 
 
@@ -170,17 +209,26 @@ def report(rounds: list[list[dict[str, Any]]], args: argparse.Namespace) -> None
     """Medians over the rounds, with [min-max]; shares of the plain loop are taken within each round."""
     first = rounds[0]
     plain = first[0]
-    print(f"{args.pipeline}: {plain['rows']} rows, {args.inflight} in flight, {args.sim_replicas} simulated "
-          f"llama-8b-h100 server(s) (max_num_seqs 256, time_scale {args.time_scale}), {os.cpu_count()} cores, "
-          f"{len(rounds)} round(s), systems interleaved; median [min-max]")
-    print("  out tok/s and share: between the servers' first request and last token; e2e: from the command to the "
-          "last row written; start: from the command to the first LLM request; CPU: every process of the system, "
-          f"per 1,000 input rows (the simulated servers apart; counted by {first[0]['cpu_method']})")
-    print(f"{'system':<20} {'config':<32} {'out tok/s':>19} {'share':>15} {'e2e s':>17} {'e2e share':>15} "
-          f"{'start s':>7} {'CPU s/1k':>8} {'sim CPU':>7} {'P50 s':>5} {'P99 s':>5} {'ok':>5}")
+    print(
+        f"{args.pipeline}: {plain['rows']} rows, {args.inflight} in flight, {args.sim_replicas} simulated "
+        f"llama-8b-h100 server(s) (max_num_seqs 256, time_scale {args.time_scale}), {os.cpu_count()} cores, "
+        f"{len(rounds)} round(s), systems interleaved; median [min-max]"
+    )
+    print(
+        "  out tok/s and share: between the servers' first request and last token; e2e: from the command to the "
+        "last row written; start: from the command to the first LLM request; CPU: every process of the system, "
+        f"per 1,000 input rows (the simulated servers apart; counted by {first[0]['cpu_method']})"
+    )
+    print(
+        f"{'system':<20} {'config':<32} {'out tok/s':>19} {'share':>15} {'e2e s':>17} {'e2e share':>15} "
+        f"{'start s':>7} {'CPU s/1k':>8} {'sim CPU':>7} {'P50 s':>5} {'P99 s':>5} {'ok':>5}"
+    )
     for index, r in enumerate(first):
         runs = [round_[index] for round_ in rounds]
-        shares = [run["output_tokens_per_s"] / round_[0]["output_tokens_per_s"] for run, round_ in zip(runs, rounds, strict=True)]
+        shares = [
+            run["output_tokens_per_s"] / round_[0]["output_tokens_per_s"]
+            for run, round_ in zip(runs, rounds, strict=True)
+        ]
         e2e_shares = [round_[0]["end_to_end_s"] / run["end_to_end_s"] for run, round_ in zip(runs, rounds, strict=True)]
         print(f"{r['system']:<20} {r['config'][:32]:<32} {_spread([x['output_tokens_per_s'] for x in runs], '{:,.0f}'):>19} "
               f"{_spread(shares, '{:.0%}'):>15} {_spread([x['end_to_end_s'] for x in runs], '{:.1f}'):>17} "
@@ -195,17 +243,25 @@ def report(rounds: list[list[dict[str, Any]]], args: argparse.Namespace) -> None
         name = "row mode" if len(rows) == 1 else f"row mode ({first[row]['config']})"
         if batches:
             best = [max((round_[i] for i in batches), key=lambda r: r["output_tokens_per_s"]) for round_ in rounds]
-            ratios = [round_[row]["output_tokens_per_s"] / b["output_tokens_per_s"] for round_, b in zip(rounds, best, strict=True)]
+            ratios = [
+                round_[row]["output_tokens_per_s"] / b["output_tokens_per_s"]
+                for round_, b in zip(rounds, best, strict=True)
+            ]
             print(f"{name} / best batch configuration of each round: {_spread(ratios, '{:.2f}x')} output tokens/s")
         cpu = [round_[row]["cpu_s_per_1000_rows"] / round_[0]["cpu_s_per_1000_rows"] for round_ in rounds]
         print(f"{name} CPU per row / plain loop's: {_spread(cpu, '{:.2f}x')}")
     names = list(dict.fromkeys(name for r in first for name in r["quality"]))
     if names:
         widths = [max(len(name), 8) for name in names]
-        print(f"\n{'output quality (first round)':<53}" + "".join(f" {name:>{w}}" for name, w in zip(names, widths, strict=True)))
+        print(
+            f"\n{'output quality (first round)':<53}"
+            + "".join(f" {name:>{w}}" for name, w in zip(names, widths, strict=True))
+        )
         for r in first:
-            print(f"{r['system']:<20} {r['config'][:32]:<32}"
-                  + "".join(f" {_figure(r['quality'].get(name)):>{w}}" for name, w in zip(names, widths, strict=True)))
+            print(
+                f"{r['system']:<20} {r['config'][:32]:<32}"
+                + "".join(f" {_figure(r['quality'].get(name)):>{w}}" for name, w in zip(names, widths, strict=True))
+            )
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"config": vars(args), "rounds": rounds}, handle, indent=2)
@@ -259,7 +315,12 @@ def plot(results: list[dict[str, Any]], path: str) -> None:
             left.plot(xs, ys, label=f"{r['system']} ({r['config']})", linewidth=1)
         if r["latency_cdf"]:
             xs, ys = zip(*r["latency_cdf"], strict=False)
-            right.step(xs, ys, where="post", label=r["system"] + ("" if "batch" not in r["system"] else f" {r['config'].split(',')[0]}"))
+            right.step(
+                xs,
+                ys,
+                where="post",
+                label=r["system"] + ("" if "batch" not in r["system"] else f" {r['config'].split(',')[0]}"),
+            )
     left.set(title="output tokens/s over time", xlabel="s since first request", ylabel="tokens/s")
     right.set(title="row latency CDF", xlabel="seconds", ylabel="share of rows", xscale="log")
     left.legend(fontsize=7)

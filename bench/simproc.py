@@ -28,8 +28,16 @@ _SUMMED = ("requests_total", "completion_tokens", "prompt_tokens", "busy_slot_s"
 class SimProcess:
     """``with SimProcess(replicas=2) as sim: ... sim.urls ...``; ``sim.series`` holds summed polled stats."""
 
-    def __init__(self, *, replicas: int = 1, time_scale: float = 1.0, seed: int = 0, profile: str = "llama-8b-h100",
-                 poll_s: float = 0.5, max_num_seqs: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        replicas: int = 1,
+        time_scale: float = 1.0,
+        seed: int = 0,
+        profile: str = "llama-8b-h100",
+        poll_s: float = 0.5,
+        max_num_seqs: int | None = None,
+    ) -> None:
         self.time_scale = time_scale
         self.seed = seed
         self.profile = profile
@@ -43,10 +51,24 @@ class SimProcess:
     def __enter__(self) -> SimProcess:
         self._procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "streamflow.services.sim", "--port", str(port), "--time-scale",
-                 str(self.time_scale), "--seed", str(self.seed), "--profile", self.profile, "--log-level", "WARNING",
-                 *(["--max-num-seqs", str(self.max_num_seqs)] if self.max_num_seqs else [])],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                [
+                    sys.executable,
+                    "-m",
+                    "streamflow.services.sim",
+                    "--port",
+                    str(port),
+                    "--time-scale",
+                    str(self.time_scale),
+                    "--seed",
+                    str(self.seed),
+                    "--profile",
+                    self.profile,
+                    "--log-level",
+                    "WARNING",
+                    *(["--max-num-seqs", str(self.max_num_seqs)] if self.max_num_seqs else []),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
             for port in self.ports
         ]
@@ -117,8 +139,11 @@ class SimProcess:
         """Busy sequence slots / capacity over the busy window."""
         started, ended = self.busy_window()
         last = self.series[-1]
-        return float(last["busy_slot_s"]) / (last["max_num_seqs"] * (ended - started) / self.time_scale) \
-            if self.time_scale > 0 else 0.0
+        return (
+            float(last["busy_slot_s"]) / (last["max_num_seqs"] * (ended - started) / self.time_scale)
+            if self.time_scale > 0
+            else 0.0
+        )
 
     def tokens_per_s_series(self) -> list[tuple[float, float]]:
         """(seconds since the first request, output tokens/s over the last poll interval)."""

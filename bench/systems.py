@@ -51,7 +51,13 @@ class SystemRun(msgspec.Struct):
 
 
 def plain_loop(
-    pipeline: Path, urls: list[str], inflight: int, limit: int, seed: int, *, input_path: str | None = None,
+    pipeline: Path,
+    urls: list[str],
+    inflight: int,
+    limit: int,
+    seed: int,
+    *,
+    input_path: str | None = None,
     sandbox: SandboxSettings | None = None,
 ) -> tuple[int, int, LatencyHistogram, dict[str, float]]:
     """The same flow in one process: a semaphore of ``inflight`` rows, nothing else."""
@@ -85,7 +91,9 @@ def plain_loop(
                     if isinstance(read, BadInput):
                         yield from read.rows
                     elif not isinstance(read, Unreadable):
-                        yield from (new_row(row_id, fields, flow.first, seed) for row_id, fields in zip(*read, strict=True))
+                        yield from (
+                            new_row(row_id, fields, flow.first, seed) for row_id, fields in zip(*read, strict=True)
+                        )
 
         tasks = [one(row) for row in admitted()]
         await asyncio.gather(*tasks)
@@ -116,23 +124,33 @@ def ray_data_llm(pipeline: Path, url: str, inflight: int, limit: int) -> tuple[i
     from operators.parsing import extract_json, first_word
 
     params = nr.Params()
-    prompts = {name: nr.prompt(name, chars) for name, chars in
-               (("classify", params.classifier_doc_chars), ("score", params.max_doc_chars),
-                ("question", params.max_doc_chars))}
+    prompts = {
+        name: nr.prompt(name, chars)
+        for name, chars in (
+            ("classify", params.classifier_doc_chars),
+            ("score", params.max_doc_chars),
+            ("question", params.max_doc_chars),
+        )
+    }
     threshold = params.english_min_score
     stages = 3
-    config = HttpRequestProcessorConfig(url=f"{url}/chat/completions", concurrency=max(1, inflight // (64 * stages)),
-                                        batch_size=64)
+    config = HttpRequestProcessorConfig(
+        url=f"{url}/chat/completions", concurrency=max(1, inflight // (64 * stages)), batch_size=64
+    )
 
     def processor(name: str, max_tokens: int, parse: Any) -> Any:
         from streamflow import Message
 
         return build_processor(
             config,
-            preprocess=lambda row: {"payload": {
-                "model": "sim-8b", "max_tokens": max_tokens, "temperature": 0.0,
-                "messages": prompts[name].render(Message(id="x", fields={"text": row["text"]})),
-            }},
+            preprocess=lambda row: {
+                "payload": {
+                    "model": "sim-8b",
+                    "max_tokens": max_tokens,
+                    "temperature": 0.0,
+                    "messages": prompts[name].render(Message(id="x", fields={"text": row["text"]})),
+                }
+            },
             postprocess=lambda row: {"text": row["text"], "keep": parse(row["http_response"])},
         )
 

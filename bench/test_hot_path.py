@@ -26,8 +26,13 @@ def rows(n: int) -> list[Message]:
     return [
         Message(
             id=f"0:{i}",
-            fields={"doc_id": f"man:en:read.{i}", "text": TEXT, "section": 2, "language_score": 0.98,
-                    "scores": {"completeness": 3, "complexity": 4, "correctness": 5, "reasoning": 2}},
+            fields={
+                "doc_id": f"man:en:read.{i}",
+                "text": TEXT,
+                "section": 2,
+                "language_score": 0.98,
+                "scores": {"completeness": 3, "complexity": 4, "correctness": 5, "reasoning": 2},
+            },
             state=State(step="score", hops=2, seed=i),
         )
         for i in range(n)

@@ -90,12 +90,23 @@ def build(params: Params) -> Flow:
     )
     flow.step(
         "score",
-        ChatJSON(prompt("score", params.max_doc_chars), Scores, into="scores", check=low_score, max_tokens=128,
-                 model=params.generator_model),
+        ChatJSON(
+            prompt("score", params.max_doc_chars),
+            Scores,
+            into="scores",
+            check=low_score,
+            max_tokens=128,
+            model=params.generator_model,
+        ),
     )
     flow.step(
         "question",
-        ChatJSON(prompt("question", params.max_doc_chars), Question, check=unusable_question,
-                 max_tokens=params.question_max_tokens, model=params.generator_model),
+        ChatJSON(
+            prompt("question", params.max_doc_chars),
+            Question,
+            check=unusable_question,
+            max_tokens=params.question_max_tokens,
+            model=params.generator_model,
+        ),
     )
     return flow

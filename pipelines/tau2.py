@@ -233,7 +233,11 @@ def diff(expected: Any, actual: Any, path: str = "") -> list[str]:
             found for key in keys for found in diff(expected.get(key), actual.get(key), f"{path}.{key}".lstrip("."))
         ]
     if isinstance(expected, list) and isinstance(actual, list) and len(expected) == len(actual):
-        return [found for index, pair in enumerate(zip(expected, actual, strict=False)) for found in diff(*pair, f"{path}[{index}]")]
+        return [
+            found
+            for index, pair in enumerate(zip(expected, actual, strict=False))
+            for found in diff(*pair, f"{path}[{index}]")
+        ]
     return [] if expected == actual else [path or "."]
 
 

@@ -133,4 +133,3 @@ def raised_inside(exc: BaseException) -> BaseException:
 
 
 _MAX_WRAPPERS = 8
-

@@ -201,5 +201,7 @@ class Flow:
 
 def _check_name(what: str, name: str) -> None:
     if not isinstance(name, str) or not _NAME.match(name) or name == END:
-        msg = f"{what} name {name!r} is not valid; use letters, digits, '_' or '-', starting with a letter, not {END!r}."
+        msg = (
+            f"{what} name {name!r} is not valid; use letters, digits, '_' or '-', starting with a letter, not {END!r}."
+        )
         raise FlowError(msg)

@@ -78,7 +78,9 @@ def load_pipeline(target: str | Path | Flow | ModuleType) -> Pipeline:
     module = target if isinstance(target, ModuleType) else _import_file(Path(target))
     build = getattr(module, "build", None)
     if not callable(build):
-        msg = f"pipeline {module.__name__!r} ({getattr(module, '__file__', '?')}) has no build(params) -> Flow function."
+        msg = (
+            f"pipeline {module.__name__!r} ({getattr(module, '__file__', '?')}) has no build(params) -> Flow function."
+        )
         raise ConfigError(msg)
     params_type = getattr(module, "Params", None)
     defaults = getattr(module, "DEFAULTS", {})

@@ -161,7 +161,17 @@ def _completion(payload: Mapping[str, Any], text: str) -> dict[str, Any]:
     usage = {"prompt_tokens": max(1, len(str(prompt)) // 4), "completion_tokens": max(1, len(text) // 4)}
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
     if "messages" in payload:
-        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": "stop",
+        }
     else:
         choice = {"index": 0, "text": text, "finish_reason": "stop"}
-    return {"id": "fake", "object": "chat.completion", "model": payload.get("model", ""), "choices": [choice], "usage": usage}
+    return {
+        "id": "fake",
+        "object": "chat.completion",
+        "model": payload.get("model", ""),
+        "choices": [choice],
+        "usage": usage,
+    }

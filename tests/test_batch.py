@@ -113,7 +113,7 @@ def test_failing_setup_aborts_batch_mode_with_its_message(ray_runtime, tmp_path,
 
 def test_pool_that_starves_the_read_tasks_is_refused(ray_runtime, tmp_path, fast_run):
     overrides = [f"input.path={numbers(tmp_path, 400)}", "mode=batch", "batch.num_cpus=0.5", *fast_run]
-    with pytest.raises(ConfigError, match="batch.num_cpus"):
+    with pytest.raises(ConfigError, match=r"batch\.num_cpus"):
         streamflow.run(Flow("numbers").step("square", FailsOnSome()), overrides)
 
 

@@ -67,7 +67,7 @@ def test_a_new_entry_of_an_open_mapping_is_added_with_plus():
 
 
 def test_missing_input_path_is_named():
-    with pytest.raises(ConfigError, match="input.path is required"):
+    with pytest.raises(ConfigError, match=r"input\.path is required"):
         compose({}, [])
 
 

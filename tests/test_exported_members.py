@@ -10,8 +10,21 @@ def test_all_names_are_importable():
 
 def test_public_api_is_the_documented_one():
     assert set(streamflow.__all__) == {
-        "END", "ConfigError", "Context", "Drop", "Flow", "FlowError", "Message", "Operator",
-        "RowError", "RunError", "RunResult", "SetupError", "State", "StreamflowError", "run",
+        "END",
+        "ConfigError",
+        "Context",
+        "Drop",
+        "Flow",
+        "FlowError",
+        "Message",
+        "Operator",
+        "RowError",
+        "RunError",
+        "RunResult",
+        "SetupError",
+        "State",
+        "StreamflowError",
+        "run",
     }
 
 

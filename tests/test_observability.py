@@ -1,5 +1,6 @@
 """Observability of a row-mode run: the event log, the report, the /metrics endpoint, the manifest."""
 
+import contextlib
 import json
 import socket
 import threading
@@ -51,10 +52,8 @@ class Scraper(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            try:
+            with contextlib.suppress(OSError):  # not up yet, or already closed
                 self.scrapes.append(scrape(self.url))
-            except OSError:
-                pass  # not up yet, or already closed
             time.sleep(0.2)
 
 

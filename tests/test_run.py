@@ -105,7 +105,7 @@ def test_missing_text_column_names_the_columns_that_exist(tmp_path):
 def test_corrupt_parquet_is_named(tmp_path):
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(b"PAR1 this is not parquet at all")
-    with pytest.raises(ConfigError, match="bad.parquet"):
+    with pytest.raises(ConfigError, match=r"bad\.parquet"):
         streamflow.run(str(NR_PIPELINE), [f"input.path={bad}"])
 
 

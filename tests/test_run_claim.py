@@ -89,7 +89,12 @@ def test_a_resume_of_a_run_that_is_still_going_is_refused_naming_its_holder(tmp_
         wait_for(lambda: any((run_dir / "data").glob("part-*.parquet")), first, "committed part")
 
         second = subprocess.run(
-            [*args, f"resume={run_dir}"], cwd=REPO, env=own_ray_env, capture_output=True, text=True, timeout=120,
+            [*args, f"resume={run_dir}"],
+            cwd=REPO,
+            env=own_ray_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
             check=False,
         )
 

@@ -17,7 +17,7 @@ class Inner(msgspec.Struct):
 class Outer(msgspec.Struct, rename="camel"):
     inner_result: Inner | None
     seen_at: datetime.datetime
-    count: Optional[int] = None
+    count: int | None = None
 
 
 class Pair(msgspec.Struct, array_like=True):
@@ -44,7 +44,7 @@ def test_scalars_map_to_their_arrow_types(py_type, expected):
     assert arrow_type(py_type) == expected
 
 
-@pytest.mark.parametrize("py_type", [int | None, Optional[int], None | int])
+@pytest.mark.parametrize("py_type", [int | None, Optional[int], None | int])  # noqa: UP045 (Optional is what is tested)
 def test_optional_declares_the_same_nullable_column(py_type):
     assert arrow_type(py_type) == pa.int64()
 
@@ -110,5 +110,5 @@ def test_reserved_declared_field_is_a_flow_error():
 
 
 def test_bad_declared_field_names_the_field():
-    with pytest.raises(FlowError, match="^field 'answer': type Any"):
+    with pytest.raises(FlowError, match=r"^field 'answer': type Any"):
         output_schema(pa.schema([("text", pa.string())]), {"answer": Any})

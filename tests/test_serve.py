@@ -1,6 +1,7 @@
 """``python -m streamflow.serve``: LLM servers apart from any run, found by runs through llm.endpoints_dir."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -42,7 +43,9 @@ def test_an_endpoint_left_behind_by_a_dead_server_is_skipped(tmp_path, caplog):
 
 
 def test_endpoints_dir_with_a_backend_that_starts_servers_is_refused():
-    with pytest.raises(ConfigError, match="llm.endpoints_dir uses servers started elsewhere, but llm.backend=vllm"):
+    with pytest.raises(
+        ConfigError, match=re.escape("llm.endpoints_dir uses servers started elsewhere, but llm.backend=vllm")
+    ):
         compose({"input": {"path": "in.parquet"}}, ["llm.endpoints_dir=/shared/endpoints", "llm.backend=vllm"])
 
 

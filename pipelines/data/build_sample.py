@@ -47,8 +47,7 @@ TOOL_PACKAGES = ["man-db", "groff-base"]
 # takes the (English-only) pages of four base packages with well-written
 # manuals: coreutils, util-linux, git-man and iproute2.
 LANGS: dict[str, tuple[str, list[str]]] = {
-    "en": ("", ["manpages", "manpages-dev", "coreutils", "util-linux", "git-man",
-                "iproute2"]),
+    "en": ("", ["manpages", "manpages-dev", "coreutils", "util-linux", "git-man", "iproute2"]),
     "de": ("de", ["manpages-de", "manpages-de-dev"]),
     "fr": ("fr", ["manpages-fr", "manpages-fr-dev"]),
     "es": ("es", ["manpages-es", "manpages-es-dev"]),
@@ -99,9 +98,7 @@ def ensure_installed(packages: list[str], allow_install: bool) -> None:
     if not missing:
         return
     if not allow_install:
-        sys.exit(
-            "missing packages (rerun without --no-install, as root): " + " ".join(missing)
-        )
+        sys.exit("missing packages (rerun without --no-install, as root): " + " ".join(missing))
     if os.geteuid() != 0:
         sys.exit("installing packages needs root; missing: " + " ".join(missing))
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
@@ -145,7 +142,7 @@ def _is_so_stub(path: str) -> bool:
         return True
     for line in head.splitlines():
         line = line.strip()
-        if not line or line.startswith((b'.\\"', b"'\\\"", b'.\\#')):
+        if not line or line.startswith((b'.\\"', b"'\\\"", b".\\#")):
             continue
         return line.startswith(b".so ")
     return True
@@ -158,9 +155,7 @@ def list_pages(lang: str) -> list[Page]:
     pages: dict[str, Page] = {}
     seen_files = 0
     for pkg in packages:
-        res = subprocess.run(
-            ["dpkg-query", "-L", pkg], capture_output=True, text=True, check=True
-        )
+        res = subprocess.run(["dpkg-query", "-L", pkg], capture_output=True, text=True, check=True)
         for path in sorted(res.stdout.splitlines()):
             m = pat.match(path)
             if not m:
@@ -195,8 +190,7 @@ def render_env(width: int) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("MAN", "GROFF", "LC_", "LANG"))
-        and k not in ("PAGER", "LESS", "COLUMNS")
+        if not k.startswith(("MAN", "GROFF", "LC_", "LANG")) and k not in ("PAGER", "LESS", "COLUMNS")
     }
     env.update(LC_ALL="C.UTF-8", MANWIDTH=str(width), MANPAGER="cat", PAGER="cat")
     return env
@@ -389,7 +383,13 @@ def main(argv: list[str] | None = None) -> int:
             pages = list_pages(lang)
             pool_sizes[lang] = len(pages)
             streams[lang] = LangStream(
-                lang, pages, args.seed, pool, env, args.min_chars, args.max_chars,
+                lang,
+                pages,
+                args.seed,
+                pool,
+                env,
+                args.min_chars,
+                args.max_chars,
                 batch=max(8, 4 * args.jobs),
             )
         rows = sample(streams, want)
@@ -401,8 +401,11 @@ def main(argv: list[str] | None = None) -> int:
     metadata = {
         "streamflow.builder": "pipelines/data/build_sample.py",
         "streamflow.args": json.dumps(
-            {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-             if k not in ("out", "jobs", "no_install")},
+            {
+                k: (str(v) if isinstance(v, Path) else v)
+                for k, v in vars(args).items()
+                if k not in ("out", "jobs", "no_install")
+            },
             sort_keys=True,
         ),
         "streamflow.packages": json.dumps(versions, sort_keys=True),
@@ -415,17 +418,22 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         chars[r["lang"]] += r["chars"]
     total_chars = sum(chars.values())
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB, {len(rows)} docs, "
-          f"{total_chars / 1e6:.2f} M chars)")
+    print(
+        f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB, {len(rows)} docs, {total_chars / 1e6:.2f} M chars)"
+    )
     print(f"{'lang':<6} {'docs':>5} {'share':>6} {'chars':>10} {'pool':>5} {'short':>5} {'warn':>4}")
     for lang in LANGS:
         s = streams[lang]
-        print(f"{lang:<6} {by_lang[lang]:>5} {by_lang[lang] / max(1, len(rows)):>6.1%} "
-              f"{chars[lang]:>10} {pool_sizes[lang]:>5} {s.skipped_short:>5} "
-              f"{len(s.warnings):>4}")
+        print(
+            f"{lang:<6} {by_lang[lang]:>5} {by_lang[lang] / max(1, len(rows)):>6.1%} "
+            f"{chars[lang]:>10} {pool_sizes[lang]:>5} {s.skipped_short:>5} "
+            f"{len(s.warnings):>4}"
+        )
     capped = sum(1 for r in rows if r["chars"] >= args.max_chars - args.width)
-    print(f"capped near {args.max_chars} chars: {capped} docs; "
-          f"sections: {dict(sorted(Counter(r['section'] for r in rows).items()))}")
+    print(
+        f"capped near {args.max_chars} chars: {capped} docs; "
+        f"sections: {dict(sorted(Counter(r['section'] for r in rows).items()))}"
+    )
     print("packages:", " ".join(f"{p}={v}" for p, v in versions.items()))
     warnings = [w for s in streams.values() for w in s.warnings]
     if warnings:

@@ -83,7 +83,7 @@ def test_crash_while_writing_leaves_no_part_and_no_temporary_file(tmp_path, monk
     monkeypatch.setattr(sink_module.pq, "write_table", failing_write)
     writer = PartWriter(str(tmp_path), SCHEMA, prefix="s0")
     writer.append([row(0)])
-    with pytest.raises(RunError, match="could not write part .*disk full"):
+    with pytest.raises(RunError, match=r"could not write part .*disk full"):
         writer.flush()
     assert os.listdir(tmp_path) == []
 

@@ -123,7 +123,7 @@ def test_files_after_the_limit_are_not_opened(tmp_path):
     write_jsonl(tmp_path / "a.jsonl", [{"a": i} for i in range(3)])
     (tmp_path / "b.parquet").write_bytes(b"not parquet at all")
     assert plan_input(str(tmp_path), limit=2).total_rows == 2
-    with pytest.raises(ConfigError, match="b.parquet"):
+    with pytest.raises(ConfigError, match=r"b\.parquet"):
         plan_input(str(tmp_path))
 
 

@@ -20,7 +20,9 @@ def classify_flow():
 def test_prompt_fills_fields_and_cuts_long_values():
     from streamflow import Message
 
-    messages = Prompt("A: $text", system="be brief", max_field_chars=5).render(Message(id="1", fields={"text": "abcdefgh"}))
+    messages = Prompt("A: $text", system="be brief", max_field_chars=5).render(
+        Message(id="1", fields={"text": "abcdefgh"})
+    )
     assert messages == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "A: abcde"}]
 
 

@@ -21,7 +21,7 @@ def coral():
 
 def dialogue(coral, replies, *, rows=(PROBLEM,), **params):
     """Run rows through the flow with scripted agents: ``replies[role]`` lists each agent's turns in order."""
-    spoken = {role: 0 for role in replies}
+    spoken = dict.fromkeys(replies, 0)
     requests = []
 
     def answer(payload):

@@ -76,7 +76,9 @@ def test_failed_delivery_is_reported_with_the_rows_it_carried():
 
     async def go():
         peer = Peer("a", FakeActor(fail=True))
-        outbox = Outbox(flush_rows=2, flush_ms=1, on_failure=lambda p, batch, exc: failures.append((p.name, len(batch))))
+        outbox = Outbox(
+            flush_rows=2, flush_ms=1, on_failure=lambda p, batch, exc: failures.append((p.name, len(batch)))
+        )
         for row in rows(2):
             outbox.send(peer, row)
         await outbox.drain()

@@ -1,6 +1,7 @@
 """llm.backend=llamacpp: the server command, and one-line messages for what is missing."""
 
 import importlib.util
+import re
 
 import pytest
 
@@ -38,7 +39,7 @@ def test_a_model_path_must_be_a_file(tmp_path):
 
 
 def test_without_a_path_only_packaged_models_are_known():
-    with pytest.raises(ConfigError, match="needs llm.model_path=FILE.gguf, or llm.model=smollm2"):
+    with pytest.raises(ConfigError, match=re.escape("needs llm.model_path=FILE.gguf, or llm.model=smollm2")):
         gguf_path("llama-70b", None)
 
 

@@ -42,8 +42,12 @@ def test_killing_one_of_three_simulator_replicas_loses_no_row(ray_runtime, tmp_p
     killer = threading.Thread(target=kill_one_replica_soon, daemon=True)
     killer.start()
     overrides = [
-        f"output.dir={tmp_path}", "progress=off", "limit=300", "llm.replicas=3",
-        "llm.sim.time_scale=0.2", "llm.circuit_cooldown_s=60",
+        f"output.dir={tmp_path}",
+        "progress=off",
+        "limit=300",
+        "llm.replicas=3",
+        "llm.sim.time_scale=0.2",
+        "llm.circuit_cooldown_s=60",
     ]
     result = streamflow.run(str(NR_PIPELINE), overrides)
     killer.join()
@@ -89,7 +93,9 @@ def test_hanging_replica_is_timed_out_and_requests_fail_over():
 
     async def go():
         try:
-            return await asyncio.gather(*(client.chat([{"role": "user", "content": f"q{i}"}], step="s") for i in range(8)))
+            return await asyncio.gather(
+                *(client.chat([{"role": "user", "content": f"q{i}"}], step="s") for i in range(8))
+            )
         finally:
             await client.close()
 

@@ -1,13 +1,13 @@
 """Why an LLM call failed, as a row error kind (``error:llm_<kind>``).
 
-    LLMError (RowError)
-     ├── LLMConnectionError    no replica reachable after retries      llm_connection
-     ├── LLMTimeout            no answer within the request timeout     llm_timeout
-     ├── LLMRateLimited        429 after every retry                    llm_rate_limited
-     ├── LLMServerError        5xx after every retry                    llm_server_error
-     ├── LLMBadRequest         400/404/422: retrying cannot help        llm_bad_request
-     │    └── LLMContextLength the prompt does not fit the model        llm_context_length
-     └── LLMBadResponse        200 with a body that is not a completion llm_bad_response
+LLMError (RowError)
+ ├── LLMConnectionError    no replica reachable after retries      llm_connection
+ ├── LLMTimeout            no answer within the request timeout     llm_timeout
+ ├── LLMRateLimited        429 after every retry                    llm_rate_limited
+ ├── LLMServerError        5xx after every retry                    llm_server_error
+ ├── LLMBadRequest         400/404/422: retrying cannot help        llm_bad_request
+ │    └── LLMContextLength the prompt does not fit the model        llm_context_length
+ └── LLMBadResponse        200 with a body that is not a completion llm_bad_response
 """
 
 from __future__ import annotations

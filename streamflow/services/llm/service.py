@@ -117,16 +117,16 @@ class LLMService:
         handles: dict[str, Any] = {}
         if config.uses_sim:
             urls, started = await start_sim_replicas(sim_config(config, seed), config.replicas)
-            handles = dict(zip(urls, started))
+            handles = dict(zip(urls, started, strict=False))
         elif config.backend in ("vllm", "sglang"):
             spec = engine_spec(config, seed)
             urls, started = await start_engine_replicas(spec, config.replicas, log_dir=log_dir)
-            handles = dict(zip(urls, started))
+            handles = dict(zip(urls, started, strict=False))
         elif config.backend == "llamacpp":
             spec = engine_spec(config, seed, host="127.0.0.1")
             # No CPU reserved: the servers would otherwise take the cores Ray gives the pipeline's actors.
             urls, started = await start_engine_replicas(spec, config.replicas, log_dir=log_dir, num_gpus=0, num_cpus=0)
-            handles = dict(zip(urls, started))
+            handles = dict(zip(urls, started, strict=True))
         else:
             urls = config.urls()  # external servers; none at all with llm.backend=none
         endpoints = {**{model: list(others) for model, others in config.models.items()}, config.model: list(urls)}

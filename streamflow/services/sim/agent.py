@@ -40,7 +40,43 @@ _QUOTED = re.compile(r"\"([^\"]{3,120})\"")
 _CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 _WORD = re.compile(r"[a-z]{3,}")
 _STOP = frozenset(
-    ["the", "and", "for", "you", "your", "with", "that", "this", "have", "has", "from", "are", "was", "can", "not", "but", "all", "any", "its", "our", "out", "get", "one", "may", "who", "how", "what", "when", "would", "could", "should", "will", "like", "please", "want"]
+    [
+        "the",
+        "and",
+        "for",
+        "you",
+        "your",
+        "with",
+        "that",
+        "this",
+        "have",
+        "has",
+        "from",
+        "are",
+        "was",
+        "can",
+        "not",
+        "but",
+        "all",
+        "any",
+        "its",
+        "our",
+        "out",
+        "get",
+        "one",
+        "may",
+        "who",
+        "how",
+        "what",
+        "when",
+        "would",
+        "could",
+        "should",
+        "will",
+        "like",
+        "please",
+        "want",
+    ]
 )
 _CLOSE = "Is there anything else I can help you with?"
 
