@@ -29,7 +29,6 @@ from streamflow.config import LLMConfig, compose
 from streamflow.errors import ConfigError, StreamflowError
 from streamflow.services.engines import EngineReplica
 from streamflow.services.llm.service import engine_spec, sim_config
-from streamflow.services.sim import SimServer
 
 __all__ = ["ENDPOINT_SUFFIX", "answers", "gpu_slices", "main", "published_endpoints", "serve", "wait_for_published"]
 
@@ -131,6 +130,8 @@ class _Published:
 
 async def serve(llm: LLMConfig, *, seed: int, publish: str | None, log_dir: str) -> None:
     """Start the servers, publish their URLs, and keep them up until SIGTERM or SIGINT."""
+    from streamflow.services.sim import SimServer  # aiohttp's server stack: only when serving
+
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

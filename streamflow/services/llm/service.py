@@ -24,7 +24,6 @@ from streamflow.services.llm.cache import ResponseCache
 from streamflow.services.llm.registry import EndpointRegistry
 from streamflow.services.placement import on_this_node
 from streamflow.services.sim import PROFILES, SimConfig
-from streamflow.services.sim.server_actors import start_sim_replicas
 
 __all__ = ["LLMAccess", "LLMService", "engine_spec", "sim_config"]
 
@@ -116,12 +115,14 @@ class LLMService:
         """
         handles: dict[str, Any] = {}
         if config.uses_sim:
+            from streamflow.services.sim.server_actors import start_sim_replicas  # aiohttp's server only here
+
             urls, started = await start_sim_replicas(sim_config(config, seed), config.replicas)
-            handles = dict(zip(urls, started, strict=False))
+            handles = dict(zip(urls, started, strict=True))
         elif config.backend in ("vllm", "sglang"):
             spec = engine_spec(config, seed)
             urls, started = await start_engine_replicas(spec, config.replicas, log_dir=log_dir)
-            handles = dict(zip(urls, started, strict=False))
+            handles = dict(zip(urls, started, strict=True))
         elif config.backend == "llamacpp":
             spec = engine_spec(config, seed, host="127.0.0.1")
             # No CPU reserved: the servers would otherwise take the cores Ray gives the pipeline's actors.

@@ -10,8 +10,21 @@ Example::
     await server.stop()
 """
 
+from typing import TYPE_CHECKING, Any
+
 from streamflow.services.sim.config import SimConfig
 from streamflow.services.sim.profile import PROFILES, LatencyProfile
-from streamflow.services.sim.server import SimServer
+
+if TYPE_CHECKING:
+    from streamflow.services.sim.server import SimServer
 
 __all__ = ["PROFILES", "LatencyProfile", "SimConfig", "SimServer"]
+
+
+def __getattr__(name: str) -> Any:
+    # The server pulls in aiohttp's web stack (~0.15 s); a run's config and actors only need the profiles.
+    if name == "SimServer":
+        from streamflow.services.sim.server import SimServer
+
+        return SimServer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
