@@ -109,6 +109,8 @@ class MetricsConfig(msgspec.Struct, forbid_unknown_fields=True):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535, description="a TCP port, 0: any free port")] = 9464
+    linger_s: Annotated[float, Meta(ge=0, description="seconds, 0 or more")] = 0.0
+    """After a finished run, serve its final figures this long (a scraper's interval) before exiting."""
 
 
 class SimSettings(msgspec.Struct, forbid_unknown_fields=True):

@@ -90,14 +90,16 @@ async def run_rows(
     """
     started = time.monotonic()
     driver = Driver(flow, recipe, cfg, plan, run_dir, skip, attempt)
+    finished = False
     try:
         await driver.start()
         streaming = time.monotonic()
         await stream_until_stopped(driver)
         finishing = time.monotonic()
         files, usage, replicas, transfer = await driver.finish()
+        finished = True
     finally:
-        await driver.shutdown()
+        await driver.shutdown(finished=finished)
     ended = time.monotonic()
     return RunResult(
         pipeline=flow.name,
@@ -177,6 +179,7 @@ class Driver:
         run_id = os.path.basename(self.run_dir)
         if cfg.metrics.enabled:
             self.metrics_server = MetricsServer(self.metrics, cfg.metrics.host, cfg.metrics.port)
+            self.metrics.update(self.metrics_view())  # rows expected from the start, not zeros
         if cfg.offload_threshold > 0:
             self.keepers = start_keepers(run_id)
             # Input fields are put by the keeper of the driver's node: off the driver's loop, one call per batch.
@@ -362,6 +365,8 @@ class Driver:
             elif result.incarnation != last.incarnation:  # it died after the last census: keep what it reported
                 self.earlier_usage.append(last)
             final.append(result)
+            self.stats[key] = result
+        self.metrics.update(self.metrics_view())  # the run's final figures, for a last scrape
         closed = await asyncio.gather(*(sink.close.remote() for sink in self.sinks), return_exceptions=True)
         fetched = await asyncio.gather(*(sink.transfer.remote() for sink in self.sinks), return_exceptions=True)
         transfer = self._transfer([s for s in fetched if isinstance(s, TransferStats)], final)
@@ -383,10 +388,12 @@ class Driver:
             total.add(stats)
         return total
 
-    async def shutdown(self) -> None:
-        """Stop the LLM service, every actor and the metrics endpoint, whether the run succeeded or not."""
-        if self.metrics_server is not None:
-            self.metrics_server.close()
+    async def shutdown(self, *, finished: bool = False) -> None:
+        """Stop the LLM service, every actor and the metrics endpoint, whether the run succeeded or not.
+
+        After a finished run the endpoint stays up ``metrics.linger_s`` more, so a scraper records
+        the final figures.
+        """
         if self.service is not None:
             await self.service.stop()
         for handle in [*self.sinks, *(h for hs in self.actors.values() for h in hs), *self.keepers.values()]:
@@ -394,3 +401,10 @@ class Driver:
                 ray.kill(handle, no_restart=True)
             except Exception as exc:  # an actor that is already gone is fine
                 log.debug("kill %s: %s", handle, exc)
+        if self.metrics_server is not None:
+            if finished and self.cfg.metrics.linger_s > 0:
+                log.warning(
+                    "run finished; serving its final metrics %g s more (metrics.linger_s)", self.cfg.metrics.linger_s
+                )
+                await asyncio.sleep(self.cfg.metrics.linger_s)
+            self.metrics_server.close()
