@@ -4,11 +4,15 @@ Build a ``Flow`` of ``Operator`` steps, then ``streamflow.run(flow_or_file, over
 or ``python -m streamflow.run pipelines/natural_reasoning.py key=value ...``.
 """
 
+from typing import TYPE_CHECKING
+
 from streamflow.errors import ConfigError, FlowError, RowError, RunError, SetupError, StreamflowError
 from streamflow.flow import END, Flow
 from streamflow.message import Drop, Message, State
 from streamflow.operator import Context, Operator
-from streamflow.result import RunResult
+
+if TYPE_CHECKING:
+    from streamflow.result import RunResult
 
 
 def __getattr__(name: str) -> object:
@@ -19,6 +23,10 @@ def __getattr__(name: str) -> object:
         import streamflow.run as module
 
         return module
+    if name == "RunResult":  # it pulls in pyarrow and the LLM client, which a sink or a registry actor never needs
+        from streamflow.result import RunResult
+
+        return RunResult
     msg = f"module 'streamflow' has no attribute {name!r}"
     raise AttributeError(msg)
 

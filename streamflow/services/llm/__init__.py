@@ -3,10 +3,13 @@
 ``client`` sends requests, ``balancer`` picks a replica (least in flight, circuit breakers),
 ``transport`` is the contract and its HTTP implementation, ``registry`` tracks a run's endpoints,
 ``cache`` replays answers, and ``service`` starts and stops the replicas of a run (it imports Ray,
-so this package does not import it).
+so this package does not import it). The client and transport load on first use: they pull in
+aiohttp, which the processes that only count usage (sinks, the registry, the event log) never need.
 """
 
-from streamflow.services.llm.client import Completion, LLMClient, StepLLM
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from streamflow.services.llm.errors import (
     LLMBadRequest,
     LLMBadResponse,
@@ -17,8 +20,26 @@ from streamflow.services.llm.errors import (
     LLMServerError,
     LLMTimeout,
 )
-from streamflow.services.llm.transport import HTTPTransport, Response, Transport
 from streamflow.services.llm.usage import Usage, merge_usage
+
+if TYPE_CHECKING:
+    from streamflow.services.llm.client import Completion, LLMClient, StepLLM
+    from streamflow.services.llm.transport import HTTPTransport, Response, Transport
+
+_LAZY = {
+    "Completion": "client",
+    "LLMClient": "client",
+    "StepLLM": "client",
+    "HTTPTransport": "transport",
+    "Response": "transport",
+    "Transport": "transport",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "Completion",
