@@ -154,6 +154,7 @@ def plot(points: list[dict[str, Any]], args: argparse.Namespace) -> None:
             axis.plot(xs, ys, style, label=system)
         axis.set(title=f"{pipeline}: output tokens/s", xlabel="rows in flight", ylabel="tokens/s", xscale="log")
         axis.set_xticks(args.inflight, [f"{n:,}" for n in args.inflight])
+        axis.set_xticks([], minor=True)  # the log scale's minor labels would overlap the counts
         axis.set_ylim(bottom=0)
         axis.legend(fontsize=8)
     fig.tight_layout()
