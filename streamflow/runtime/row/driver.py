@@ -357,15 +357,14 @@ class Driver:
         """Stop the actors once every row is committed; an actor dying now costs only its last counters."""
         handles = [((name, i), h) for name, hs in self.actors.items() for i, h in enumerate(hs)]
         stopped = await asyncio.gather(*(h.stop.remote() for _, h in handles), return_exceptions=True)
-        final = []
         for (key, _), result in zip(handles, stopped, strict=True):
             last = self.stats.get(key, ActorStats(group=key[0], replica=key[1]))
             if not isinstance(result, ActorStats):
                 result = last
             elif result.incarnation != last.incarnation:  # it died after the last census: keep what it reported
                 self.earlier_usage.append(last)
-            final.append(result)
             self.stats[key] = result
+        final = list(self.stats.values())
         self.metrics.update(self.metrics_view())  # the run's final figures, for a last scrape
         closed = await asyncio.gather(*(sink.close.remote() for sink in self.sinks), return_exceptions=True)
         fetched = await asyncio.gather(*(sink.transfer.remote() for sink in self.sinks), return_exceptions=True)
