@@ -427,7 +427,7 @@ def _check_cpus(batch: BatchConfig) -> None:
 
 
 async def _watch(service: LLMService) -> None:
-    """Take LLM replicas that died out of rotation, as row mode does."""
+    """Notice LLM replicas that died, for the summary; workers route around them with their circuit breakers."""
     while True:
         await asyncio.sleep(WATCH_EVERY_S)
         await service.watch()

@@ -184,15 +184,15 @@ def test_metrics_count_failed_rows_as_reward_zero(tau2):
 def both_modes(ray_runtime, tmp_path_factory, runs):
     if shutil.which("bwrap") is None:
         pytest.skip("bubblewrap is not installed (.ci/run installs it)")
-    return runs.both_modes(TAU2, tmp_path_factory.mktemp("tau2"), limit=20)
+    return runs.both_modes(TAU2, tmp_path_factory.mktemp("tau2"), limit=10)
 
 
 def test_simulated_trajectories_are_written_with_their_tool_calls_and_rewards(both_modes, runs):
     row, _ = both_modes
     frame = runs.read(row)
-    assert frame.height == 20 and row.ok == 20 and row.balanced
+    assert frame.height == 10 and row.ok == 10 and row.balanced
     assert set(frame["reward"].unique()) <= {0.0, 1.0} and 0 < frame["reward"].mean() < 1
-    assert frame["tool_calls"].list.len().sum() > 20 and (frame["ended"] == "customer_stop").mean() > 0.9
+    assert frame["tool_calls"].list.len().sum() > 10 and (frame["ended"] == "customer_stop").mean() > 0.9
     assert frame.schema["tool_calls"] == pl.List(pl.Struct({"name": pl.String, "arguments": pl.String,
                                                             "output": pl.String}))  # fmt: skip
     assert row.quality["mean reward"] == pytest.approx(frame["reward"].mean())
@@ -206,7 +206,7 @@ def test_batch_mode_runs_the_same_trajectories(both_modes, runs):
 
 def test_a_sandbox_opened_on_one_actor_serves_tool_calls_made_on_another(both_modes, runs, tmp_path):
     row, _ = both_modes
-    overrides = [f"output.dir={tmp_path}", "llm.sim.time_scale=0.01", "progress=off", "limit=20",
+    overrides = [f"output.dir={tmp_path}", "llm.sim.time_scale=0.01", "progress=off", "limit=10",
                  "operators.open.fuse=false"]  # fmt: skip
     apart = streamflow.run(str(TAU2), overrides)
     columns = ["row_id", "status", "reward", "db_diff", "ended", "turns"]

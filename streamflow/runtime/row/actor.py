@@ -197,6 +197,11 @@ class StepActor:
             self._spawn(row, row.sent_at, received_at, None)
         return len(self._tasks)
 
+    async def update_endpoints(self, endpoints: dict[str, list[str]]) -> None:
+        """Send LLM requests to these replicas from now on (the driver saw one die)."""
+        if self._client is not None:
+            self._client.update_endpoints(endpoints)
+
     async def stats(self) -> ActorStats:
         """Counters, usage, and every input row this actor holds (the driver renews their leases).
 

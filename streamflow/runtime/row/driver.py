@@ -231,7 +231,7 @@ class Driver:
         background = [
             asyncio.create_task(admission.finish_reading(readers)),
             asyncio.create_task(watch(self, progress)),
-            asyncio.create_task(watch_llm(self.service)),
+            asyncio.create_task(watch_llm(self.service, self.actors)),
             *(asyncio.create_task(self._collect(shard, sink)) for shard, sink in enumerate(self.sinks)),
         ]
         try:

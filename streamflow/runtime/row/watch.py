@@ -61,11 +61,17 @@ async def watch(driver: Driver, progress: Progress) -> None:
             census.cancel()
 
 
-async def watch_llm(service: LLMService | None) -> None:
-    """Every second: drop LLM replicas whose server died from the registry."""
+async def watch_llm(service: LLMService | None, actors: dict[str, list[Any]]) -> None:
+    """Every second: find LLM replicas whose server died and tell every step replica to stop using them.
+
+    A replica restarted later gets the endpoints alive then when it is wired again.
+    """
     while service is not None:
         await asyncio.sleep(HEALTH_EVERY_S)
-        await service.watch()
+        if await service.watch():
+            endpoints = service.access().endpoints
+            for handle in (handle for handles in actors.values() for handle in handles):
+                handle.update_endpoints.remote(endpoints)  # fire and forget: a dead replica is rewired later
 
 
 def snapshot(ledger: Ledger, usage: dict[str, Usage]) -> Snapshot:

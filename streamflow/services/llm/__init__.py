@@ -1,10 +1,10 @@
 """The LLM service layer: an OpenAI-compatible client over a small transport contract.
 
 ``client`` sends requests, ``balancer`` picks a replica (least in flight, circuit breakers),
-``transport`` is the contract and its HTTP implementation, ``registry`` tracks a run's endpoints,
-``cache`` replays answers, and ``service`` starts and stops the replicas of a run (it imports Ray,
-so this package does not import it). The client and transport load on first use: they pull in
-aiohttp, which the processes that only count usage (sinks, the registry, the event log) never need.
+``transport`` is the contract and its HTTP implementation, ``cache`` replays answers, and
+``service`` starts, watches and stops the replicas of a run (it imports Ray, so this package does
+not import it). The client and transport load on first use: they pull in aiohttp, which the
+processes that only count usage (sinks, the event log) never need.
 """
 
 from importlib import import_module

@@ -4,8 +4,8 @@ One client per process (one connection pool), several replica URLs per model, le
 in-flight balancing with a circuit breaker per replica, retries with exponential backoff
 and jitter on connection errors, timeouts, 5xx and 429 (``Retry-After`` respected),
 failover to another replica on retry. Errors that retrying cannot fix fail the row at
-once. Usage is counted per step and per replica. The replica list is refreshed from a
-registry (``refresh``) every few seconds and whenever a replica's circuit opens.
+once. Usage is counted per step and per replica. Whoever watches the replicas (the driver)
+calls ``update_endpoints`` when one is gone.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import bisect
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -35,8 +35,6 @@ from streamflow.services.llm.transport import HTTPTransport, Response, Transport
 from streamflow.services.llm.usage import LATENCY_BOUNDS_S, ROW_USAGE, Usage
 
 log = logging.getLogger(__name__)
-
-Refresh = Callable[[], Awaitable[Mapping[str, Sequence[str]]]]
 
 __all__ = ["Completion", "LLMClient", "StepLLM"]
 
@@ -109,8 +107,6 @@ class LLMClient:
         backoff_s: float = 0.25,
         max_backoff_s: float = 10.0,
         breaker: Breaker | None = None,
-        refresh: Refresh | None = None,
-        refresh_every_s: float = 5.0,
         cache: ResponseCache | None = None,
         transport: Transport | None = None,
     ) -> None:
@@ -128,10 +124,6 @@ class LLMClient:
         self._backoff_s = backoff_s
         self._max_backoff_s = max_backoff_s
         self._breaker = breaker or Breaker()
-        self._refresh = refresh
-        self._refresh_every_s = refresh_every_s
-        self._refreshed_at = time.monotonic()
-        self._refreshing: asyncio.Task[None] | None = None
         self._cache = cache
         self._transport: Transport = transport or HTTPTransport()
         self._usage: dict[str, Usage] = {}
@@ -224,8 +216,6 @@ class LLMClient:
             raise ConfigError(msg) from exc
 
     async def close(self) -> None:
-        if self._refreshing is not None:
-            self._refreshing.cancel()
         await self._transport.close()
         if self._cache is not None:
             self._cache.close()
@@ -249,7 +239,6 @@ class LLMClient:
                 if row is not None:
                     row.cache_hits += 1
                 return self._parse(Response(200, hit), "cache", started)
-        self._maybe_refresh(started)
         replicas = self._replicas_for(payload["model"])
         failed: set[Replica] = set()
         attempt = 0
@@ -268,7 +257,6 @@ class LLMClient:
                         log.warning(
                             "LLM replica %s failed %d times in a row; pausing it", replica.url, replica.failures
                         )
-                        self._maybe_refresh(0.0)
                 else:
                     replica.succeeded()  # it answered; the request was the problem
                 if not exc.retryable or attempt >= self._max_retries:
@@ -308,21 +296,8 @@ class LLMClient:
         """The replicas serving ``model``; those of the default model if it has none of its own."""
         return self._routes.get(model) or self._routes.get(self.model) or next(iter(self._routes.values()))
 
-    def _maybe_refresh(self, now: float) -> None:
-        """Start a background refresh of the replica lists if one is due and none is running."""
-        if self._refresh is None or (self._refreshing is not None and not self._refreshing.done()):
-            return
-        if now and now - self._refreshed_at < self._refresh_every_s:
-            return
-        self._refreshed_at = time.monotonic()
-        self._refreshing = asyncio.ensure_future(self._apply_refresh(self._refresh))
-
-    async def _apply_refresh(self, refresh: Refresh) -> None:
-        try:
-            endpoints = await refresh()
-        except Exception as exc:  # the registry being slow must not fail rows
-            log.warning("refreshing LLM endpoints failed: %s", exc)
-            return
+    def update_endpoints(self, endpoints: Mapping[str, Sequence[str]]) -> None:
+        """Serve each model from these replica URLs from now on (a replica gone, another one added)."""
         for model, urls in endpoints.items():
             if model in self._routes:
                 if self._routes[model].update(urls):

@@ -1,5 +1,5 @@
 """The LLM service of one run: replicas started here (simulator, vLLM, SGLang) or listed in
-the config, an endpoint registry that tracks them, and how a worker process connects.
+the config, which of them are alive, and how a worker process connects.
 
 Row mode and batch mode both start it the same way, so a comparison of the two uses the
 same service.
@@ -21,8 +21,6 @@ from streamflow.services.engines.llamacpp import gguf_path
 from streamflow.services.llm import LLMClient
 from streamflow.services.llm.balancer import Breaker
 from streamflow.services.llm.cache import ResponseCache
-from streamflow.services.llm.registry import EndpointRegistry
-from streamflow.services.placement import on_this_node
 from streamflow.services.sim import PROFILES, SimConfig
 
 __all__ = ["LLMAccess", "LLMService", "engine_spec", "sim_config"]
@@ -32,15 +30,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LLMAccess:
-    """What a worker needs to build its client: settings, the current endpoints, the registry."""
+    """What a worker needs to build its client: settings and the current endpoints."""
 
     config: LLMConfig
     endpoints: dict[str, list[str]]
-    registry: Any = None
     api_key: str | None = field(default=None, repr=False)
 
     def client(self) -> LLMClient | None:
-        """One client for this process, kept up to date by the registry; None with ``llm.backend=none``."""
+        """One client for this process; None with ``llm.backend=none``."""
         cfg = self.config
         if cfg.backend == "none":
             return None
@@ -51,13 +48,8 @@ class LLMAccess:
             timeout_s=cfg.timeout_s,
             max_retries=cfg.max_retries,
             breaker=Breaker(cfg.circuit_failures, cfg.circuit_cooldown_s),
-            refresh=self._refresh if self.registry is not None else None,
             cache=ResponseCache(cfg.cache.path) if cfg.cache.enabled and cfg.cache.path else None,
         )
-
-    async def _refresh(self) -> dict[str, list[str]]:
-        snapshot = await self.registry.snapshot.remote()
-        return snapshot.endpoints
 
 
 def sim_config(config: LLMConfig, seed: int) -> SimConfig:
@@ -98,18 +90,18 @@ class LLMService:
     """Starts, tracks and stops the replicas behind ``llm.model``."""
 
     def __init__(
-        self, config: LLMConfig, registry: Any, replicas: dict[str, Any], api_key: str | None, *, engines: bool = False
+        self, config: LLMConfig, replicas: dict[str, Any], api_key: str | None, *, engines: bool = False
     ) -> None:
         self.config = config
-        self.registry = registry
         self.replicas = replicas  # url -> actor handle, for replicas started by this run
+        self._started_replicas = bool(replicas)  # else the endpoints are the config's
         self.api_key = api_key
         self.engines = engines  # vLLM / SGLang servers, which deserve a graceful stop
         self.lost: list[str] = []
 
     @classmethod
     async def start(cls, config: LLMConfig, *, seed: int, api_key: str | None, log_dir: str) -> LLMService:
-        """Start the configured replicas (if streamflow runs them) and register every endpoint.
+        """Start the configured replicas (if streamflow runs them).
 
         ``log_dir`` receives the logs of vLLM / SGLang servers (on each GPU node).
         """
@@ -128,27 +120,19 @@ class LLMService:
             # No CPU reserved: the servers would otherwise take the cores Ray gives the pipeline's actors.
             urls, started = await start_engine_replicas(spec, config.replicas, log_dir=log_dir, num_gpus=0, num_cpus=0)
             handles = dict(zip(urls, started, strict=True))
-        else:
-            urls = config.urls()  # external servers; none at all with llm.backend=none
-        endpoints = {**{model: list(others) for model, others in config.models.items()}, config.model: list(urls)}
-        # The registry lives on the driver's node: it must outlive the loss of any other node. It starts
-        # with the endpoints, so nothing waits for its process (calls to it queue until it is up).
-        registry: Any = (
-            ray.remote(EndpointRegistry).options(num_cpus=0, scheduling_strategy=on_this_node()).remote(endpoints)
-        )
-        return cls(config, registry, handles, api_key, engines=config.backend in ("vllm", "sglang", "llamacpp"))
+        return cls(config, handles, api_key, engines=config.backend in ("vllm", "sglang", "llamacpp"))
 
     def access(self) -> LLMAccess:
-        """Connection details for workers (endpoints as of now; the registry keeps them current)."""
+        """Connection details for workers, with the endpoints alive now."""
         endpoints = {**{model: list(urls) for model, urls in self.config.models.items()}, self.config.model: self.urls}
-        return LLMAccess(self.config, endpoints, self.registry, self.api_key)
+        return LLMAccess(self.config, endpoints, self.api_key)
 
     @property
     def urls(self) -> list[str]:
-        return list(self.replicas) if self.replicas else self.config.urls()
+        return list(self.replicas) if self._started_replicas else self.config.urls()
 
     async def watch(self) -> list[str]:
-        """Remove replicas whose process died from the registry; returns the URLs removed now."""
+        """Forget replicas whose process died; returns the URLs forgotten now (workers must be told)."""
         removed = []
         for url, handle in list(self.replicas.items()):
             try:
@@ -158,18 +142,17 @@ class LLMService:
             else:
                 why = "its server process exited"
             if not alive:
-                log.warning("LLM replica %s died (%s); removing it from the registry", url, why)
+                log.warning("LLM replica %s died (%s); no more requests go to it", url, why)
                 del self.replicas[url]
-                await self.registry.deregister.remote(url)
                 removed.append(url)
         self.lost.extend(removed)
         return removed
 
     async def stop(self) -> None:
-        """Stop the replicas this run started (engines gracefully) and the registry."""
+        """Stop the replicas this run started (engines gracefully)."""
         if self.engines and self.replicas:
             await stop_engine_replicas(list(self.replicas.values()))
-        for handle in [*self.replicas.values(), self.registry]:
+        for handle in self.replicas.values():
             try:
                 ray.kill(handle)
             except Exception as exc:  # already gone is fine

@@ -1,4 +1,4 @@
-"""Replica choice: least in-flight, circuit breaker, probing, registry refresh."""
+"""Replica choice: least in-flight, circuit breaker, probing, endpoint updates."""
 
 import asyncio
 
@@ -87,18 +87,21 @@ def test_client_stops_sending_to_a_dead_replica_after_the_breaker_opens():
     assert usage["http://dead/v1"].failures == 2 and usage["http://alive/v1"].requests == 30
 
 
-def test_client_adopts_replicas_announced_by_the_registry():
-    announced = {"m": ["http://a/v1", "http://b/v1"]}
+def test_client_sends_to_the_replicas_it_is_told_about():
+    seen = []
 
-    async def refresh():
-        return announced
+    class Seen(ScriptedTransport):
+        async def post(self, url, body, headers, timeout_s):
+            seen.append(url)
+            return await super().post(url, body, headers, timeout_s)
 
-    transport = ScriptedTransport(lambda p: "ok")
-    client = LLMClient(["http://a/v1"], model="m", transport=transport, refresh=refresh, refresh_every_s=0.0)
+    client = LLMClient(["http://a/v1", "http://b/v1"], model="m", transport=Seen(lambda p: "ok"))
+    client.update_endpoints({"m": ["http://b/v1", "http://c/v1"], "judge": ["http://j/v1"]})
+    assert client.endpoints() == {"m": ["http://b/v1", "http://c/v1"], "judge": ["http://j/v1"]}
 
     async def go():
-        await client.chat([{"role": "user", "content": "hi"}])
-        await asyncio.sleep(0.01)
-        return client.endpoints()
+        for _ in range(10):
+            await client.chat([{"role": "user", "content": "hi"}])
 
-    assert asyncio.run(go()) == {"m": ["http://a/v1", "http://b/v1"]}
+    asyncio.run(go())
+    assert {url.split("/v1")[0] for url in seen} == {"http://b", "http://c"}
