@@ -114,7 +114,8 @@ def prepare(
         },
         "params": msgspec.to_builtins(spec.default_params()),
     }
-    defaults["operators"].update(spec.defaults.get("operators", {}))
+    for name, knobs in spec.defaults.get("operators", {}).items():  # knob by knob: the others keep the flow's
+        defaults["operators"].setdefault(name, {}).update(knobs)
     cfg = compose(defaults, _as_overrides(overrides))
     params = spec.params(cfg.params)
     flow = spec.build(params).validate()

@@ -125,3 +125,22 @@ def test_api_key_is_read_from_the_named_variable_and_not_kept_in_the_config(monk
     cfg = compose(DEFAULTS, ["llm.api_key_env=MY_KEY"])
     assert cfg.api_key() == "sk-secret"
     assert "sk-secret" not in str(cfg.to_dict())
+
+
+def test_a_pipeline_default_for_one_operator_knob_leaves_the_others_settable(tmp_path):
+    from streamflow.run import prepare
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"text": "a"}\n')
+    pipeline = tmp_path / "two_steps.py"
+    pipeline.write_text(
+        "from streamflow import Flow\n"
+        "async def same(row, ctx):\n"
+        "    return row\n"
+        f"DEFAULTS = {{'input': {{'path': {str(data)!r}}}, 'operators': {{'first': {{'replicas': 2}}}}}}\n"
+        "def build(params):\n"
+        "    return Flow('two').step('first', same).step('second', same)\n"
+    )
+    _, cfg, *_ = prepare(pipeline, ["operators.first.fuse=false", "operators.first.concurrency=4"])
+    first = cfg.operators["first"]
+    assert (first.replicas, first.fuse, first.concurrency) == (2, False, 4)
