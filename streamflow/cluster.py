@@ -9,6 +9,7 @@ and gives up after ``cluster.wait_s`` with a message naming what is missing.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -57,14 +58,21 @@ class ClusterShape(msgspec.Struct, frozen=True):
 
 
 def connect(cfg: RunConfig) -> bool:
-    """Connect to ``ray.address`` (or start a local runtime); True if this call started Ray."""
+    """Connect to ``ray.address``, else to ``$RAY_ADDRESS``, else start a local runtime; True if this call started Ray.
+
+    Ray's own default without an address would join whatever ``ray start`` left running on the
+    machine, which a run that was told nothing should not do.
+    """
     import ray
 
     if ray.is_initialized():
         return False
-    local = cfg.ray.address is None
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or "local"
+    local = address == "local"
+    if not local:
+        log.info("joining the Ray cluster at %s", address)
     ray.init(
-        address=cfg.ray.address,
+        address=address,
         num_cpus=cfg.ray.num_cpus if local else None,
         include_dashboard=False,
         logging_level=logging.WARNING,

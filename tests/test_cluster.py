@@ -84,3 +84,30 @@ def test_resume_auto_needs_a_run_name():
 def test_bad_cluster_knobs_are_one_line_errors(override):
     with pytest.raises(ConfigError, match="cluster"):
         compose({"input": {"path": "in.parquet"}}, [override])
+
+
+@pytest.mark.parametrize(
+    ("configured", "environment", "joins", "num_cpus"),
+    [
+        (None, None, "local", 2),  # not the cluster some `ray start` left running on the machine
+        (None, "10.0.0.1:6379", "10.0.0.1:6379", None),
+        ("auto", "10.0.0.1:6379", "auto", None),
+    ],
+)
+def test_a_run_starts_its_own_ray_unless_told_which_cluster_to_join(
+    monkeypatch, configured, environment, joins, num_cpus
+):
+    import ray
+
+    from streamflow.cluster import connect
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    if environment is None:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", environment)
+    overrides = ["input.path=rows.jsonl", "ray.num_cpus=2", *([f"ray.address={configured}"] if configured else [])]
+    assert connect(compose({}, overrides)) is True
+    assert (calls[0]["address"], calls[0]["num_cpus"]) == (joins, num_cpus)
