@@ -32,7 +32,7 @@ class Handle:
         self.told = []
         self.update_endpoints = self  # handle.update_endpoints.remote(...)
 
-    def remote(self, endpoints):
+    async def remote(self, endpoints):
         self.told.append(endpoints)
 
 

@@ -70,8 +70,8 @@ async def watch_llm(service: LLMService | None, actors: dict[str, list[Any]]) ->
         await asyncio.sleep(HEALTH_EVERY_S)
         if await service.watch():
             endpoints = service.access().endpoints
-            for handle in (handle for handles in actors.values() for handle in handles):
-                handle.update_endpoints.remote(endpoints)  # fire and forget: a dead replica is rewired later
+            told = [handle.update_endpoints.remote(endpoints) for handles in actors.values() for handle in handles]
+            await asyncio.gather(*told, return_exceptions=True)  # a replica that is down hears it when re-wired
 
 
 def snapshot(ledger: Ledger, usage: dict[str, Usage]) -> Snapshot:
