@@ -13,7 +13,7 @@ import pytest
 
 from streamflow import END, Flow, Message, Operator
 from streamflow.execution import run_step
-from streamflow.io.sink import PartWriter
+from streamflow.io.parts import PartWriter
 from streamflow.message import State, decode_batch, encode_batch
 from streamflow.operator import Context
 from streamflow.runtime.row.outbox import Peer, Peers

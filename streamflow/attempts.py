@@ -31,7 +31,7 @@ from collections.abc import Mapping
 import msgspec
 
 from streamflow.errors import ClaimLost, ConfigError
-from streamflow.io.sink import claim_directory, read_claim
+from streamflow.io.parts import claim_directory, read_claim
 from streamflow.result import AttemptTotals
 from streamflow.services.llm import Usage, merge_usage
 

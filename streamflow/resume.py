@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from streamflow.config import RunConfig
 from streamflow.errors import ConfigError
-from streamflow.io.sink import write_part
+from streamflow.io.parts import write_part
 from streamflow.io.source import InputPlan
 from streamflow.result import RunResult
 

@@ -51,7 +51,7 @@ from streamflow.errors import ConfigError, OverErrorBudget, SetupError, Streamfl
 from streamflow.execution import new_row, run_row, step_contexts, uses_sandbox
 from streamflow.flow import Flow
 from streamflow.histogram import LatencyHistogram
-from streamflow.io.sink import PartWriter
+from streamflow.io.parts import PartWriter
 from streamflow.io.source import BadInput, InputPlan, Unreadable, read_unit
 from streamflow.message import Message
 from streamflow.operator import Context

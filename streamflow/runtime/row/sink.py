@@ -33,7 +33,7 @@ from streamflow.budget import first_line
 from streamflow.config import EventsConfig
 from streamflow.events import SINK_STEP, recorder, write_when_due
 from streamflow.io.arrow import skip_pandas_probe
-from streamflow.io.sink import PartWriter, part_row_ids
+from streamflow.io.parts import PartWriter, part_row_ids
 from streamflow.message import Message
 from streamflow.result import TransferStats
 from streamflow.runtime.row.offload import Offloader, ValueLost, decode_rows, local_put

@@ -10,7 +10,7 @@ processes that only count usage (sinks, the event log) never need.
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from streamflow.services.llm.errors import (
+from streamflow.services.llm.failures import (
     LLMBadRequest,
     LLMBadResponse,
     LLMConnectionError,

@@ -23,7 +23,7 @@ import msgspec
 from streamflow.errors import ConfigError
 from streamflow.services.llm.balancer import Breaker, Replica, ReplicaSet
 from streamflow.services.llm.cache import CallScope, ResponseCache
-from streamflow.services.llm.errors import (
+from streamflow.services.llm.failures import (
     LLMBadRequest,
     LLMBadResponse,
     LLMContextLength,

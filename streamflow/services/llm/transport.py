@@ -12,7 +12,7 @@ from typing import Protocol
 import aiohttp
 import msgspec
 
-from streamflow.services.llm.errors import LLMConnectionError, LLMTimeout
+from streamflow.services.llm.failures import LLMConnectionError, LLMTimeout
 
 __all__ = ["HTTPTransport", "Response", "Transport"]
 

@@ -12,8 +12,8 @@ Example::
 
 from typing import TYPE_CHECKING, Any
 
-from streamflow.services.sim.config import SimConfig
 from streamflow.services.sim.profile import PROFILES, LatencyProfile
+from streamflow.services.sim.server_config import SimConfig
 
 if TYPE_CHECKING:
     from streamflow.services.sim.server import SimServer

@@ -10,9 +10,9 @@ import signal
 
 import msgspec
 
-from streamflow.services.sim.config import SimConfig
 from streamflow.services.sim.profile import DEFAULT_PROFILE, PROFILES
 from streamflow.services.sim.server import SimServer
+from streamflow.services.sim.server_config import SimConfig
 
 logger = logging.getLogger("streamflow.services.sim")
 

@@ -28,8 +28,8 @@ from typing import Any
 
 import msgspec
 
-from streamflow.services.sim.config import SimConfig
 from streamflow.services.sim.draws import Draws
+from streamflow.services.sim.server_config import SimConfig
 
 __all__ = ["ToolCall", "agent_reply", "render_tool_call"]
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from streamflow.services.sim.config import SimConfig
 from streamflow.services.sim.draws import Draws, stable_key
 from streamflow.services.sim.filler import Vocabulary
+from streamflow.services.sim.server_config import SimConfig
 
 __all__ = ["answer_letters", "asks_for_choice", "choice_reply"]
 

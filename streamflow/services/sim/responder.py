@@ -19,10 +19,10 @@ import msgspec
 
 from streamflow.services.sim.agent import ToolCall, agent_reply, render_tool_call
 from streamflow.services.sim.choices import asks_for_choice, choice_reply
-from streamflow.services.sim.config import SimConfig
 from streamflow.services.sim.customer import customer_reply, plays_customer
 from streamflow.services.sim.draws import Draws, stable_key
 from streamflow.services.sim.filler import Vocabulary
+from streamflow.services.sim.server_config import SimConfig
 from streamflow.services.sim.template import fill_template, find_template
 from streamflow.services.sim.tokens import BYTES_PER_TOKEN, count_tokens, truncate_tokens
 from streamflow.services.sim.yesno import asks_yes_or_no, yes_probability

@@ -20,7 +20,6 @@ import msgspec
 from aiohttp import web
 
 from streamflow.services.sim.agent import render_tool_call
-from streamflow.services.sim.config import SimConfig
 from streamflow.services.sim.engine import BatchingEngine, EngineStats
 from streamflow.services.sim.protocol import (
     ChatChoice,
@@ -41,6 +40,7 @@ from streamflow.services.sim.protocol import (
     Usage,
 )
 from streamflow.services.sim.responder import Reply, Responder
+from streamflow.services.sim.server_config import SimConfig
 from streamflow.services.sim.sse import ChatChunks, Chunks, CompletionChunks, stream_reply
 from streamflow.services.sim.tokens import count_tokens
 

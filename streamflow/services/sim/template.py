@@ -13,9 +13,9 @@ import re
 
 import msgspec
 
-from streamflow.services.sim.config import SimConfig
 from streamflow.services.sim.draws import Draws
 from streamflow.services.sim.filler import Vocabulary
+from streamflow.services.sim.server_config import SimConfig
 
 __all__ = ["Field", "fill_template", "find_template"]
 

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import streamflow.io.sink as sink_module
+import streamflow.io.parts as sink_module
 from streamflow.errors import ConfigError, RunError
 from streamflow.io import PartWriter
 from streamflow.message import Message
@@ -188,7 +188,7 @@ def test_bad_writer_settings_are_config_errors(tmp_path, schema, knobs, match):
 
 
 def test_a_fenced_writer_commits_nothing_once_another_run_claimed_the_directory(tmp_path):
-    from streamflow.io.sink import claim_directory
+    from streamflow.io.parts import claim_directory
 
     claim = claim_directory(str(tmp_path), {"host": "node-1", "pid": 11, "attempt": 1})
     writer = PartWriter(str(tmp_path), SCHEMA, prefix="s0", part_rows=1, claim=claim)
@@ -200,7 +200,7 @@ def test_a_fenced_writer_commits_nothing_once_another_run_claimed_the_directory(
 
 
 def test_a_claim_names_its_holder_and_a_bare_id_from_older_runs_still_reads(tmp_path):
-    from streamflow.io.sink import OWNER_FILE, claim_directory, claim_id, read_claim
+    from streamflow.io.parts import OWNER_FILE, claim_directory, claim_id, read_claim
 
     assert read_claim(str(tmp_path)) is None
     claim = claim_directory(str(tmp_path), {"host": "node-1", "pid": 11, "attempt": 3})
