@@ -94,7 +94,6 @@ class LLMService:
     ) -> None:
         self.config = config
         self.replicas = replicas  # url -> actor handle, for replicas started by this run
-        self._started_replicas = bool(replicas)  # else the endpoints are the config's
         self.api_key = api_key
         self.engines = engines  # vLLM / SGLang servers, which deserve a graceful stop
         self.lost: list[str] = []
@@ -129,7 +128,8 @@ class LLMService:
 
     @property
     def urls(self) -> list[str]:
-        return list(self.replicas) if self._started_replicas else self.config.urls()
+        started = self.replicas or self.lost  # replicas of this run, alive or not; else the config's URLs
+        return list(self.replicas) if started else self.config.urls()
 
     async def watch(self) -> list[str]:
         """Forget replicas whose process died; returns the URLs forgotten now (workers must be told)."""
@@ -144,8 +144,8 @@ class LLMService:
             if not alive:
                 log.warning("LLM replica %s died (%s); no more requests go to it", url, why)
                 del self.replicas[url]
+                self.lost.append(url)
                 removed.append(url)
-        self.lost.extend(removed)
         return removed
 
     async def stop(self) -> None:
