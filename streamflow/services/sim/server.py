@@ -48,6 +48,11 @@ __all__ = ["SimConfig", "SimServer"]
 
 logger = logging.getLogger(__name__)
 
+LISTEN_BACKLOG = 2048
+"""Connections the kernel holds for the server before it accepts them: uvicorn's default, which vLLM
+serves with. aiohttp's own 128 drops the connections of a burst of clients (thousands of rows in flight
+opening theirs at once), and each dropped one retries its handshake seconds later."""
+
 _T = TypeVar("_T")
 _ENCODER = msgspec.json.Encoder()
 _MESSAGE_OVERHEAD_TOKENS = 4  # role header and end-of-turn markers a chat template adds per message
@@ -149,7 +154,7 @@ class SimServer:
         runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True)
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port).start()
+            await web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG).start()
         except BaseException:
             await runner.cleanup()
             raise

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import select
+import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -217,6 +220,39 @@ def test_server_starts_on_a_free_port_and_batches_concurrent_clients() -> None:
     stats = asyncio.run(main())
     assert stats["completed"] == 32
     assert stats["utilization"] > 0.5
+
+
+def test_a_burst_of_connections_is_queued_until_the_server_accepts_them() -> None:
+    """Thousands of rows in flight open their connections at once: none may be dropped, as with vLLM."""
+    burst = 1_000
+
+    async def main() -> int:
+        server = SimServer(FAST)
+        url = await server.start()
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        sockets = [socket.socket() for _ in range(burst)]
+        try:
+            for sock in sockets:  # the loop is not running: only the kernel's queue takes them
+                sock.setblocking(False)
+                sock.connect_ex(("127.0.0.1", port))
+            poller = select.poll()
+            for sock in sockets:
+                poller.register(sock, select.POLLOUT)
+            connected: set[int] = set()
+            deadline = time.monotonic() + 2.0
+            while len(connected) < burst and time.monotonic() < deadline:
+                connected.update(fd for fd, _ in poller.poll(100))
+            return sum(
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+                for sock in sockets
+                if sock.fileno() in connected
+            )
+        finally:
+            for sock in sockets:
+                sock.close()
+            await server.stop()
+
+    assert asyncio.run(main()) == burst
 
 
 def test_client_that_disconnects_mid_stream_frees_its_slot() -> None:
