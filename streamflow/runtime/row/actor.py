@@ -30,7 +30,7 @@ from typing import Any
 
 import msgspec
 
-from streamflow.config import EventsConfig
+from streamflow.config import EventsConfig, TransportConfig
 from streamflow.errors import SetupError
 from streamflow.events import recorder, write_when_due
 from streamflow.execution import run_step, step_seed
@@ -42,7 +42,7 @@ from streamflow.pipeline import Recipe
 from streamflow.result import TransferStats
 from streamflow.runtime.row.eager import start_eagerly
 from streamflow.runtime.row.offload import Offloaded, ValueLost, decode_rows, keep_references, node_offloader
-from streamflow.runtime.row.outbox import Outbox, Peer, Peers
+from streamflow.runtime.row.outbox import Outbox, Peer, Peers, sink_peers
 from streamflow.runtime.row.sink import sink_shard
 from streamflow.services.llm import LLMClient, Usage
 from streamflow.services.llm.service import LLMAccess
@@ -112,8 +112,7 @@ class StepActor:
         replica: int,
         *,
         concurrency: Mapping[str, int | None],
-        flush_rows: int,
-        flush_ms: float,
+        transport: TransportConfig,
         events_dir: str = "",
         events: EventsConfig | None = None,
         offload_threshold: int = 0,
@@ -133,7 +132,10 @@ class StepActor:
         self._limits = {step: asyncio.Semaphore(n) for step in self._steps if (n := concurrency.get(step))}
         self._sandbox_settings = sandbox
         self._pool: SandboxPool | None = None
-        self._outbox = Outbox(flush_rows=flush_rows, flush_ms=flush_ms, on_failure=self._delivery_failed)
+        self._transport = transport
+        self._outbox = Outbox(
+            flush_rows=transport.flush_rows, flush_ms=transport.flush_ms, on_failure=self._delivery_failed
+        )
         self._routes: dict[str, Peers] = {}
         self._sinks: list[Peer] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -171,7 +173,7 @@ class StepActor:
             for group, handles in wiring.groups.items()
         }
         self._routes = {step: groups[group] for step, group in wiring.step_group.items()}
-        self._sinks = [Peer(f"sink[{i}]", handle) for i, handle in enumerate(wiring.sinks)]
+        self._sinks = sink_peers(wiring.sinks, self._transport)
         for step in self._steps:
             operator = self._flow.steps[step].operator
             try:

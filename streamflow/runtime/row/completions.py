@@ -4,12 +4,17 @@ An accepted row frees its admission slot and counts toward the error budget; a c
 row is forgotten by the ledger, and its sink is told to forget its ids too (``retire``)
 once no second copy of it can arrive. A sink answering as a new incarnation lost what it
 had not committed: the recovery state machine decides what to send again.
+
+Calls to one sink are at least ``every_s`` apart (``transport.sink_flush_ms``): when rows
+finish one by one, answering each at once would cost both processes an actor call per row.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,11 +42,15 @@ async def collect_completions(
     perform: Callable[[Sequence[Action]], None],
     max_restarts: int,
     clock: Callable[[], float],
+    every_s: float,
 ) -> None:
     """Poll sink ``shard`` (of ``sinks``) for as long as the run streams; raise once Ray gave up on it."""
     owns = functools.partial(_owns, shard=shard, sinks=sinks)
     retire: list[str] = []
+    asked = -math.inf
     while True:
+        await asyncio.sleep(max(0.0, asked + every_s - time.monotonic()))
+        asked = time.monotonic()
         retiring, retire = retire, []
         try:
             current, accepted, committed = decode_completions(await sink.completions.remote(POLL_S, retiring))

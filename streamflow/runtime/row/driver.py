@@ -46,7 +46,7 @@ from streamflow.runtime.row.completions import collect_completions
 from streamflow.runtime.row.fusion import Group, fuse_steps, hosting
 from streamflow.runtime.row.ledger import Ledger
 from streamflow.runtime.row.offload import node_offloader
-from streamflow.runtime.row.outbox import Outbox, Peer, Peers
+from streamflow.runtime.row.outbox import Outbox, Peer, Peers, sink_peers
 from streamflow.runtime.row.prometheus import MetricsServer, MetricsView, RunMetrics
 from streamflow.runtime.row.recovery import (
     Action,
@@ -192,7 +192,7 @@ class Driver:
         schema = output_schema(self.plan.schema, self.flow.fields())
         claim = self.attempt.claim if self.attempt is not None else None
         self.sinks = create_sinks(cfg, schema, self.data_dir, run_id, self.events_dir, claim)
-        self.sink_peers = [Peer(f"sink[{i}]", handle) for i, handle in enumerate(self.sinks)]
+        self.sink_peers = sink_peers(self.sinks, cfg.transport)
         self.wiring = Wiring(
             groups=self.actors,
             step_group={step: group.name for group in self.groups for step in group.steps},
@@ -267,6 +267,7 @@ class Driver:
             self.perform,
             self.cfg.recovery.max_restarts,
             time.monotonic,
+            self.cfg.transport.sink_flush_ms / 1000.0,
         )
 
     async def census(self) -> None:

@@ -1,10 +1,12 @@
 """Peer-to-peer hops between actors, coalesced per destination.
 
-One Ray actor call costs about 1 ms of CPU, so sending each row on its own caps a
-3-hop pipeline at a few hundred rows/s. An ``Outbox`` instead buffers
-the rows bound for the same actor and ships them as one encoded batch when
-``flush_rows`` are waiting or ``flush_ms`` after the first one arrived, whichever comes
-first. It never waits for a barrier: a lone row leaves after at most ``flush_ms``.
+One Ray actor call costs about 1 ms of CPU back to back, and 2-4 ms (both processes) when
+calls trickle in, so sending each row on its own caps a 3-hop pipeline at a few hundred
+rows/s. An ``Outbox`` instead buffers the rows bound for the same actor and ships them as
+one encoded batch when ``flush_rows`` are waiting or ``flush_ms`` after the first one
+arrived, whichever comes first. It never waits for a barrier: a lone row leaves after at
+most ``flush_ms``. Finished rows bound for a sink may wait longer (the peer's own
+``flush_ms``): their latency only delays when their admission slot is freed.
 
 Each ``push`` answers with the receiver's current load, which ``Peers.pick`` uses to
 send the next row to the least-loaded replica. A replica whose delivery failed (it died
@@ -20,10 +22,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from streamflow.config import TransportConfig
 from streamflow.message import Message
 from streamflow.runtime.row.offload import Offloader, encode_rows
 
-__all__ = ["Outbox", "Peer", "Peers"]
+__all__ = ["Outbox", "Peer", "Peers", "sink_peers"]
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +39,13 @@ FAILED_LOAD = 1 << 30
 class Peer:
     """A destination actor, its outgoing buffer and its last reported load."""
 
-    __slots__ = ("buffer", "handle", "load", "name", "timer")
+    __slots__ = ("buffer", "flush_s", "handle", "load", "name", "timer")
 
-    def __init__(self, name: str, handle: Any) -> None:
+    def __init__(self, name: str, handle: Any, *, flush_ms: float | None = None) -> None:
         self.name = name
         self.handle = handle
+        self.flush_s = None if flush_ms is None else max(0.0, flush_ms) / 1000.0
+        """How long rows for this peer may wait to leave together; None: the outbox's ``flush_ms``."""
         self.buffer: list[Message] = []
         self.load = 0
         self.timer: asyncio.TimerHandle | None = None
@@ -73,6 +78,11 @@ class Peers:
         return best
 
 
+def sink_peers(sinks: Sequence[Any], transport: TransportConfig) -> list[Peer]:
+    """The sinks as peers: finished rows wait up to ``transport.sink_flush_ms`` to leave together."""
+    return [Peer(f"sink[{i}]", handle, flush_ms=transport.sink_flush_ms) for i, handle in enumerate(sinks)]
+
+
 class Outbox:
     """Coalesces rows per destination and ships them with ``handle.push.remote(payload[, refs])``.
 
@@ -99,7 +109,7 @@ class Outbox:
         self._buffering: set[Peer] = set()
 
     def send(self, peer: Peer, message: Message) -> None:
-        """Queue ``message`` for ``peer``; it leaves within ``flush_ms``."""
+        """Queue ``message`` for ``peer``; it leaves within ``flush_ms`` (or the peer's own)."""
         message.sent_at = time.time()
         if not peer.buffer:
             self._buffering.add(peer)
@@ -107,7 +117,8 @@ class Outbox:
         if len(peer.buffer) >= self.flush_rows:
             self.flush(peer)
         elif peer.timer is None:
-            peer.timer = asyncio.get_running_loop().call_later(self.flush_s, self.flush, peer)
+            delay = self.flush_s if peer.flush_s is None else peer.flush_s
+            peer.timer = asyncio.get_running_loop().call_later(delay, self.flush, peer)
 
     def flush(self, peer: Peer) -> None:
         """Ship what is buffered for ``peer`` now."""
