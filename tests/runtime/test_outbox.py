@@ -57,6 +57,24 @@ def test_a_lone_row_is_not_held_for_a_barrier():
     assert [len(b) for b in asyncio.run(go())] == [1]
 
 
+def test_finished_rows_wait_for_their_sink_up_to_its_own_flush_ms_and_leave_together():
+    async def go():
+        step, sink = FakeActor(), FakeActor()
+        step_peer, sink_peer = Peer("step", step), Peer("sink", sink, flush_ms=100)
+        outbox = Outbox(flush_rows=64, flush_ms=1)
+        for row in rows(3):
+            outbox.send(step_peer, row)
+            outbox.send(sink_peer, row)
+            await asyncio.sleep(0.01)
+        early = len(sink.batches)
+        await asyncio.sleep(0.2)
+        return len(step.batches), early, [len(b) for b in sink.batches]
+
+    to_step, sink_early, sink_batches = asyncio.run(go())
+    assert to_step == 3  # each row left on its own after 1 ms
+    assert sink_early == 0 and sink_batches == [3]
+
+
 def test_drain_waits_for_delivery_and_counts_what_was_sent():
     async def go():
         actor = FakeActor()

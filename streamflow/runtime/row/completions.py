@@ -5,8 +5,10 @@ row is forgotten by the ledger, and its sink is told to forget its ids too (``re
 once no second copy of it can arrive. A sink answering as a new incarnation lost what it
 had not committed: the recovery state machine decides what to send again.
 
-Calls to one sink are at least ``every_s`` apart (``transport.sink_flush_ms``): when rows
-finish one by one, answering each at once would cost both processes an actor call per row.
+When rows finish one by one, answering each at once would cost both processes an actor call
+per row: after a reply with fewer than ``full`` completions (``transport.flush_rows``), the
+next call waits until ``every_s`` (``transport.sink_flush_ms``) passed since the last one. A
+fuller reply is followed at once, so a fast pipeline's slots are freed without delay.
 """
 
 from __future__ import annotations
@@ -43,13 +45,15 @@ async def collect_completions(
     max_restarts: int,
     clock: Callable[[], float],
     every_s: float,
+    full: int,
 ) -> None:
     """Poll sink ``shard`` (of ``sinks``) for as long as the run streams; raise once Ray gave up on it."""
     owns = functools.partial(_owns, shard=shard, sinks=sinks)
     retire: list[str] = []
-    asked = -math.inf
+    asked, trickling = -math.inf, False
     while True:
-        await asyncio.sleep(max(0.0, asked + every_s - time.monotonic()))
+        if trickling:
+            await asyncio.sleep(max(0.0, asked + every_s - time.monotonic()))
         asked = time.monotonic()
         retiring, retire = retire, []
         try:
@@ -59,6 +63,7 @@ async def collect_completions(
         except ray.exceptions.RayActorError:
             await asyncio.sleep(0.2)  # restarting
             continue
+        trickling = len(accepted) + len(committed) < full
         perform(recovery.sink_answered(shard, current, owns, clock()))
         for completion in accepted:
             ledger.accept(*completion)

@@ -268,6 +268,7 @@ class Driver:
             self.cfg.recovery.max_restarts,
             time.monotonic,
             self.cfg.transport.sink_flush_ms / 1000.0,
+            self.cfg.transport.flush_rows,
         )
 
     async def census(self) -> None:
