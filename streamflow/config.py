@@ -179,7 +179,7 @@ class TransportConfig(msgspec.Struct, forbid_unknown_fields=True):
     flush_rows: Count = 64
     flush_ms: float = 1.0
     sink_flush_ms: float = 100.0
-    """How long finished rows wait to travel to their sink together, and how often the driver collects a sink's completions."""
+    """How long finished rows wait to travel to their sink together, and, while they trickle in, how often the driver collects a sink's completions."""
 
 
 class BatchConfig(msgspec.Struct, forbid_unknown_fields=True):
