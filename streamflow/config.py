@@ -118,6 +118,7 @@ class SimSettings(msgspec.Struct, forbid_unknown_fields=True):
     time_scale: Annotated[float, Meta(ge=0)] = 1.0
     max_num_seqs: Count | None = None
     models: list[str] = []  # more model names the simulator answers as, besides llm.model
+    prefix_caching: bool = False  # skip the prefill of recently computed prompt prefixes, as vLLM V1 does
 
 
 class CacheConfig(msgspec.Struct, forbid_unknown_fields=True):

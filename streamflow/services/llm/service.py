@@ -58,7 +58,13 @@ def sim_config(config: LLMConfig, seed: int) -> SimConfig:
     if config.sim.max_num_seqs is not None:
         profile = msgspec.structs.replace(profile, max_num_seqs=config.sim.max_num_seqs)
     models = list(dict.fromkeys([config.model, *config.sim.models]))
-    return SimConfig(profile=profile, time_scale=config.sim.time_scale, seed=seed, models=models)
+    return SimConfig(
+        profile=profile,
+        time_scale=config.sim.time_scale,
+        seed=seed,
+        models=models,
+        prefix_caching=config.sim.prefix_caching,
+    )
 
 
 def engine_spec(config: LLMConfig, seed: int, *, host: str | None = None) -> ServerSpec:

@@ -50,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         help="model name to serve; repeat for several (default: sim-8b); other names get 404",
     )
+    parser.add_argument(
+        "--prefix-caching",
+        action="store_true",
+        help="skip the prefill of prompt prefixes computed recently, as vLLM V1 does by default",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default: %(default)s)")
     return parser
 
@@ -73,7 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     profile = PROFILES[args.profile]
     if args.max_num_seqs is not None:
         profile = msgspec.structs.replace(profile, max_num_seqs=args.max_num_seqs)
-    config = SimConfig(profile=profile, time_scale=args.time_scale, seed=args.seed, **served)
+    config = SimConfig(
+        profile=profile, time_scale=args.time_scale, seed=args.seed, prefix_caching=args.prefix_caching, **served
+    )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(config, args.host, args.port))
     logger.info("simulated LLM server stopped")

@@ -4,6 +4,9 @@ A request waits for a free sequence slot (``max_num_seqs``), pays the fixed over
 prefill on a single shared prefill lane at R tokens/s, then decodes together with every other running
 sequence at one token per ITL(b). Unloaded, that is exactly the reference model
 latency = TTFT(P, b) + (N - 1) * ITL(b) with TTFT = t0 + P/R + ITL(b).
+With prefix caching on, P counts only the prompt tokens after the longest cached prefix
+(``prefix_cache``): a request's prompt blocks are cached once its prefill ends, the blocks of its
+reply once it finishes, and both stay until evicted, even when the request was aborted.
 
 Decoding is not ticked per token. A virtual token clock V advances at dV/dt = 1/ITL(b(t)); a sequence
 that starts decoding at V0 emits its first token at V0 + 1 and finishes at V0 + N. Finish marks sit in
@@ -21,9 +24,11 @@ import itertools
 import math
 import time
 from collections import deque
+from collections.abc import Sequence
 
 import msgspec
 
+from streamflow.services.sim.prefix_cache import PrefixCache
 from streamflow.services.sim.profile import LatencyProfile
 
 __all__ = ["BatchingEngine", "EngineStats", "SimRequest", "Timing"]
@@ -60,6 +65,8 @@ class EngineStats(msgspec.Struct, frozen=True):
     """Wall-clock time (epoch seconds) of the first request; 0 before it (benchmarks time start-up with it)."""
     last_completion_at: float = 0.0
     """Wall-clock time the latest request finished (its last token); 0 before any did."""
+    cached_prompt_tokens: int = 0
+    """Prompt tokens whose prefill the prefix cache saved (0 without prefix caching)."""
 
 
 class _Phase(enum.Enum):
@@ -77,6 +84,7 @@ class SimRequest:
     """Handle on one request inside a ``BatchingEngine``: await its first token or completion, or abort it."""
 
     __slots__ = (
+        "_blocks",
         "_done",
         "_engine",
         "_first",
@@ -85,20 +93,33 @@ class SimRequest:
         "_t_arrive",
         "_t_done",
         "_t_first",
+        "_tail",
         "_v0",
+        "cached_tokens",
         "output_tokens",
         "prompt_tokens",
         "seq_id",
     )
 
     def __init__(
-        self, engine: BatchingEngine, seq_id: int, prompt_tokens: int, output_tokens: int, arrived: float
+        self,
+        engine: BatchingEngine,
+        seq_id: int,
+        prompt_tokens: int,
+        output_tokens: int,
+        arrived: float,
+        blocks: Sequence[int] = (),
+        tail: Sequence[int] = (),
     ) -> None:
         loop = asyncio.get_running_loop()
         self._engine = engine
         self.seq_id = seq_id
         self.prompt_tokens = prompt_tokens
         self.output_tokens = output_tokens
+        self.cached_tokens = 0
+        """Prompt tokens the prefix cache held at admission (their prefill is skipped)."""
+        self._blocks = blocks
+        self._tail = tail
         self._phase = _Phase.WAITING
         self._t_arrive = arrived
         self._t_admit = self._t_first = self._t_done = math.nan
@@ -181,12 +202,13 @@ class BatchingEngine:
     Use one engine per event loop and call it only from that loop.
     """
 
-    def __init__(self, profile: LatencyProfile, time_scale: float = 1.0) -> None:
+    def __init__(self, profile: LatencyProfile, time_scale: float = 1.0, *, prefix_caching: bool = False) -> None:
         if not time_scale >= 0 or math.isinf(time_scale):
             msg = f"BatchingEngine: time_scale must be a finite number >= 0, got {time_scale}."
             raise ValueError(msg)
         self.profile = profile
         self.time_scale = time_scale
+        self.prefix_cache = PrefixCache(profile.kv_cache_tokens) if prefix_caching else None
         self._ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._start = 0.0
@@ -206,12 +228,19 @@ class BatchingEngine:
         self._completed = 0
         self._aborted = 0
         self._prompt_tokens = 0
+        self._cached_prompt_tokens = 0
         self._completion_tokens = 0
         self._first_request_at = 0.0
         self._last_completion_at = 0.0
 
-    def submit(self, prompt_tokens: int, output_tokens: int) -> SimRequest:
-        """Enqueue a request that will generate ``output_tokens`` tokens; must be called from the event loop."""
+    def submit(
+        self, prompt_tokens: int, output_tokens: int, blocks: Sequence[int] = (), tail: Sequence[int] = ()
+    ) -> SimRequest:
+        """Enqueue a request that will generate ``output_tokens`` tokens; must be called from the event loop.
+
+        ``blocks`` are the prompt's block hashes and ``tail`` those its reply adds
+        (``prefix_cache.block_hashes``); without prefix caching they are ignored.
+        """
         if prompt_tokens < 0 or output_tokens < 1:
             msg = f"BatchingEngine: need prompt_tokens >= 0, output_tokens >= 1; got {prompt_tokens}, {output_tokens}."
             raise ValueError(msg)
@@ -227,7 +256,7 @@ class BatchingEngine:
             return _InstantRequest(self, seq_id, prompt_tokens, output_tokens)
         now = self._now()
         self._advance(now)
-        request = SimRequest(self, seq_id, prompt_tokens, output_tokens, arrived=now)
+        request = SimRequest(self, seq_id, prompt_tokens, output_tokens, arrived=now, blocks=blocks, tail=tail)
         self._waiting.append(request)
         self._n_waiting += 1
         self._admit()
@@ -269,6 +298,7 @@ class BatchingEngine:
             utilization=busy / capacity if capacity > 0 else 0.0,
             first_request_at=self._first_request_at,
             last_completion_at=self._last_completion_at,
+            cached_prompt_tokens=self._cached_prompt_tokens,
         )
 
     # -- clock -----------------------------------------------------------------------------------
@@ -350,8 +380,13 @@ class BatchingEngine:
             self._running += 1
             request._phase = _Phase.PREFILL
             request._t_admit = self._t
+            if self.prefix_cache is not None:  # vLLM computes at least the last prompt token
+                cached = min(self.prefix_cache.match(request._blocks), request.prompt_tokens - 1)
+                request.cached_tokens = max(cached, 0)
+                self._cached_prompt_tokens += request.cached_tokens
             start = max(self._t + profile.t0_ms / 1000.0 * scale, self._prefill_free)
-            self._prefill_free = start + profile.prefill_s(request.prompt_tokens) * scale
+            prefill = profile.prefill_s(request.prompt_tokens - request.cached_tokens)
+            self._prefill_free = start + prefill * scale
             heapq.heappush(self._joins, (self._prefill_free, request.seq_id, request))
 
     def _on_join(self, request: SimRequest) -> None:
@@ -359,6 +394,8 @@ class BatchingEngine:
             return
         request._phase = _Phase.DECODE
         request._v0 = self._v
+        if self.prefix_cache is not None:
+            self.prefix_cache.insert(request._blocks)
         if request.output_tokens > 1:
             heapq.heappush(self._marks, (self._v + 1, request.seq_id, _FIRST, request))
         heapq.heappush(self._marks, (self._v + request.output_tokens, request.seq_id, _FINISH, request))
@@ -375,6 +412,8 @@ class BatchingEngine:
             request._t_first = self._t
         request._t_done = self._t
         request._phase = _Phase.DONE
+        if self.prefix_cache is not None:
+            self.prefix_cache.insert(request._tail)
         self._completed += 1
         self._completion_tokens += request.output_tokens
         self._last_completion_at = time.time()

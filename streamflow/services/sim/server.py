@@ -14,13 +14,14 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
 
 from streamflow.services.sim.agent import render_tool_call
 from streamflow.services.sim.engine import BatchingEngine, EngineStats
+from streamflow.services.sim.prefix_cache import prompt_blocks
 from streamflow.services.sim.protocol import (
     ChatChoice,
     ChatCompletion,
@@ -90,6 +91,18 @@ def _message_text(message: RequestMessage) -> str:
     return "\n".join([message.text(), *calls]) if calls else message.text()
 
 
+def _chat_bytes(messages: list[tuple[str, str]], tools: list[Any]) -> bytes:
+    """A chat prompt as one byte string, tools first as chat templates put them: what prefix caching hashes."""
+    head = _ENCODER.encode(tools) if tools else b""
+    return head + "".join(f"<|{role}|>\n{text}\n" for role, text in messages).encode()
+
+
+def _reply_turn(reply: Reply) -> str:
+    """The reply as the client sends it back next turn (``_message_text`` of the assistant message)."""
+    calls = [render_tool_call(call.name, call.arguments) for call in reply.tool_calls]
+    return "\n".join(["", *calls]) if calls else reply.text
+
+
 def _usage(prompt_tokens: int, reply: Reply) -> Usage:
     return Usage(
         prompt_tokens=prompt_tokens,
@@ -115,7 +128,7 @@ class SimServer:
     def __init__(self, config: SimConfig | None = None) -> None:
         self.config = config or SimConfig()
         self.profile = self.config.latency_profile()
-        self.engine = BatchingEngine(self.profile, self.config.time_scale)
+        self.engine = BatchingEngine(self.profile, self.config.time_scale, prefix_caching=self.config.prefix_caching)
         self.responder = Responder(self.config)
         self._models = tuple(self.config.models)
         self._created = int(time.time())
@@ -250,10 +263,15 @@ class SimServer:
         usage: Usage,
         stream_options: StreamOptions | None,
         chunks: Chunks | None,
+        texts: Callable[[], tuple[bytes, bytes]],
     ) -> web.StreamResponse | None:
-        """Hold the reply back for the modelled latency; with ``chunks`` stream it and return the SSE response."""
+        """Hold the reply back for the modelled latency; with ``chunks`` stream it and return the SSE response.
+
+        ``texts`` gives the prompt and what the reply appends to it, as prefix caching sees them.
+        """
+        blocks, tail = prompt_blocks(*texts()) if self.engine.prefix_cache is not None else ([], [])
         # Even an empty reply costs one decode step (the end-of-sequence token).
-        sim = self.engine.submit(usage.prompt_tokens, max(1, reply.completion_tokens))
+        sim = self.engine.submit(usage.prompt_tokens, max(1, reply.completion_tokens), blocks, tail)
         if chunks is not None:
             include_usage = stream_options is not None and stream_options.include_usage
             return await stream_reply(
@@ -291,7 +309,11 @@ class SimServer:
         response_id = f"chatcmpl-{uuid.uuid4().hex}"
         usage = _usage(prompt_tokens, reply)
         chunks = ChatChunks(response_id, body.model) if body.stream else None
-        streamed = await self._deliver(http_request, reply, usage, body.stream_options, chunks)
+
+        def texts() -> tuple[bytes, bytes]:
+            return _chat_bytes(messages, tools), _chat_bytes([("assistant", _reply_turn(reply))], [])
+
+        streamed = await self._deliver(http_request, reply, usage, body.stream_options, chunks, texts)
         if streamed is not None:
             return streamed
         calls = [ToolCallRecord(id=c.id, function=FunctionCall(c.name, c.arguments)) for c in reply.tool_calls]
@@ -317,7 +339,11 @@ class SimServer:
         response_id = f"cmpl-{uuid.uuid4().hex}"
         usage = _usage(prompt_tokens, reply)
         chunks = CompletionChunks(response_id, body.model) if body.stream else None
-        streamed = await self._deliver(http_request, reply, usage, body.stream_options, chunks)
+
+        def texts() -> tuple[bytes, bytes]:
+            return prompts[0].encode(), reply.text.encode()
+
+        streamed = await self._deliver(http_request, reply, usage, body.stream_options, chunks, texts)
         if streamed is not None:
             return streamed
         choice = CompletionChoice(index=0, text=reply.text, finish_reason=reply.finish_reason)

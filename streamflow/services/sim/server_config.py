@@ -44,6 +44,8 @@ class SimConfig(msgspec.Struct, kw_only=True):
     refusal_rate: float = 0.005
     tool_error_rate: float = 0.3  # tool arguments with several candidates (ids, enum values) that take a wrong one
     stream_interval_s: float = 0.1
+    prefix_caching: bool = False
+    """Skip the prefill of prompt prefixes computed recently, as vLLM V1 and SGLang do by default (``prefix_cache``)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.profile, str) and self.profile not in PROFILES:

@@ -188,3 +188,72 @@ def test_engine_rejects_a_request_without_output_tokens(run_virtual: Runner) -> 
 
     with pytest.raises(ValueError, match="output_tokens >= 1"):
         run_virtual(main())
+
+
+# -- prefix caching ------------------------------------------------------------------------------
+
+PROMPT = list(range(1, 64))  # block hashes of a 63-block (1,008-token) prompt
+PREFILL_ONLY = _with(DEFAULT, t0_ms=0.0)
+
+
+def _second(
+    run: Runner, engine: BatchingEngine, first: list[int], second: list[int], *, abort_first: bool = False
+) -> Timing:
+    """Timing of a 1,008-token prompt with blocks ``second`` sent after one with blocks ``first`` finished (or aborted)."""
+
+    async def main() -> Timing:
+        earlier = engine.submit(1008, 50, first)
+        if abort_first:
+            await earlier.first_token()
+            earlier.abort()
+        else:
+            await earlier.wait()
+        return await engine.submit(1008, 5, second).wait()
+
+    return run(main())
+
+
+def test_a_prompt_sent_again_prefills_only_its_last_token_with_prefix_caching(run_virtual: Runner) -> None:
+    timing = _second(run_virtual, BatchingEngine(PREFILL_ONLY, 1.0, prefix_caching=True), PROMPT, PROMPT)
+    assert timing.ttft_s == pytest.approx(1 / PREFILL_ONLY.prefill_tok_s + PREFILL_ONLY.itl_s(1))
+
+
+def test_without_prefix_caching_a_prompt_sent_again_is_prefilled_whole(run_virtual: Runner) -> None:
+    timing = _second(run_virtual, BatchingEngine(PREFILL_ONLY, 1.0), PROMPT, PROMPT)
+    assert timing.ttft_s == pytest.approx(1008 / PREFILL_ONLY.prefill_tok_s + PREFILL_ONLY.itl_s(1))
+
+
+def test_only_the_blocks_after_the_longest_cached_prefix_are_prefilled(run_virtual: Runner) -> None:
+    diverging = [*PROMPT[:10], *(-b for b in PROMPT[10:])]  # same first 10 blocks (160 tokens), then different
+    timing = _second(run_virtual, BatchingEngine(PREFILL_ONLY, 1.0, prefix_caching=True), PROMPT, diverging)
+    assert timing.ttft_s == pytest.approx((1008 - 160) / PREFILL_ONLY.prefill_tok_s + PREFILL_ONLY.itl_s(1))
+
+
+def test_the_prompt_of_an_aborted_request_stays_cached_as_in_vllm(run_virtual: Runner) -> None:
+    engine = BatchingEngine(PREFILL_ONLY, 1.0, prefix_caching=True)
+    timing = _second(run_virtual, engine, PROMPT, PROMPT, abort_first=True)
+    assert timing.ttft_s == pytest.approx(1 / PREFILL_ONLY.prefill_tok_s + PREFILL_ONLY.itl_s(1))
+    assert engine.stats().cached_prompt_tokens == 1007
+
+
+def test_the_reply_of_a_finished_request_is_cached_for_the_next_turn(run_virtual: Runner) -> None:
+    engine = BatchingEngine(PREFILL_ONLY, 1.0, prefix_caching=True)
+
+    async def main() -> int:
+        await engine.submit(1008, 50, PROMPT, tail=[100, 101, 102]).wait()
+        await engine.submit(1100, 5, [*PROMPT, 100, 101, 102, 103]).wait()
+        return engine.stats().cached_prompt_tokens
+
+    assert run_virtual(main()) == (63 + 3) * 16
+
+
+def test_the_least_recently_used_blocks_are_evicted_beyond_the_kv_cache(run_virtual: Runner) -> None:
+    engine = BatchingEngine(_with(PREFILL_ONLY, kv_cache_tokens=64 * 16), 1.0, prefix_caching=True)
+
+    async def main() -> int:
+        await engine.submit(1008, 5, PROMPT).wait()
+        await engine.submit(1008, 5, [-b for b in PROMPT]).wait()  # 63 more blocks push out all but one
+        await engine.submit(1008, 5, PROMPT).wait()
+        return engine.stats().cached_prompt_tokens
+
+    assert run_virtual(main()) == 0

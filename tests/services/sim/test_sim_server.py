@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 
 import aiohttp
+import msgspec
 import openai
 import pytest
 
@@ -298,10 +299,29 @@ def test_client_that_goes_away_before_a_plain_answer_frees_its_slot() -> None:
     assert asyncio.run(main()) == 1
 
 
+def test_with_prefix_caching_the_next_turn_of_a_dialogue_prefills_only_what_it_adds() -> None:
+    base_url, stop = SimServer.run_in_thread(msgspec.structs.replace(FAST, prefix_caching=True))
+    root = base_url.removesuffix("/v1")
+    try:
+        with openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0) as client:
+            history: list[openai.types.chat.ChatCompletionMessageParam] = [{"role": "user", "content": TEMPLATE * 4}]
+            first = client.chat.completions.create(model="sim-8b", messages=history, max_tokens=200)
+            assert json.loads(_http("GET", f"{root}/stats")[2])["cached_prompt_tokens"] == 0
+            history.append({"role": "assistant", "content": first.choices[0].message.content})
+            history.append({"role": "user", "content": "Now a harder one."})
+            client.chat.completions.create(model="sim-8b", messages=history, max_tokens=20)
+        cached = json.loads(_http("GET", f"{root}/stats")[2])["cached_prompt_tokens"]
+    finally:
+        stop()
+    assert first.usage is not None
+    turn_one = first.usage.prompt_tokens + first.usage.completion_tokens
+    assert turn_one - 32 <= cached <= turn_one + 8  # whole 16-token blocks of the first turn and its reply
+
+
 def test_package_does_not_import_ray_and_has_a_cli() -> None:
     probe = "import sys, streamflow.services.sim.__main__; assert 'ray' not in sys.modules"
     subprocess.run([sys.executable, "-c", probe], check=True)
     help_text = subprocess.run(
         [sys.executable, "-m", "streamflow.services.sim", "--help"], check=True, capture_output=True, text=True
     ).stdout
-    assert "--time-scale" in help_text and "llama-8b-h100" in help_text
+    assert "--time-scale" in help_text and "llama-8b-h100" in help_text and "--prefix-caching" in help_text
