@@ -121,3 +121,39 @@ def test_reported_load_steers_rows_to_the_least_loaded_replica():
 
     busy_batches, idle_batches = asyncio.run(go())
     assert busy_batches == 2 and idle_batches == 12
+
+
+class SilentActor(FakeActor):
+    """A replica that died and is restarting: Ray holds the calls, so pushes are never answered."""
+
+    def remote(self, payload):
+        return asyncio.get_running_loop().create_future()
+
+
+def test_rows_on_their_way_count_as_load_so_a_replica_that_stopped_answering_gets_no_more():
+    async def go():
+        silent, alive = SilentActor(), FakeActor(load=0)
+        peers = Peers([Peer("silent", silent), Peer("alive", alive)])
+        outbox = Outbox(flush_rows=1, flush_ms=1)
+        for row in rows(20):
+            outbox.send(peers.pick(), row)
+            await asyncio.sleep(0)  # let deliveries start, as between two admissions
+        return peers.replicas[0].unanswered, len(alive.batches)
+
+    unanswered, delivered = asyncio.run(go())
+    assert unanswered == 1 and delivered == 19
+
+
+def test_a_replica_marked_down_gets_rows_only_when_every_replica_is_down():
+    async def go():
+        restarting, alive = FakeActor(load=0), FakeActor(load=50)
+        peers = Peers([Peer("restarting", restarting), Peer("alive", alive)])
+        peers.replicas[0].down = True
+        picked = [peers.pick().name for _ in range(4)]
+        peers.replicas[1].down = True
+        picked_when_all_down = {peers.pick().name for _ in range(4)}
+        return picked, picked_when_all_down
+
+    picked, picked_when_all_down = asyncio.run(go())
+    assert picked == ["alive"] * 4
+    assert picked_when_all_down == {"restarting", "alive"}

@@ -50,6 +50,7 @@ from streamflow.runtime.row.outbox import Outbox, Peer, Peers, sink_peers
 from streamflow.runtime.row.prometheus import MetricsServer, MetricsView, RunMetrics
 from streamflow.runtime.row.recovery import (
     Action,
+    Answer,
     GiveUp,
     Readmit,
     Recovery,
@@ -286,6 +287,8 @@ class Driver:
         actions = self.recovery.census(
             asked, [(replica, reply) for replica, reply, _ in replies], in_driver, time.monotonic()
         )
+        for replica, reply, _ in replies:
+            self._entry_down(replica, not isinstance(reply, Answer) or not reply.ready)
         self.perform(actions)  # before the new stats replace the old: a restart keeps the old usage
         for replica, _, stats in replies:
             if stats is not None:
@@ -317,6 +320,7 @@ class Driver:
         handle = self.actors[name][replica]
         try:
             await handle.start.remote(self.wiring, self.service.access())
+            self._entry_down(key, False)
         except ray.exceptions.RayActorError:
             pass  # it died again; the next census tries again
         except Exception as exc:
@@ -325,6 +329,12 @@ class Driver:
         finally:
             self._rewiring.pop(key, None)
             self.recovery.rewired(key)
+
+    def _entry_down(self, replica: Replica, down: bool) -> None:
+        """Admit no rows to a replica of the first step while it restarts (they would wait for its wiring)."""
+        name, index = replica
+        if name == self.groups[0].name:
+            self.entry.replicas[index].down = down
 
     async def _count_objects(self) -> None:
         """Offloaded objects still alive, summed over the keepers (for the metrics and the summary)."""

@@ -9,15 +9,19 @@ most ``flush_ms``. Finished rows bound for a sink may wait longer (the peer's ow
 ``flush_ms``): their latency only delays when their admission slot is freed.
 
 Each ``push`` answers with the receiver's current load, which ``Peers.pick`` uses to
-send the next row to the least-loaded replica. A replica whose delivery failed (it died
-and is restarting) is avoided for ``AVOID_FAILED_S``; the rows of that batch are reported
-to ``on_failure`` and recovered by the driver.
+send the next row to the least-loaded replica; rows sent and not answered yet count too,
+so a replica that stopped answering (it died, and Ray holds the calls until it is back)
+stops getting rows at once. A replica whose delivery failed is avoided for
+``AVOID_FAILED_S``, and one the driver knows to be restarting (``Peer.down``) until it is
+wired again; the rows of a failed batch are reported to ``on_failure`` and recovered by
+the driver.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -37,9 +41,9 @@ FAILED_LOAD = 1 << 30
 
 
 class Peer:
-    """A destination actor, its outgoing buffer and its last reported load."""
+    """A destination actor, its outgoing buffer, its last reported load and the rows it has not answered for."""
 
-    __slots__ = ("buffer", "flush_s", "handle", "load", "name", "timer")
+    __slots__ = ("buffer", "down", "flush_s", "handle", "load", "name", "timer", "unanswered")
 
     def __init__(self, name: str, handle: Any, *, flush_ms: float | None = None) -> None:
         self.name = name
@@ -48,6 +52,10 @@ class Peer:
         """How long rows for this peer may wait to leave together; None: the outbox's ``flush_ms``."""
         self.buffer: list[Message] = []
         self.load = 0
+        self.unanswered = 0
+        """Rows of batches on their way to the peer: not in its reported load yet."""
+        self.down = False
+        """Set by the driver while the replica restarts: ``pick`` passes it over while another is up."""
         self.timer: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
@@ -55,7 +63,7 @@ class Peer:
 
 
 class Peers:
-    """The replicas of one step, picked by least known load (reported load + rows buffered)."""
+    """The replicas of one step, picked by least known load (reported load + rows buffered or on their way)."""
 
     __slots__ = ("_next", "replicas")
 
@@ -70,12 +78,18 @@ class Peers:
         # Start the scan at a rotating offset so ties spread evenly.
         self._next = (self._next + 1) % len(replicas)
         best = replicas[self._next]
-        best_load = best.load + len(best.buffer)
+        best_load = _known_load(best)
         for peer in replicas:
-            load = peer.load + len(peer.buffer)
+            load = _known_load(peer)
             if load < best_load:
                 best, best_load = peer, load
         return best
+
+
+def _known_load(peer: Peer) -> float:
+    if peer.down:
+        return math.inf
+    return peer.load + len(peer.buffer) + peer.unanswered
 
 
 def sink_peers(sinks: Sequence[Any], transport: TransportConfig) -> list[Peer]:
@@ -154,6 +168,7 @@ class Outbox:
         return len(self._pending)
 
     async def _deliver(self, peer: Peer, batch: list[Message]) -> None:
+        peer.unanswered += len(batch)
         try:
             rows = batch if self.offloader is None else await self.offloader.pack(batch)
             payload, refs = encode_rows(rows)
@@ -168,6 +183,8 @@ class Outbox:
             asyncio.get_running_loop().call_later(AVOID_FAILED_S, _forgive, peer)
             if self.on_failure is not None:
                 self.on_failure(peer, batch, exc)
+        finally:
+            peer.unanswered -= len(batch)
 
     def _delivered(self, future: asyncio.Future[Any]) -> None:
         self._pending.pop(future, None)
