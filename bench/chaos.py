@@ -6,12 +6,17 @@ run of its own round (throughput ratio, and its output row for row), so the rati
 measured on the same machine state. A disturbed run kills one random operator replica every
 ``--every-s`` seconds, the first one half a period in (Ray restarts it; the driver re-admits
 the rows it held, which replay the LLM calls they had finished from the run's response cache).
-Rows lost and duplicated are counted from the Parquet output. ``--cache-cost`` adds an
-undisturbed run with the response cache off to each round, to price the cache itself.
+Rows lost and duplicated are counted from the Parquet output, and a disturbed run's rows
+that differ from the undisturbed run's are counted by status. Every configuration runs
+against a simulated server without prefix caching and one with it (vLLM V1's default: a
+prompt sent again after its caller died is not prefilled again), each compared with the
+undisturbed run on the same kind of server; ``--prefix-caching off|on`` runs one kind only.
+``--cache-cost`` adds an undisturbed run with the response cache off to each round, to price
+the cache itself.
 Matrix reports a 5% throughput drop with one kill every 10 minutes; the targets here are at
 most 10% with one kill every 10 s and at most 3% with one every 60 s. Run:
 
-    python -m bench.chaos                              # kills every 10 s and every 60 s, 3 rounds, ~15 minutes
+    python -m bench.chaos                              # kills every 10 s and every 60 s, 3 rounds, ~25 minutes
     python -m bench.chaos --cache-cost --json chaos.json
     python -m bench.chaos --limit 500 --every-s 5 --rounds 1
 """
@@ -22,8 +27,9 @@ import argparse
 import json
 import statistics
 import tempfile
+from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import polars as pl
 import ray
@@ -37,10 +43,23 @@ PIPELINE = REPO / "pipelines" / "natural_reasoning.py"
 STEPS = ("english", "classify", "score", "question")
 CALM = "undisturbed"
 NO_CACHE = "undisturbed, cache off"
+PREFIX = ", prefix caching"
 
 
-def run_once(name: str, run_id: str, every_s: float | None, args: argparse.Namespace, out: str) -> dict[str, Any]:
-    """One run of the pipeline, killing a replica every ``every_s`` seconds (None: undisturbed)."""
+class Config(NamedTuple):
+    name: str
+    every_s: float | None
+    prefix_caching: bool
+
+    @property
+    def reference(self) -> str:
+        """The undisturbed run this one is compared with: same kind of server."""
+        return CALM + PREFIX if self.prefix_caching else CALM
+
+
+def run_once(config: Config, run_id: str, args: argparse.Namespace, out: str) -> dict[str, Any]:
+    """One run of the pipeline, killing a replica every ``config.every_s`` seconds (None: undisturbed)."""
+    name, every_s = config.name, config.every_s
     overrides = [
         f"output.dir={out}",
         f"run_id={run_id}",
@@ -50,9 +69,10 @@ def run_once(name: str, run_id: str, every_s: float | None, args: argparse.Names
         f"llm.sim.time_scale={args.time_scale}",
         "progress=off",
         "metrics.enabled=false",
+        f"llm.sim.prefix_caching={str(config.prefix_caching).lower()}",
         *(f"operators.{step}.replicas={args.replicas}" for step in STEPS),
     ]
-    if name == NO_CACHE:
+    if name.startswith(NO_CACHE):
         overrides.append("llm.cache.enabled=false")
     if every_s is None:
         result, kills = streamflow.run(str(PIPELINE), overrides), []
@@ -83,8 +103,15 @@ def describe(name: str, result: RunResult, kills: list[str], expected: int) -> d
     }
 
 
-def identical(a: str, b: str) -> bool:
-    return pl.read_parquet(f"{a}/*.parquet").sort("row_id").equals(pl.read_parquet(f"{b}/*.parquet").sort("row_id"))
+def differing(a: str, b: str) -> dict[str, int]:
+    """Rows of run ``a`` that differ from run ``b``'s row of the same id (or that ``b`` lacks), counted by status."""
+    frame_a = pl.read_parquet(f"{a}/*.parquet")
+    frame_b = pl.read_parquet(f"{b}/*.parquet")
+    if frame_a.schema != frame_b.schema:
+        return {"(other columns)": frame_a.height}
+    in_b = set(frame_b.hash_rows().to_list())
+    differ = frame_a.filter(pl.Series([h not in in_b for h in frame_a.hash_rows().to_list()]))
+    return dict(Counter(differ["status"].to_list()))
 
 
 def main() -> None:
@@ -97,23 +124,29 @@ def main() -> None:
     parser.add_argument("--inflight", type=int, default=256)
     parser.add_argument("--time-scale", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--prefix-caching", choices=("both", "off", "on"), default="both", help="simulated server kinds to run on"
+    )
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args()
 
-    configs: list[tuple[str, float | None]] = [(CALM, None), *((f"kill every {s:g} s", s) for s in args.every_s)]
-    if args.cache_cost:
-        configs.append((NO_CACHE, None))
+    kinds = {"both": (False, True), "off": (False,), "on": (True,)}[args.prefix_caching]
+    configs: list[Config] = []
+    for prefix in kinds:
+        suffix = PREFIX if prefix else ""
+        configs.append(Config(CALM + suffix, None, prefix))
+        configs.extend(Config(f"kill every {s:g} s{suffix}", s, prefix) for s in args.every_s)
+        if args.cache_cost:
+            configs.append(Config(NO_CACHE + suffix, None, prefix))
     ray.init(include_dashboard=False, logging_level="WARNING")
     rounds: list[dict[str, dict[str, Any]]] = []
     with tempfile.TemporaryDirectory(prefix="sf-chaos-") as out:
         for index in range(args.rounds):
-            runs = {
-                name: run_once(name, f"r{index}-{n}", every_s, args, out) for n, (name, every_s) in enumerate(configs)
-            }
-            calm = runs[CALM]
-            for run in runs.values():
+            runs = {config.name: run_once(config, f"r{index}-{n}", args, out) for n, config in enumerate(configs)}
+            for config in configs:
+                run, calm = runs[config.name], runs[config.reference]
                 run["ratio"] = round(run["rows_per_s"] / calm["rows_per_s"], 3)
-                run["identical_output"] = run is calm or identical(run["data_dir"], calm["data_dir"])
+                run["differing"] = {} if run is calm else differing(run["data_dir"], calm["data_dir"])
             rounds.append(runs)
             print(
                 f"round {index + 1}: "
@@ -121,7 +154,7 @@ def main() -> None:
                 flush=True,
             )
     ray.shutdown()
-    results = {"settings": vars(args), "rounds": rounds, "summary": summarize(rounds, [name for name, _ in configs])}
+    results = {"settings": vars(args), "rounds": rounds, "summary": summarize(rounds, [c.name for c in configs])}
     report(results, args)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
@@ -140,7 +173,8 @@ def summarize(rounds: list[dict[str, dict[str, Any]]], names: list[str]) -> dict
             "rows_readmitted": sum(r["rows_readmitted"] for r in runs),
             "rows_lost": sum(r["rows_lost"] for r in runs),
             "rows_duplicated": sum(r["rows_duplicated"] for r in runs),
-            "identical_output": all(r["identical_output"] for r in runs),
+            "identical_runs": sum(not r["differing"] for r in runs),
+            "differing": dict(sum((Counter(r["differing"]) for r in runs), Counter())),
         }
     return summary
 
@@ -155,7 +189,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
 
     title = f"NaturalReasoning, {args.limit} rows, {args.rounds} rounds: median [min-max]"
     table = Table(title=title, header_style="bold")
-    columns = ("run", "rows/s", "ratio", "kills", "restarts", "re-admitted", "lost", "duplicated", "identical")
+    columns = ("run", "rows/s", "ratio", "kills", "restarts", "re-admitted", "lost", "duplicated", "identical runs")
     for column in columns:
         table.add_column(column, justify="left" if column == "run" else "right")
     for name, s in results["summary"].items():
@@ -169,9 +203,9 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
             str(s["rows_readmitted"]),
             str(s["rows_lost"]),
             str(s["rows_duplicated"]),
-            "yes" if s["identical_output"] else "no",
+            f"{s['identical_runs']} of {args.rounds}" + "".join(f", {n} {k}" for k, n in s["differing"].items()),
         )
-    Console(width=140).print(table)
+    Console(width=170).print(table)
 
 
 if __name__ == "__main__":
