@@ -140,11 +140,12 @@ class Ledger:
     # -- recovery -------------------------------------------------------------------------
 
     def renew(self, roots: list[str], now: float) -> None:
-        """Live actors reported holding these roots."""
+        """Live actors reported holding these roots at ``now`` (a lease never moves back: a census
+        answered before a re-admission may be read after it)."""
         entries = self.entries
         for root in roots:
             entry = entries.get(root)
-            if entry is not None:
+            if entry is not None and entry.lease < now:
                 entry.lease = now
 
     def missed(self, census: float, now: float, lease_s: float, *, misses: int = 2) -> list[Entry]:
