@@ -148,7 +148,8 @@ class StepActor:
         self._stats = ActorStats(group=group, replica=replica, incarnation=uuid.uuid4().hex, steps=self._counts)
         self._events = recorder(events_dir, group, replica, events)
         self._writing_events: asyncio.Task[None] | None = None
-        self._lifeline: asyncio.StreamWriter | None = None
+        self._lifeline: asyncio.Task[asyncio.StreamWriter | None] | None = None
+        """Connects to the driver in the background (an unreachable driver delays nothing); keeps the connection."""
 
     @property
     def pool_name(self) -> str:
@@ -187,7 +188,10 @@ class StepActor:
                 raise SetupError(msg) from exc
         if self._events is not None and self._writing_events is None:
             self._writing_events = asyncio.create_task(write_when_due(self._events))
-        self._lifeline = await hold_lifeline(wiring.lifeline, self._group, self._replica, self._stats.incarnation)
+        if self._lifeline is None:  # one per incarnation: closing it would tell the driver this actor died
+            self._lifeline = asyncio.create_task(
+                hold_lifeline(wiring.lifeline, self._group, self._replica, self._stats.incarnation)
+            )
         self._ready.set()
         self._stats.ready = True
         return self._stats.incarnation
