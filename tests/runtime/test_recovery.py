@@ -113,30 +113,6 @@ def test_a_dead_replicas_rows_are_readmitted_only_once():
     assert readmitted(recovery.census(3.0, [(ASK, Restarting())], [], now=3.5)) == []
 
 
-def test_a_death_told_by_the_lifeline_readmits_at_once_and_the_census_that_follows_adds_nothing():
-    recovery = recovery_of(row(0), row(1))
-    recovery.census(1.0, [(ASK, holding(0)), (JUDGE, holding(1))], [], now=1.5)
-    assert readmitted(recovery.died(ASK, "a", now=1.7)) == ["0:0"]
-    assert readmitted(recovery.census(2.0, [(ASK, Restarting()), (JUDGE, holding(1))], [], now=2.5)) == []
-    assert recovery.ledger.entries["0:0"].attempts == 2
-
-
-def test_a_census_answered_before_a_death_but_read_after_it_does_not_readmit_the_rows_again():
-    recovery = recovery_of(row(0))
-    recovery.census(1.0, [(ASK, holding(0))], [], now=1.5)
-    recovery.died(ASK, "a", now=2.2)
-    recovery.census(2.0, [(ASK, holding(0))], [], now=2.4)  # asked at 2.0, before the death at 2.2
-    assert readmitted(recovery.census(3.0, [(ASK, Restarting())], [], now=3.5)) == []
-    assert recovery.ledger.entries["0:0"].attempts == 2
-
-
-def test_the_death_of_an_incarnation_a_census_already_replaced_changes_nothing():
-    recovery = recovery_of(row(0))
-    recovery.census(1.0, [(ASK, holding(0))], [], now=1.5)
-    recovery.census(2.0, [(ASK, holding(0, incarnation="b", ready=False))], [], now=2.5)
-    assert recovery.died(ASK, "a", now=2.7) == []
-
-
 def test_a_new_incarnation_loses_what_the_old_one_held_and_is_rewired():
     recovery = recovery_of(row(0), row(1))
     recovery.census(1.0, [(ASK, holding(0, 1))], [], now=1.5)

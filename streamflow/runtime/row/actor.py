@@ -41,7 +41,6 @@ from streamflow.operator import Context
 from streamflow.pipeline import Recipe
 from streamflow.result import TransferStats
 from streamflow.runtime.row.eager import start_eagerly
-from streamflow.runtime.row.lifeline import Address, hold_lifeline
 from streamflow.runtime.row.offload import Offloaded, ValueLost, decode_rows, keep_references, node_offloader
 from streamflow.runtime.row.outbox import Outbox, Peer, Peers, sink_peers
 from streamflow.runtime.row.sink import sink_shard
@@ -70,8 +69,6 @@ class Wiring:
     """Object keepers by node id (``offload_threshold`` > 0)."""
     sandboxes: Mapping[str, Any] = field(default_factory=dict)
     """Actors holding sandbox pools, by pool name (empty when no step uses sandboxes)."""
-    lifeline: Address | None = None
-    """The driver's lifeline server (``lifeline``): tells it at once when this actor dies."""
 
 
 class StepCounts(msgspec.Struct):
@@ -148,8 +145,6 @@ class StepActor:
         self._stats = ActorStats(group=group, replica=replica, incarnation=uuid.uuid4().hex, steps=self._counts)
         self._events = recorder(events_dir, group, replica, events)
         self._writing_events: asyncio.Task[None] | None = None
-        self._lifeline: asyncio.Task[asyncio.StreamWriter | None] | None = None
-        """Connects to the driver in the background (an unreachable driver delays nothing); keeps the connection."""
 
     @property
     def pool_name(self) -> str:
@@ -188,10 +183,6 @@ class StepActor:
                 raise SetupError(msg) from exc
         if self._events is not None and self._writing_events is None:
             self._writing_events = asyncio.create_task(write_when_due(self._events))
-        if self._lifeline is None:  # one per incarnation: closing it would tell the driver this actor died
-            self._lifeline = asyncio.create_task(
-                hold_lifeline(wiring.lifeline, self._group, self._replica, self._stats.incarnation)
-            )
         self._ready.set()
         self._stats.ready = True
         return self._stats.incarnation

@@ -45,7 +45,6 @@ from streamflow.runtime.row.census import ask_replicas
 from streamflow.runtime.row.completions import collect_completions
 from streamflow.runtime.row.fusion import Group, fuse_steps, hosting
 from streamflow.runtime.row.ledger import Ledger
-from streamflow.runtime.row.lifeline import Lifelines
 from streamflow.runtime.row.offload import node_offloader
 from streamflow.runtime.row.outbox import Outbox, Peer, Peers, sink_peers
 from streamflow.runtime.row.prometheus import MetricsServer, MetricsView, RunMetrics
@@ -170,7 +169,6 @@ class Driver:
         self.fatal: RunError | None = None
         """Set when recovery gives up; the watcher raises it."""
         self._rewiring: dict[Replica, asyncio.Task[None]] = {}
-        self.lifelines = Lifelines(self._died)
         self.events_dir = events_dir(run_dir) if cfg.events.sample > 0 else ""
         self.metrics = RunMetrics(flow.name, os.path.basename(run_dir))
         self.metrics_server: MetricsServer | None = None
@@ -202,7 +200,6 @@ class Driver:
             sinks=self.sinks,
             keepers=self.keepers,
             sandboxes=sandboxes,
-            lifeline=await self.lifelines.start(ray.util.get_node_ip_address()),
         )
         first = self.groups[0].name
         self.entry = Peers([Peer(f"{first}[{i}]", h) for i, h in enumerate(self.actors[first])])
@@ -333,13 +330,6 @@ class Driver:
             self._rewiring.pop(key, None)
             self.recovery.rewired(key)
 
-    def _died(self, replica: Replica, incarnation: str) -> None:
-        """A replica's lifeline broke: re-admit what it held now, and send it nothing until it is wired again."""
-        actions = self.recovery.died(replica, incarnation, time.monotonic())
-        if actions:
-            self._entry_down(replica, True)
-        self.perform(actions)
-
     def _entry_down(self, replica: Replica, down: bool) -> None:
         """Admit no rows to a replica of the first step while it restarts (they would wait for its wiring)."""
         name, index = replica
@@ -377,7 +367,6 @@ class Driver:
 
     async def finish(self) -> tuple[list[str], dict[str, Usage], dict[str, Usage], TransferStats]:
         """Stop the actors once every row is committed; an actor dying now costs only its last counters."""
-        self.lifelines.close()
         handles = [((name, i), h) for name, hs in self.actors.items() for i, h in enumerate(hs)]
         stopped = await asyncio.gather(*(h.stop.remote() for _, h in handles), return_exceptions=True)
         for (key, _), result in zip(handles, stopped, strict=True):
@@ -416,7 +405,6 @@ class Driver:
         After a finished run the endpoint stays up ``metrics.linger_s`` more, so a scraper records
         the final figures.
         """
-        self.lifelines.close()
         if self.service is not None:
             await self.service.stop()
         for handle in [*self.sinks, *(h for hs in self.actors.values() for h in hs), *self.keepers.values()]:

@@ -140,12 +140,11 @@ class Ledger:
     # -- recovery -------------------------------------------------------------------------
 
     def renew(self, roots: list[str], now: float) -> None:
-        """Live actors reported holding these roots at ``now`` (a lease never moves back: a census
-        answered before a re-admission may be read after it)."""
+        """Live actors reported holding these roots."""
         entries = self.entries
         for root in roots:
             entry = entries.get(root)
-            if entry is not None and entry.lease < now:
+            if entry is not None:
                 entry.lease = now
 
     def missed(self, census: float, now: float, lease_s: float, *, misses: int = 2) -> list[Entry]:

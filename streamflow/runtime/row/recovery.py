@@ -14,10 +14,9 @@ The rules:
   ``lease_s`` is re-admitted (``Ledger.missed``): one census can miss a row in transit
   between two replicas, and a replica slowed down by a backlog delays the census instead of
   causing a false re-admission.
-* A replica that died (its lifeline to the driver broke), found restarting, or answering with a new
-  incarnation, lost what it held: the rows it reported in its last answer are re-admitted at
-  once, unless they moved on since (another replica reported them later, or a sink took
-  them: ``Ledger.held_by_dead``).
+* A replica found restarting, or answering with a new incarnation, lost what it held: the
+  rows it reported in its last answer are re-admitted at once, unless they moved on since
+  (another replica reported them later, or a sink took them: ``Ledger.held_by_dead``).
 * A replica that answers but is not ready (a new incarnation Ray started) is re-wired, once
   at a time. A replica Ray gave up on (``recovery.max_restarts`` used up) ends the run.
 * A sink with a new incarnation lost the rows it had accepted but not committed: they are
@@ -176,16 +175,6 @@ class Recovery:
         self.ledger.renew(list(in_driver), asked)
         actions.extend(self._readmit(self.ledger.missed(asked, now, self.lease_s), now))
         return actions
-
-    def died(self, replica: Replica, incarnation: str, now: float) -> list[Action]:
-        """``incarnation`` of the replica died (its lifeline broke): the rows it reported last are re-admitted now.
-
-        The census would find it restarting a second or two later, once Ray tells; it then finds
-        nothing left to re-admit. A death told after a census saw the next incarnation changes nothing.
-        """
-        if self._incarnations.get(replica) != incarnation:
-            return []
-        return self._lost_holder(replica, now)
 
     def rewired(self, replica: Replica) -> None:
         """A re-wiring ended, whether it worked or not; the next census may start another one."""
