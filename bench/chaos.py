@@ -50,6 +50,7 @@ class Config(NamedTuple):
     name: str
     every_s: float | None
     prefix_caching: bool
+    response_cache: bool = True
 
     @property
     def reference(self) -> str:
@@ -59,7 +60,7 @@ class Config(NamedTuple):
 
 def run_once(config: Config, run_id: str, args: argparse.Namespace, out: str) -> dict[str, Any]:
     """One run of the pipeline, killing a replica every ``config.every_s`` seconds (None: undisturbed)."""
-    name, every_s = config.name, config.every_s
+    every_s = config.every_s
     overrides = [
         f"output.dir={out}",
         f"run_id={run_id}",
@@ -72,7 +73,7 @@ def run_once(config: Config, run_id: str, args: argparse.Namespace, out: str) ->
         f"llm.sim.prefix_caching={str(config.prefix_caching).lower()}",
         *(f"operators.{step}.replicas={args.replicas}" for step in STEPS),
     ]
-    if name.startswith(NO_CACHE):
+    if not config.response_cache:
         overrides.append("llm.cache.enabled=false")
     if every_s is None:
         result, kills = streamflow.run(str(PIPELINE), overrides), []
@@ -80,7 +81,7 @@ def run_once(config: Config, run_id: str, args: argparse.Namespace, out: str) ->
         with ActorKiller(run_id, every_s, only=STEPS, seed=args.seed, first_s=every_s / 2) as killer:
             result = streamflow.run(str(PIPELINE), overrides)
         kills = killer.kills
-    return describe(name, result, kills, args.limit)
+    return describe(config.name, result, kills, args.limit)
 
 
 def describe(name: str, result: RunResult, kills: list[str], expected: int) -> dict[str, Any]:
@@ -137,7 +138,7 @@ def main() -> None:
         configs.append(Config(CALM + suffix, None, prefix))
         configs.extend(Config(f"kill every {s:g} s{suffix}", s, prefix) for s in args.every_s)
         if args.cache_cost:
-            configs.append(Config(NO_CACHE + suffix, None, prefix))
+            configs.append(Config(NO_CACHE + suffix, None, prefix, response_cache=False))
     ray.init(include_dashboard=False, logging_level="WARNING")
     rounds: list[dict[str, dict[str, Any]]] = []
     with tempfile.TemporaryDirectory(prefix="sf-chaos-") as out:

@@ -54,9 +54,6 @@ class PrefixCache:
         self.capacity_blocks = capacity_tokens // BLOCK_TOKENS
         self._blocks: OrderedDict[int, None] = OrderedDict()
 
-    def __len__(self) -> int:
-        return len(self._blocks)
-
     def match(self, blocks: Sequence[int]) -> int:
         """Tokens of the longest cached prefix of ``blocks``; the blocks found count as used now."""
         found = 0

@@ -88,7 +88,11 @@ async def _errors_as_json(
 def _message_text(message: RequestMessage) -> str:
     """A message's text as the simulator reads it: an assistant's tool calls are rendered into it."""
     calls = [render_tool_call(call.function.name, call.function.arguments) for call in message.tool_calls or ()]
-    return "\n".join([message.text(), *calls]) if calls else message.text()
+    return _with_calls(message.text(), calls)
+
+
+def _with_calls(text: str, calls: list[str]) -> str:
+    return "\n".join([text, *calls]) if calls else text
 
 
 def _chat_bytes(messages: list[tuple[str, str]], tools: list[Any]) -> bytes:
@@ -100,7 +104,7 @@ def _chat_bytes(messages: list[tuple[str, str]], tools: list[Any]) -> bytes:
 def _reply_turn(reply: Reply) -> str:
     """The reply as the client sends it back next turn (``_message_text`` of the assistant message)."""
     calls = [render_tool_call(call.name, call.arguments) for call in reply.tool_calls]
-    return "\n".join(["", *calls]) if calls else reply.text
+    return _with_calls("", calls) if calls else reply.text  # a reply with tool calls has no content
 
 
 def _usage(prompt_tokens: int, reply: Reply) -> Usage:
