@@ -8,10 +8,11 @@ and gives up after ``cluster.wait_s`` with a message naming what is missing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import msgspec
@@ -71,14 +72,42 @@ def connect(cfg: RunConfig) -> bool:
     local = address == "local"
     if not local:
         log.info("joining the Ray cluster at %s", address)
-    ray.init(
-        address=address,
-        num_cpus=cfg.ray.num_cpus if local else None,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        log_to_driver=True,
-    )
+    with _without_autoscaler_monitor() if local else contextlib.nullcontext():
+        ray.init(
+            address=address,
+            num_cpus=cfg.ray.num_cpus if local else None,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+        )
     return True
+
+
+@contextlib.contextmanager
+def _without_autoscaler_monitor() -> Iterator[None]:
+    """Within, ``ray.init`` starts its head node without Ray's autoscaler monitor (``ray start --no-monitor``).
+
+    Nothing autoscales a Ray that a run started on its own machine, and the monitor outlives
+    ``ray.shutdown``'s one-second grace on SIGTERM: every run waited for it (README: Performance, Start-up).
+    Ray does not offer the switch to ``ray.init``; if its parameters move, Ray starts as usual.
+    """
+    try:
+        from ray._private import parameter
+    except ImportError:
+        yield
+        return
+    original = parameter.RayParams
+
+    class HeadWithoutMonitor(original):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("no_monitor", True)
+            super().__init__(*args, **kwargs)
+
+    parameter.RayParams = HeadWithoutMonitor  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        parameter.RayParams = original  # type: ignore[misc]
 
 
 def wait_for_cluster(

@@ -111,3 +111,25 @@ def test_a_run_starts_its_own_ray_unless_told_which_cluster_to_join(
     overrides = ["input.path=rows.jsonl", "ray.num_cpus=2", *([f"ray.address={configured}"] if configured else [])]
     assert connect(compose({}, overrides)) is True
     assert (calls[0]["address"], calls[0]["num_cpus"]) == (joins, num_cpus)
+
+
+def test_a_ray_started_for_a_run_has_no_autoscaler_monitor_to_wait_for_at_shutdown(own_ray_env):
+    """Nothing autoscales a machine's own Ray, and the monitor used to hold every run's exit for a second."""
+    import json
+    import subprocess
+    import sys
+
+    script = (
+        "import ray; from streamflow.cluster import connect; from streamflow.config import compose; "
+        "from ray._private import parameter; before = parameter.RayParams; "
+        "connect(compose({}, ['input.path=rows.jsonl', 'ray.num_cpus=1'])); "
+        "import json; print(json.dumps([sorted(ray._private.worker._global_node.all_processes), "
+        "parameter.RayParams is before]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=own_ray_env, capture_output=True, text=True, timeout=120, check=True
+    )
+    processes, restored = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "raylet" in processes
+    assert "monitor" not in processes
+    assert restored

@@ -90,6 +90,14 @@ async def _wait(ref: Awaitable[_T], timeout_s: float) -> _T:
     return await asyncio.wait_for(wait(), timeout_s)
 
 
+def _free_now() -> str:
+    """The CPUs and GPUs free in the whole Ray cluster, in words (``ray status`` needs an autoscaler monitor)."""
+    import ray
+
+    free = ray.available_resources()
+    return f"{free.get('CPU', 0):g} CPUs, {free.get('GPU', 0):g} GPUs"
+
+
 async def _start_one(
     handle: Any, index: int, spec: ServerSpec, log_dir: str, resources: str, schedule_timeout_s: float, placed: set[int]
 ) -> str:
@@ -100,7 +108,7 @@ async def _start_one(
     except TimeoutError:
         msg = (
             f"{name} was not scheduled within {schedule_timeout_s:g} s: no Ray node has {resources} free "
-            "(other jobs may hold them); check `ray status`."
+            f"(the cluster has {_free_now()} free now; other jobs may hold the rest)."
         )
         raise SetupError(msg) from None
     try:
