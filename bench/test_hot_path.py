@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 
 from streamflow import END, Flow, Message, Operator
+from streamflow.events import EventRecorder
 from streamflow.execution import run_step
 from streamflow.io.parts import PartWriter
 from streamflow.message import State, decode_batch, encode_batch
@@ -91,3 +92,24 @@ def test_sink_append_64_rows(benchmark, writer):
     finished = [m.__class__(id=m.id, fields=m.fields, status="ok") for m in BATCH]
     out = benchmark(writer.append, finished)
     assert len(out) == 64
+
+
+def test_record_one_hop_in_the_event_log(benchmark, tmp_path):
+    row = BATCH[0]
+    events = EventRecorder(str(tmp_path), "steps", 0)
+    benchmark(events.hop, "score", row, 1.0, 2.0, 3.0, 4.0, [row])
+    assert len(events) > 0
+
+
+def test_write_20000_hops_of_the_event_log_as_parquet(benchmark, tmp_path):
+    """What a step actor's writer thread does every ``events.flush_rows`` hops."""
+    row = BATCH[0]
+    events = EventRecorder(str(tmp_path), "steps", 0)
+
+    def buffered():
+        for _ in range(20_000):
+            events.hop("score", row, 1.0, 2.0, 3.0, 4.0, [row])
+        return (events.take(),), {}
+
+    path = benchmark.pedantic(events.write, setup=buffered, rounds=10, warmup_rounds=1)
+    assert path is not None
