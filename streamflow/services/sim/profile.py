@@ -10,6 +10,8 @@ from typing import Literal
 
 import msgspec
 
+from streamflow.services.sim.prefix_cache import BLOCK_TOKENS
+
 __all__ = ["DEFAULT_PROFILE", "PROFILES", "LatencyProfile", "ProfileName"]
 
 ProfileName = Literal["llama-8b-h100", "llama-3b-h100", "llama-70b-4xh100", "llama-70b-8xh100"]
@@ -36,11 +38,12 @@ class LatencyProfile(msgspec.Struct, frozen=True, kw_only=True):
         if self.a_ms < 0 or self.c_ms < 0 or self.t0_ms < 0:
             msg = f"LatencyProfile: a_ms, c_ms and t0_ms must be >= 0, got {self.a_ms}, {self.c_ms}, {self.t0_ms}."
             raise ValueError(msg)
-        if self.prefill_tok_s <= 0 or self.max_num_seqs < 1 or self.max_model_len < 2 or self.kv_cache_tokens < 1:
+        too_small = self.max_num_seqs < 1 or self.max_model_len < 2 or self.kv_cache_tokens < BLOCK_TOKENS
+        if self.prefill_tok_s <= 0 or too_small:
             msg = (
                 "LatencyProfile: need prefill_tok_s > 0, max_num_seqs >= 1, max_model_len >= 2 and "
-                f"kv_cache_tokens >= 1, got {self.prefill_tok_s}, {self.max_num_seqs}, {self.max_model_len}, "
-                f"{self.kv_cache_tokens}."
+                f"kv_cache_tokens >= {BLOCK_TOKENS} (one prefix-cache block), got {self.prefill_tok_s}, "
+                f"{self.max_num_seqs}, {self.max_model_len}, {self.kv_cache_tokens}."
             )
             raise ValueError(msg)
 

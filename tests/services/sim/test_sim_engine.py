@@ -39,6 +39,13 @@ def test_default_profile_has_the_reference_constants() -> None:
     assert DEFAULT.itl_s(256) == pytest.approx(0.03466)
 
 
+def test_a_profile_whose_kv_cache_holds_less_than_one_prefix_cache_block_is_refused() -> None:
+    """Refused where the profile is made, not later when a server turns prefix caching on."""
+    assert _with(DECODE_ONLY, kv_cache_tokens=16).kv_cache_tokens == 16
+    with pytest.raises(ValueError, match=r"kv_cache_tokens >= 16 \(one prefix-cache block\), got .*, 15\."):
+        _with(DECODE_ONLY, kv_cache_tokens=15)
+
+
 def test_single_request_latency_is_ttft_plus_decode_steps_at_batch_one(run_virtual: Runner) -> None:
     (timing,) = run_virtual(_all(BatchingEngine(DEFAULT, 1.0), [(1000, 50)]))
     ttft = DEFAULT.t0_ms / 1000 + 1000 / DEFAULT.prefill_tok_s + DEFAULT.itl_s(1)
