@@ -1,5 +1,9 @@
 """The Ray cluster a run waits for, and the cluster=slurm config group that describes a SLURM job's cluster."""
 
+import json
+import subprocess
+import sys
+
 import pytest
 
 from streamflow import ConfigError
@@ -115,10 +119,6 @@ def test_a_run_starts_its_own_ray_unless_told_which_cluster_to_join(
 
 def test_a_ray_started_for_a_run_has_no_autoscaler_monitor_to_wait_for_at_shutdown(own_ray_env):
     """Nothing autoscales a machine's own Ray, and the monitor used to hold every run's exit for a second."""
-    import json
-    import subprocess
-    import sys
-
     script = (
         "import ray; from streamflow.cluster import connect; from streamflow.config import compose; "
         "from ray._private import parameter; before = parameter.RayParams; "
