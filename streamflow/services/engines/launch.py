@@ -92,8 +92,6 @@ async def _wait(ref: Awaitable[_T], timeout_s: float) -> _T:
 
 def _free_now() -> str:
     """The CPUs and GPUs free in the whole Ray cluster, in words (``ray status`` needs an autoscaler monitor)."""
-    import ray
-
     free = ray.available_resources()
     return f"{free.get('CPU', 0):g} CPUs, {free.get('GPU', 0):g} GPUs"
 
