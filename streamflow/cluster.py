@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 REPORT_EVERY_S = 30.0
 
+ROW_MODE_MODULES = ("streamflow.runtime.row.actor", "streamflow.runtime.row.sink")
+"""What every row-mode actor imports: a Ray this run starts imports them in its idle worker
+processes while the driver still connects, so actors do not start by importing them."""
+
 
 class ClusterShape(msgspec.Struct, frozen=True):
     """How big a Ray cluster is right now: alive nodes and the CPUs and GPUs they offer."""
@@ -72,6 +76,7 @@ def connect(cfg: RunConfig) -> bool:
     local = address == "local"
     if not local:
         log.info("joining the Ray cluster at %s", address)
+    preload = {"preload_python_modules": list(ROW_MODE_MODULES)} if local and cfg.mode == "row" else None
     with _without_autoscaler_monitor() if local else contextlib.nullcontext():
         ray.init(
             address=address,
@@ -79,6 +84,7 @@ def connect(cfg: RunConfig) -> bool:
             include_dashboard=False,
             logging_level=logging.WARNING,
             log_to_driver=True,
+            _system_config=preload,
         )
     return True
 

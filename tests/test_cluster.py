@@ -133,3 +133,18 @@ def test_a_ray_started_for_a_run_has_no_autoscaler_monitor_to_wait_for_at_shutdo
     assert "raylet" in processes
     assert "monitor" not in processes
     assert restored
+
+
+def test_the_idle_workers_of_a_ray_started_for_a_row_mode_run_import_the_actors_modules_ahead(own_ray_env):
+    """An actor then starts on a process that has its code imported already."""
+    script = (
+        "import sys, json, ray; from streamflow.cluster import connect, ROW_MODE_MODULES; "
+        "from streamflow.config import compose; "
+        "connect(compose({}, ['input.path=rows.jsonl', 'ray.num_cpus=1'])); "
+        "imported = ray.get(ray.remote(lambda names: [n in sys.modules for n in names]).remote(ROW_MODE_MODULES)); "
+        "print(json.dumps(imported))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=own_ray_env, capture_output=True, text=True, timeout=120, check=True
+    )
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [True, True]
