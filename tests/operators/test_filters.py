@@ -1,6 +1,9 @@
 """Filters before the LLM: language (with a shipped model) and length."""
 
+from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
 from operators import LanguageFilter, LengthFilter
+from operators.filters import language_identifier
 from streamflow import Flow
 from streamflow.testing import run_local
 
@@ -27,6 +30,24 @@ def test_null_or_non_string_text_is_a_bad_input_error_not_a_filter():
 def test_a_huge_document_is_classified_from_its_beginning():
     [row] = run_local(language_flow(), [{"text": ENGLISH * 50_000}])  # ~5 MB
     assert row.status == "ok"
+
+
+def test_the_language_model_is_decompressed_once_into_the_users_cache_and_answers_as_py3langid(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    shipped = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    first, again = language_identifier(), language_identifier()
+    [cached] = (tmp_path / "streamflow").iterdir()
+    assert cached.suffix == ".npz"
+    for text in (ENGLISH, GERMAN, "这是一个中文句子。"):
+        assert first.classify(text) == again.classify(text) == shipped.classify(text)
+
+
+def test_a_damaged_cached_model_falls_back_to_the_shipped_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    language_identifier()
+    [cached] = (tmp_path / "streamflow").iterdir()
+    cached.write_bytes(b"not a model")
+    assert language_identifier().classify(GERMAN)[0] == "de"
 
 
 def test_length_filter_reasons():
