@@ -36,6 +36,7 @@ from streamflow.errors import RunError, raised_inside
 from streamflow.events import events_dir
 from streamflow.flow import Flow
 from streamflow.io.source import InputPlan, Unreadable
+from streamflow.message import Message
 from streamflow.pipeline import Recipe
 from streamflow.progress import Progress
 from streamflow.result import RunResult, TransferStats
@@ -158,6 +159,8 @@ class Driver:
         """The actors of each group, by group name."""
         self.sinks: list[Any] = []
         self.entry = Peers([])
+        self.parked: list[Message] = []
+        """Re-admitted rows waiting for a replica of the first step to be wired again (all were restarting)."""
         self.sink_peers: list[Peer] = []
         self.service: LLMService | None = None
         self.wiring: Wiring | None = None
@@ -280,7 +283,7 @@ class Driver:
         instead of causing a false one.
         """
         asked = time.monotonic()
-        in_driver = self.outbox.held_roots()
+        in_driver = [*self.outbox.held_roots(), *(row.root_id for row in self.parked)]
         counting = asyncio.ensure_future(self._count_objects())
         replies = await ask_replicas(self.actors, self.cfg.recovery.max_restarts)
         await counting
@@ -298,9 +301,14 @@ class Driver:
         """Carry out what recovery decided."""
         for action in actions:
             if isinstance(action, Readmit):
+                entry_down = all(peer.down for peer in self.entry.replicas)
                 for row in action.rows:
-                    peer = self.sink_peers[sink_shard(row.root, len(self.sinks))] if row.to_sink else self.entry.pick()
-                    self.outbox.send(peer, row.message)
+                    if row.to_sink:
+                        self.outbox.send(self.sink_peers[sink_shard(row.root, len(self.sinks))], row.message)
+                    elif entry_down:  # sent now, they could be refused by the restarting actor and counted again
+                        self.parked.append(row.message)
+                    else:
+                        self.outbox.send(self.entry.pick(), row.message)
                 log.warning("re-admitted %d rows whose actor died", len(action.rows))
             elif isinstance(action, Rewire):
                 self._rewiring[action.replica] = asyncio.create_task(self._rewire(action.replica))
@@ -331,10 +339,21 @@ class Driver:
             self.recovery.rewired(key)
 
     def _entry_down(self, replica: Replica, down: bool) -> None:
-        """Admit no rows to a replica of the first step while it restarts (they would wait for its wiring)."""
+        """Admit no rows to a replica of the first step while it restarts (they would wait for its wiring).
+
+        Once one is up again, the re-admitted rows parked while every replica was down leave.
+        """
         name, index = replica
-        if name == self.groups[0].name:
-            self.entry.replicas[index].down = down
+        if name != self.groups[0].name:
+            return
+        self.entry.replicas[index].down = down
+        if not down and self.parked:
+            parked, self.parked = self.parked, []
+            for message in parked:
+                self.outbox.send(self.entry.pick(), message)
+            log.info(
+                "%s is wired again: %d parked re-admitted rows sent on", self.entry.replicas[index].name, len(parked)
+            )
 
     async def _count_objects(self) -> None:
         """Offloaded objects still alive, summed over the keepers (for the metrics and the summary)."""
