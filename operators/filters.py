@@ -33,7 +33,8 @@ def text_of(row: Message, field: str) -> str:
 class LanguageFilter(Operator):
     """Keep rows whose text is ``language`` with probability >= ``min_score``.
 
-    Uses py3langid, whose model ships inside the package (no download at run time).
+    Uses py3langid, whose model ships inside the package (no download at run time); the first
+    start on a machine decompresses it into ``$XDG_CACHE_HOME/streamflow`` (else ``~/.cache``, 68 MB).
     Only the first ``sample_chars`` characters are classified: enough for a reliable
     answer, and a 5 MB document costs no more than a short one.
     """
