@@ -117,19 +117,25 @@ def test_a_run_starts_its_own_ray_unless_told_which_cluster_to_join(
     assert (calls[0]["address"], calls[0]["num_cpus"]) == (joins, num_cpus)
 
 
-def test_a_ray_started_for_a_run_has_no_autoscaler_monitor_to_wait_for_at_shutdown(own_ray_env):
-    """Nothing autoscales a machine's own Ray, and the monitor used to hold every run's exit for a second."""
+def after_connect(env, before, after):
+    """Run ``before``, ``connect`` to a Ray of the run's own, then print ``after`` as JSON, in a fresh process."""
     script = (
-        "import ray; from streamflow.cluster import connect; from streamflow.config import compose; "
-        "from ray._private import parameter; before = parameter.RayParams; "
-        "connect(compose({}, ['input.path=rows.jsonl', 'ray.num_cpus=1'])); "
-        "import json; print(json.dumps([sorted(ray._private.worker._global_node.all_processes), "
-        "parameter.RayParams is before]))"
+        f"import json, sys, ray; from streamflow.cluster import connect; from streamflow.config import compose; {before}; "
+        f"connect(compose({{}}, ['input.path=rows.jsonl', 'ray.num_cpus=1'])); print(json.dumps({after}))"
     )
     done = subprocess.run(
-        [sys.executable, "-c", script], env=own_ray_env, capture_output=True, text=True, timeout=120, check=True
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, check=True
     )
-    processes, restored = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_ray_started_for_a_run_has_no_autoscaler_monitor_to_wait_for_at_shutdown(own_ray_env):
+    """Nothing autoscales a machine's own Ray, and the monitor used to hold every run's exit for a second."""
+    processes, restored = after_connect(
+        own_ray_env,
+        "from ray._private import parameter; before = parameter.RayParams",
+        "[sorted(ray._private.worker._global_node.all_processes), parameter.RayParams is before]",
+    )
     assert "raylet" in processes
     assert "monitor" not in processes
     assert restored
@@ -137,14 +143,9 @@ def test_a_ray_started_for_a_run_has_no_autoscaler_monitor_to_wait_for_at_shutdo
 
 def test_the_idle_workers_of_a_ray_started_for_a_row_mode_run_import_the_actors_modules_ahead(own_ray_env):
     """An actor then starts on a process that has its code imported already."""
-    script = (
-        "import sys, json, ray; from streamflow.cluster import connect, ROW_MODE_MODULES; "
-        "from streamflow.config import compose; "
-        "connect(compose({}, ['input.path=rows.jsonl', 'ray.num_cpus=1'])); "
-        "imported = ray.get(ray.remote(lambda names: [n in sys.modules for n in names]).remote(ROW_MODE_MODULES)); "
-        "print(json.dumps(imported))"
+    imported = after_connect(
+        own_ray_env,
+        "from streamflow.cluster import ROW_MODE_MODULES",
+        "ray.get(ray.remote(lambda names: [n in sys.modules for n in names]).remote(ROW_MODE_MODULES))",
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], env=own_ray_env, capture_output=True, text=True, timeout=120, check=True
-    )
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == [True, True]
+    assert imported == [True, True]
