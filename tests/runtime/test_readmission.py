@@ -1,10 +1,13 @@
 """Where the driver sends re-admitted rows: not to a replica that is restarting, if it can wait."""
 
+import asyncio
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from streamflow import Flow, Message, Operator
 from streamflow.run import prepare
+from streamflow.runtime.row import driver as driver_module
 from streamflow.runtime.row.driver import Driver
 from streamflow.runtime.row.outbox import Peer, Peers
 from streamflow.runtime.row.recovery import Readmit, Resend
@@ -50,3 +53,21 @@ def test_rows_readmitted_while_one_first_step_replica_is_up_go_to_it_at_once(tmp
     driver.perform([readmit("a")])
     assert sent == [("noop[1]", "a")]
     assert driver.parked == []
+
+
+def test_a_census_counts_parked_rows_as_held_by_the_driver(tmp_path, monkeypatch):
+    """So their leases are renewed while they wait, and they are not re-admitted once more."""
+    driver, _ = driver_with_two_entry_replicas(tmp_path)
+    first = driver.groups[0].name
+    driver._entry_down((first, 0), True)
+    driver._entry_down((first, 1), True)
+    driver.perform([readmit("a", "b")])
+
+    async def no_replies(actors, max_restarts):
+        return []
+
+    held = []
+    monkeypatch.setattr(driver_module, "ask_replicas", no_replies)
+    monkeypatch.setattr(driver.recovery, "census", lambda asked, replies, in_driver, now: held.extend(in_driver) or [])
+    asyncio.run(driver.census())
+    assert held == ["a", "b"]
