@@ -1,4 +1,4 @@
-"""Where the driver sends re-admitted rows: not to a replica that is restarting, if it can wait."""
+"""Where the driver sends admitted and re-admitted rows: not to a replica that is restarting, if it can wait."""
 
 import asyncio
 
@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 from streamflow import Flow, Message, Operator
 from streamflow.run import prepare
 from streamflow.runtime.row import driver as driver_module
+from streamflow.runtime.row.admission import Admission
 from streamflow.runtime.row.driver import Driver
 from streamflow.runtime.row.outbox import Peer, Peers
 from streamflow.runtime.row.recovery import Readmit, Resend
@@ -71,3 +72,19 @@ def test_a_census_counts_parked_rows_as_held_by_the_driver(tmp_path, monkeypatch
     monkeypatch.setattr(driver.recovery, "census", lambda asked, replies, in_driver, now: held.extend(in_driver) or [])
     asyncio.run(driver.census())
     assert held == ["a", "b"]
+
+
+def test_input_rows_admitted_while_every_first_step_replica_restarts_wait_in_the_driver_too(tmp_path):
+    driver, sent = driver_with_two_entry_replicas(tmp_path)
+    first = driver.groups[0].name
+    driver._entry_down((first, 0), True)
+    driver._entry_down((first, 1), True)
+    admission = Admission(
+        driver.plan, driver.flow.first, 0, frozenset(), driver.ledger, driver.outbox, driver.entry, driver.enter, [], []
+    )
+    asyncio.run(admission.read(driver.plan.partitions[0]))
+    assert sent == []
+    assert len(driver.parked) == driver.ledger.admitted == 3
+    driver._entry_down((first, 0), False)
+    assert [name for name, _ in sent] == ["noop[0]"] * 3
+    assert driver.parked == []

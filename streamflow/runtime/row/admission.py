@@ -2,18 +2,20 @@
 
 Each partition is read by its own task (the reads run in threads), so a slow file does not
 hold up the others. A row waits for a slot in the ledger, then goes straight to the least
-loaded replica of the first step; a row finished as bad input goes straight to its sink.
+loaded replica of the first step (``enter``: the driver parks it while every replica restarts);
+a row finished as bad input goes straight to its sink.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any
 
 from streamflow.execution import new_row
 from streamflow.io.source import BadInput, InputPlan, Unreadable, read_unit
+from streamflow.message import Message
 from streamflow.runtime.row.ledger import Ledger
 from streamflow.runtime.row.outbox import Outbox, Peer, Peers
 from streamflow.runtime.row.sink import sink_shard
@@ -33,6 +35,7 @@ class Admission:
         ledger: Ledger,
         outbox: Outbox,
         entry: Peers,
+        enter: Callable[[Message], None],
         sinks: Sequence[Peer],
         unreadable: list[Unreadable],
     ) -> None:
@@ -43,6 +46,7 @@ class Admission:
         self.ledger = ledger
         self.outbox = outbox
         self.entry = entry
+        self.enter = enter
         self.sinks = sinks
         self.unreadable = unreadable
         """Input ranges that could not be read, appended as they are found."""
@@ -77,4 +81,4 @@ class Admission:
                 for row_id, fields in zip(ids, rows, strict=True):
                     message = new_row(row_id, fields, self.first, self.seed)
                     await self.ledger.admit(message)
-                    self.outbox.send(self.entry.pick(), message)
+                    self.enter(message)

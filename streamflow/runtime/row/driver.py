@@ -160,7 +160,7 @@ class Driver:
         self.sinks: list[Any] = []
         self.entry = Peers([])
         self.parked: list[Message] = []
-        """Re-admitted rows waiting for a replica of the first step to be wired again (all were restarting)."""
+        """Admitted rows waiting for a replica of the first step to be wired again (all were restarting)."""
         self.sink_peers: list[Peer] = []
         self.service: LLMService | None = None
         self.wiring: Wiring | None = None
@@ -228,6 +228,7 @@ class Driver:
             ledger,
             self.outbox,
             self.entry,
+            self.enter,
             self.sink_peers,
             self.unreadable,
         )
@@ -301,14 +302,11 @@ class Driver:
         """Carry out what recovery decided."""
         for action in actions:
             if isinstance(action, Readmit):
-                entry_down = all(peer.down for peer in self.entry.replicas)
                 for row in action.rows:
                     if row.to_sink:
                         self.outbox.send(self.sink_peers[sink_shard(row.root, len(self.sinks))], row.message)
-                    elif entry_down:  # sent now, they could be refused by the restarting actor and counted again
-                        self.parked.append(row.message)
                     else:
-                        self.outbox.send(self.entry.pick(), row.message)
+                        self.enter(row.message)
                 log.warning("re-admitted %d rows whose actor died", len(action.rows))
             elif isinstance(action, Rewire):
                 self._rewiring[action.replica] = asyncio.create_task(self._rewire(action.replica))
@@ -338,10 +336,21 @@ class Driver:
             self._rewiring.pop(key, None)
             self.recovery.rewired(key)
 
+    def enter(self, message: Message) -> None:
+        """Send an admitted row to the least loaded replica of the first step, or park it while all restart.
+
+        Sent to a restarting actor, Ray could refuse the row; it would then wait out its lease
+        and be admitted once more.
+        """
+        if all(peer.down for peer in self.entry.replicas):
+            self.parked.append(message)
+        else:
+            self.outbox.send(self.entry.pick(), message)
+
     def _entry_down(self, replica: Replica, down: bool) -> None:
         """Admit no rows to a replica of the first step while it restarts (they would wait for its wiring).
 
-        Once one is up again, the re-admitted rows parked while every replica was down leave.
+        Once one is up again, the rows parked while every replica was down leave.
         """
         name, index = replica
         if name != self.groups[0].name:
@@ -351,9 +360,7 @@ class Driver:
             parked, self.parked = self.parked, []
             for message in parked:
                 self.outbox.send(self.entry.pick(), message)
-            log.info(
-                "%s is wired again: %d parked re-admitted rows sent on", self.entry.replicas[index].name, len(parked)
-            )
+            log.info("%s is wired again: %d parked rows sent on", self.entry.replicas[index].name, len(parked))
 
     async def _count_objects(self) -> None:
         """Offloaded objects still alive, summed over the keepers (for the metrics and the summary)."""
