@@ -72,27 +72,44 @@ def language_identifier() -> Any:
     from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
     try:
-        import numpy as np
-        from py3langid.langid import MODEL_DIR
-
-        source = MODEL_DIR / MODEL_FILE
-        stat = source.stat()
-        cached = _cache_dir() / f"py3langid-model-{stat.st_size}-{int(stat.st_mtime)}.npz"
-        if not cached.exists():
-            _decompress(source, cached)
-        with np.load(cached, allow_pickle=False) as model:
-            return LanguageIdentifier(
-                model["ptc"],
-                model["pc"],
-                model["classes"].tolist(),
-                _words(model["nextmove"]),
-                model["out_feat"].tolist(),
-                norm_probs=True,
-                tk_row=_words(model["nextmove_row"]),
-            )
+        model = _cached_model()
+        return LanguageIdentifier(
+            model["ptc"],
+            model["pc"],
+            model["classes"].tolist(),
+            _words(model["nextmove"]),
+            model["out_feat"].tolist(),
+            norm_probs=True,
+            tk_row=_words(model["nextmove_row"]),
+        )
     except Exception as exc:  # a cache is an optimization: never the reason a run fails
         log.debug("language model cache not used: %s: %s", type(exc).__name__, exc)
         return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+
+
+def _cached_model() -> dict[str, Any]:
+    """The arrays of py3langid's model from the cache; a cached file that cannot be read is written again."""
+    from py3langid.langid import MODEL_DIR, MODEL_FILE
+
+    source = MODEL_DIR / MODEL_FILE
+    stat = source.stat()
+    cached = _cache_dir() / f"py3langid-model-{stat.st_size}-{int(stat.st_mtime)}.npz"
+    if not cached.exists():
+        _decompress(source, cached)
+    try:
+        return _arrays(cached)
+    except Exception as exc:  # damaged from outside (writes are atomic): decompress it again, once
+        log.info("the cached language model %s cannot be read (%s); decompressing it again", cached, exc)
+        cached.unlink(missing_ok=True)
+        _decompress(source, cached)
+        return _arrays(cached)
+
+
+def _arrays(path: Path) -> dict[str, Any]:
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as model:
+        return {name: model[name] for name in model.files}
 
 
 def _cache_dir() -> Path:

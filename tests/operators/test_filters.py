@@ -1,5 +1,6 @@
 """Filters before the LLM: language (with a shipped model) and length."""
 
+import numpy as np
 from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
 from operators import LanguageFilter, LengthFilter
@@ -42,11 +43,19 @@ def test_the_language_model_is_decompressed_once_into_the_users_cache_and_answer
         assert first.classify(text) == again.classify(text) == shipped.classify(text)
 
 
-def test_a_damaged_cached_model_falls_back_to_the_shipped_one(tmp_path, monkeypatch):
+def test_a_damaged_cached_model_is_decompressed_again(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     language_identifier()
     [cached] = (tmp_path / "streamflow").iterdir()
     cached.write_bytes(b"not a model")
+    assert language_identifier().classify(GERMAN)[0] == "de"
+    with np.load(cached) as model:
+        assert "ptc" in model.files
+
+
+def test_a_cache_that_cannot_be_written_falls_back_to_the_shipped_model(tmp_path, monkeypatch):
+    (tmp_path / "streamflow").write_text("a file where the cache directory should be")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert language_identifier().classify(GERMAN)[0] == "de"
 
 
