@@ -40,6 +40,7 @@ from streamflow.message import Message
 from streamflow.operator import Context
 from streamflow.pipeline import Recipe
 from streamflow.result import TransferStats
+from streamflow.runtime.row.collector import collect_less
 from streamflow.runtime.row.eager import start_eagerly
 from streamflow.runtime.row.offload import Offloaded, ValueLost, decode_rows, keep_references, node_offloader
 from streamflow.runtime.row.outbox import Outbox, Peer, Peers, sink_peers
@@ -183,6 +184,7 @@ class StepActor:
                 raise SetupError(msg) from exc
         if self._events is not None and self._writing_events is None:
             self._writing_events = asyncio.create_task(write_when_due(self._events))
+        collect_less()  # start-up's objects (Ray, pyarrow, the operators' models) are never scanned again
         self._ready.set()
         self._stats.ready = True
         return self._stats.incarnation

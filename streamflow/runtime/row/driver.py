@@ -43,6 +43,7 @@ from streamflow.result import RunResult, TransferStats
 from streamflow.runtime.row.actor import ActorStats, Wiring
 from streamflow.runtime.row.admission import Admission
 from streamflow.runtime.row.census import ask_replicas
+from streamflow.runtime.row.collector import collecting_less
 from streamflow.runtime.row.completions import collect_completions
 from streamflow.runtime.row.fusion import Group, fuse_steps, hosting
 from streamflow.runtime.row.ledger import Ledger
@@ -96,9 +97,10 @@ async def run_rows(
     try:
         await driver.start()
         streaming = time.monotonic()
-        await stream_until_stopped(driver)
-        finishing = time.monotonic()
-        files, usage, replicas, transfer = await driver.finish()
+        with collecting_less():
+            await stream_until_stopped(driver)
+            finishing = time.monotonic()
+            files, usage, replicas, transfer = await driver.finish()
         finished = True
     finally:
         await driver.shutdown(finished=finished)
@@ -342,10 +344,11 @@ class Driver:
         Sent to a restarting actor, Ray could refuse the row; it would then wait out its lease
         and be admitted once more.
         """
-        if all(peer.down for peer in self.entry.replicas):
+        peer = self.entry.pick()
+        if peer.down:  # pick passes over a restarting replica while another is up
             self.parked.append(message)
         else:
-            self.outbox.send(self.entry.pick(), message)
+            self.outbox.send(peer, message)
 
     def _entry_down(self, replica: Replica, down: bool) -> None:
         """Admit no rows to a replica of the first step while it restarts (they would wait for its wiring).
