@@ -77,7 +77,7 @@ def connect(cfg: RunConfig) -> bool:
     if not local:
         log.info("joining the Ray cluster at %s", address)
     preload = {"preload_python_modules": list(ROW_MODE_MODULES)} if local and cfg.mode == "row" else None
-    with _without_autoscaler_monitor() if local else contextlib.nullcontext():
+    with _without_autoscaler_monitor() if local else contextlib.nullcontext(), _quiet_token_auth_notice():
         ray.init(
             address=address,
             num_cpus=cfg.ray.num_cpus if local else None,
@@ -87,6 +87,25 @@ def connect(cfg: RunConfig) -> bool:
             _system_config=preload,
         )
     return True
+
+
+@contextlib.contextmanager
+def _quiet_token_auth_notice() -> Iterator[None]:
+    """Within, Ray's notice that it turned on token authentication for a new local runtime is not shown.
+
+    Ray 2.60 prints it at every start; the run keeps the default (``RAY_AUTH_MODE=disabled`` in the
+    environment turns it off) and its first line of output is its own.
+    """
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "Token authentication is enabled" not in record.getMessage()
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 @contextlib.contextmanager

@@ -149,3 +149,17 @@ def test_the_idle_workers_of_a_ray_started_for_a_row_mode_run_import_the_actors_
         "ray.get(ray.remote(lambda names: [n in sys.modules for n in names]).remote(ROW_MODE_MODULES))",
     )
     assert imported == [True, True]
+
+
+def test_a_ray_started_for_a_run_keeps_token_authentication_without_warning_about_it(own_ray_env):
+    """Ray turns it on for a new local runtime and says so at every start; the run keeps it, quietly."""
+    env = {name: value for name, value in own_ray_env.items() if name != "RAY_AUTH_MODE"}
+    warnings, mode = after_connect(
+        env,
+        "import logging, os; warned = []; handler = logging.Handler(); "
+        "handler.emit = lambda record: warned.append(record.getMessage()); "
+        "logging.getLogger('ray._private.authentication').addHandler(handler)",
+        "[warned, os.environ.get('RAY_AUTH_MODE')]",
+    )
+    assert not [message for message in warnings if "Token authentication" in message]
+    assert mode == "token"
