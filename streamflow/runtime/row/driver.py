@@ -362,7 +362,7 @@ class Driver:
         if not down and self.parked:
             parked, self.parked = self.parked, []
             for message in parked:
-                self.outbox.send(self.entry.pick(), message)
+                self.enter(message)
             log.info("%s is wired again: %d parked rows sent on", self.entry.replicas[index].name, len(parked))
 
     async def _count_objects(self) -> None:
