@@ -95,6 +95,12 @@ class Backend:
     package = ""
     python = "python3"
     """The interpreter command that runs Python tool calls inside the sandbox."""
+    contains_processes = False
+    """Whether every process a command starts dies with the command's launcher (a PID namespace of its own).
+
+    Where it does not, the pool also kills every process of the sandbox's user id, which means
+    reading every entry of ``/proc``: about 3 ms per released sandbox with 800 processes alive.
+    """
 
     def missing(self) -> str | None:
         """Why this backend cannot run here (one line saying what to install), or None."""
@@ -121,6 +127,10 @@ class Bubblewrap(Backend):
     name = "bubblewrap"
     executable = "bwrap"
     package = "install it with: apt-get update && apt-get install -y bubblewrap"
+    contains_processes = True
+    """The command runs in a PID namespace (``--unshare-pid``, or ``--unshare-all`` without root) whose
+    first process bubblewrap kills with itself (``--die-with-parent``); the kernel then kills every
+    process left in the namespace and lets none be created, so nothing a tool starts outlives it."""
 
     def __init__(self, interpreter: Interpreter | None = None) -> None:
         self.interpreter = interpreter or Interpreter.running()

@@ -403,8 +403,11 @@ class SandboxPool:
         self._slots.release()
 
     def _kill_user(self, box: _Sandbox) -> None:
-        """Kill every process running as the sandbox's uid (root only: otherwise the uid is ours)."""
-        if not self.as_root:
+        """Kill every process running as the sandbox's uid, unless the backend already did.
+
+        Root only (otherwise the uid is ours); a backend that contains its processes needs no scan.
+        """
+        if not self.as_root or self.backend.contains_processes:
             return
         for entry in os.listdir("/proc"):
             if not entry.isdigit():

@@ -180,6 +180,10 @@ def _processes_gone(uid, within_s):
     return False
 
 
+def _processes_of(uid):
+    return sum(1 for p in os.listdir("/proc") if p.isdigit() and _uid_of(p) == uid)
+
+
 def _uid_of(pid):
     try:
         return os.stat(f"/proc/{pid}").st_uid
@@ -368,6 +372,47 @@ def test_a_tool_call_that_dies_hogs_or_hangs_costs_only_that_call():
     assert hog.error.startswith("MemoryError")
     assert hung.timed_out and "timed out" in hung.error
     assert after.ok and after.result["sum"] == 3
+
+
+DAEMON = b"""
+import os, signal, time
+
+def detach():
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+                signal.signal(sig, signal.SIG_IGN)
+            while True:
+                time.sleep(1)
+        os._exit(0)
+    return os.getuid()
+"""
+
+
+def test_nothing_a_tool_detaches_outlives_its_sandbox():
+    async def body(pool):
+        box = await pool.acquire("row", files={"tool.py": DAEMON})
+        uid = (await pool.call(box, "tool", "detach")).result
+        await asyncio.sleep(0.3)
+        running = _processes_of(uid)
+        await pool.release(box)
+        return uid, running
+
+    uid, running = pool_run(body)
+    assert running >= 2  # the tool-call server and the detached process that ignores SIGTERM and SIGHUP
+    assert _processes_gone(uid, within_s=2.0)
+
+
+def test_a_command_that_exits_takes_what_it_detached_with_it():
+    detach = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\nprint(os.getuid())"
+
+    async def body(pool):
+        box = await pool.acquire("row")
+        uid = int((await pool.run(box, python(detach))).stdout)
+        return _processes_gone(uid, within_s=2.0)  # while the sandbox is still held
+
+    assert pool_run(body)
 
 
 def test_python_tool_calls_are_as_isolated_as_commands():
