@@ -29,6 +29,7 @@ from msgspec import Meta
 
 from streamflow.errors import RowError, SetupError
 from streamflow.services.sandbox.backends import WORKER_CODE, Backend, Limits, backend_named
+from streamflow.services.sandbox.process import SandboxProcess
 
 __all__ = ["CallResult", "ExecResult", "SandboxError", "SandboxPool", "SandboxSettings"]
 
@@ -100,7 +101,7 @@ class _Sandbox:
     directory: str
     owner: str
     touched: float
-    worker: asyncio.subprocess.Process | None = None
+    worker: SandboxProcess | None = None
     """The sandbox's Python tool-call server, started by its first ``call``."""
     calling: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -220,19 +221,11 @@ class SandboxPool:
         command = self._command(box, argv)
         async with self._running:
             started = time.monotonic()
-            process = await asyncio.create_subprocess_exec(
-                *command,
-                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-            )
+            process = await SandboxProcess.start(command, stdin=stdin is not None, limit=MAX_OUTPUT_BYTES)
             reading = asyncio.gather(_read_capped(process.stdout), _read_capped(process.stderr))
             if stdin is not None and process.stdin is not None:
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    process.stdin.write(stdin)
-                    await process.stdin.drain()
-                process.stdin.close()
+                process.stdin.write(stdin)
+                process.stdin.close()  # after what is buffered is written
             timed_out = False
             try:
                 await asyncio.wait_for(process.wait(), timeout)
@@ -280,15 +273,12 @@ class SandboxPool:
                 worker = box.worker = await self._start_worker(box)
             assert worker.stdin is not None and worker.stdout is not None
             try:
-                worker.stdin.write(request.encode())
-                await worker.stdin.drain()
+                worker.stdin.write(request.encode())  # a dead worker's closed pipe drops it: its reply is EOF
                 line = await asyncio.wait_for(worker.stdout.readline(), timeout)
             except TimeoutError:
                 self.counts["timeouts"] += 1
                 await self._stop_worker(box)
                 return CallResult(error=f"timed out after {timeout:g} s", timed_out=True, duration_s=timeout)
-            except (BrokenPipeError, ConnectionResetError):
-                line = b""
             except ValueError:  # a reply line over the output cap
                 await self._stop_worker(box)
                 return CallResult(error=f"the reply is larger than {MAX_OUTPUT_BYTES} bytes")
@@ -297,6 +287,7 @@ class SandboxPool:
             took = round(time.monotonic() - started, 4)
             if not line:
                 code = await worker.wait()
+                worker.close_pipes()
                 box.worker = None
                 return CallResult(
                     error=f"the tool process died (exit {code}): {self._stderr_tail(box)}", duration_s=took
@@ -362,17 +353,10 @@ class SandboxPool:
         """The backend's command line for ``argv`` in ``box``; without root, as our own user (changing it needs root)."""
         return self.backend.command(box.directory, argv, self.settings.limits(), box.uid if self.as_root else None)
 
-    async def _start_worker(self, box: _Sandbox) -> asyncio.subprocess.Process:
+    async def _start_worker(self, box: _Sandbox) -> SandboxProcess:
         command = self._command(box, [self.backend.python, "-I", "-S", "-c", WORKER_CODE])
         with open(self._stderr_path(box), "ab") as log_file:  # noqa: ASYNC230 (opened once per sandbox, for the child to inherit)
-            return await asyncio.create_subprocess_exec(
-                *command,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=log_file,
-                start_new_session=True,
-                limit=MAX_OUTPUT_BYTES,
-            )
+            return await SandboxProcess.start(command, stdin=True, stderr=log_file, limit=MAX_OUTPUT_BYTES)
 
     async def _stop_worker(self, box: _Sandbox) -> None:
         worker, box.worker = box.worker, None
@@ -382,6 +366,7 @@ class SandboxPool:
         if worker is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(worker.wait(), 5)
+            worker.close_pipes()
 
     def _stderr_path(self, box: _Sandbox) -> str:
         return os.path.join(self.root, f"{box.slot}.stderr")  # outside the sandbox: the tool cannot forge it
