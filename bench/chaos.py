@@ -44,6 +44,7 @@ STEPS = ("english", "classify", "score", "question")
 CALM = "undisturbed"
 NO_CACHE = "undisturbed, cache off"
 PREFIX = ", prefix caching"
+RELAY = ", relay"
 
 
 class Config(NamedTuple):
@@ -51,11 +52,12 @@ class Config(NamedTuple):
     every_s: float | None
     prefix_caching: bool
     response_cache: bool = True
+    relay: bool = False
 
     @property
     def reference(self) -> str:
-        """The undisturbed run this one is compared with: same kind of server."""
-        return CALM + PREFIX if self.prefix_caching else CALM
+        """The undisturbed run this one is compared with: same kind of server, same way to it."""
+        return CALM + (PREFIX if self.prefix_caching else "") + (RELAY if self.relay else "")
 
 
 def run_once(config: Config, run_id: str, args: argparse.Namespace, out: str) -> dict[str, Any]:
@@ -71,6 +73,7 @@ def run_once(config: Config, run_id: str, args: argparse.Namespace, out: str) ->
         "progress=off",
         "metrics.enabled=false",
         f"llm.sim.prefix_caching={str(config.prefix_caching).lower()}",
+        f"llm.relay={str(config.relay).lower()}",
         *(f"operators.{step}.replicas={args.replicas}" for step in STEPS),
     ]
     if not config.response_cache:
@@ -128,17 +131,24 @@ def main() -> None:
     parser.add_argument(
         "--prefix-caching", choices=("both", "off", "on"), default="both", help="simulated server kinds to run on"
     )
+    parser.add_argument(
+        "--relay",
+        choices=("both", "off", "on"),
+        default="off",
+        help="LLM requests through a relay per node (llm.relay)",
+    )
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args()
 
-    kinds = {"both": (False, True), "off": (False,), "on": (True,)}[args.prefix_caching]
+    kinds = {"both": (False, True), "off": (False,), "on": (True,)}
     configs: list[Config] = []
-    for prefix in kinds:
-        suffix = PREFIX if prefix else ""
-        configs.append(Config(CALM + suffix, None, prefix))
-        configs.extend(Config(f"kill every {s:g} s{suffix}", s, prefix) for s in args.every_s)
-        if args.cache_cost:
-            configs.append(Config(NO_CACHE + suffix, None, prefix, response_cache=False))
+    for relay in kinds[args.relay]:
+        for prefix in kinds[args.prefix_caching]:
+            suffix = (PREFIX if prefix else "") + (RELAY if relay else "")
+            configs.append(Config(CALM + suffix, None, prefix, relay=relay))
+            configs.extend(Config(f"kill every {s:g} s{suffix}", s, prefix, relay=relay) for s in args.every_s)
+            if args.cache_cost and not relay:  # the relay keeps its answers in the response cache
+                configs.append(Config(NO_CACHE + suffix, None, prefix, response_cache=False))
     ray.init(include_dashboard=False, logging_level="WARNING")
     rounds: list[dict[str, dict[str, Any]]] = []
     with tempfile.TemporaryDirectory(prefix="sf-chaos-") as out:

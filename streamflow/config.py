@@ -146,6 +146,8 @@ class LLMConfig(msgspec.Struct, forbid_unknown_fields=True):
     circuit_failures: Count = 5
     circuit_cooldown_s: float = 2.0
     cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
+    relay: bool = False
+    """Row mode: send LLM requests through a relay actor per node, so a killed actor's calls finish."""
     sim: SimSettings = msgspec.field(default_factory=SimSettings)
     models: dict[
         str, Annotated[list[Url], Meta(min_length=1, description="endpoint URLs like [http://host:8000/v1]")]
@@ -290,6 +292,9 @@ def check(data: Any) -> RunConfig:
         raise ConfigError(msg)
     if cfg.llm.backend == "openai" and not (cfg.llm.urls() or cfg.llm.endpoints_dir):
         msg = "config: llm.backend=openai needs llm.base_url=http://host:port/v1 or llm.endpoints=[...]."
+        raise ConfigError(msg)
+    if cfg.llm.relay and not cfg.llm.cache.enabled:
+        msg = "config: llm.relay=true keeps the answers of killed actors' calls in the response cache; drop llm.cache.enabled=false."
         raise ConfigError(msg)
     if cfg.sandbox.backend == "apptainer" and not cfg.sandbox.image:
         msg = "config: sandbox.backend=apptainer needs sandbox.image=PATH.sif (the image tools run in)."

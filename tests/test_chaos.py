@@ -66,12 +66,17 @@ def assert_same_output(frame, undisturbed):
     assert changed.is_empty(), changed.select("row_id", "status", "status_calm", "error").to_dicts()[:5]
 
 
-def test_killing_operator_actors_every_few_seconds_loses_and_duplicates_nothing(ray_runtime, tmp_path, undisturbed):
+@pytest.mark.parametrize("relay", [False, True], ids=["direct", "relay"])
+def test_killing_operator_actors_every_few_seconds_loses_and_duplicates_nothing(
+    ray_runtime, tmp_path, undisturbed, relay
+):
     steps = ("english", "classify", "score", "question")
     # The four steps fuse into one group of 2 replicas, so every kill takes half of the rows in
     # flight, and a row can be caught again and again; the give-up rule (recovery.max_attempts)
-    # has its own test below, this one is about losing nothing.
-    result, kills = run_while_killing(tmp_path, "ops", every_s=3.0, only=steps, extra=["recovery.max_attempts=1000"])
+    # has its own test below, this one is about losing nothing. With the relay, the calls of a
+    # killed actor finish and the re-admitted rows take their answers.
+    extra = ["recovery.max_attempts=1000", f"llm.relay={str(relay).lower()}"]
+    result, kills = run_while_killing(tmp_path, f"ops-{relay}", every_s=3.0, only=steps, extra=extra)
     assert_same_output(read_output(result), undisturbed)
     assert result.balanced and result.restarts >= 1 and result.readmitted >= 1, (kills, result.restarts)
 

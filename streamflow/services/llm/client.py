@@ -36,7 +36,7 @@ from streamflow.services.llm.usage import LATENCY_BOUNDS_S, ROW_USAGE, Usage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Completion", "LLMClient", "StepLLM"]
+__all__ = ["Completion", "LLMClient", "StepLLM", "is_completion"]
 
 
 class Completion(msgspec.Struct, frozen=True):
@@ -126,6 +126,8 @@ class LLMClient:
         self._breaker = breaker or Breaker()
         self._cache = cache
         self._transport: Transport = transport or HTTPTransport()
+        self._relayed = getattr(self._transport, "keeps_answers", False)
+        """The transport is a relay: it takes the cache key of each request and writes the answers itself."""
         self._usage: dict[str, Usage] = {}
         self._replica_usage: dict[str, Usage] = {}
         self._latency_counts: dict[str, list[int]] = {}
@@ -248,7 +250,12 @@ class LLMClient:
             per_replica.requests += 1
             replica.inflight += 1
             try:
-                reply = await self._transport.post(replica.url + path, body, self._headers, self._timeout_s)
+                if self._relayed:
+                    reply = await self._transport.post(  # type: ignore[call-arg]
+                        replica.url + path, body, self._headers, self._timeout_s, key=cache_key
+                    )
+                else:
+                    reply = await self._transport.post(replica.url + path, body, self._headers, self._timeout_s)
                 completion = self._parse(reply, replica.url, started)
             except LLMError as exc:
                 if exc.retryable:
@@ -282,7 +289,7 @@ class LLMClient:
                 counter.completion_tokens += completion.completion_tokens
                 counter.latency_s += completion.latency_s
             self._count_latency(step, completion.latency_s)
-            if cache_key is not None and self._cache is not None:
+            if cache_key is not None and self._cache is not None and not self._relayed:
                 self._cache.put(cache_key, reply.body)
             return completion
 
@@ -372,6 +379,14 @@ class StepLLM:
     async def complete(self, prompt: str, *, model: str | None = None, **params: Any) -> Completion:
         """See ``LLMClient.complete``."""
         return await self._client.complete(prompt, model=model, step=self.step, scope=self._scope, **params)
+
+
+def is_completion(body: bytes) -> bool:
+    """Whether a 200's body is a completion this client accepts: what the response cache may keep."""
+    try:
+        return bool(_decode_reply(body).choices)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False
 
 
 def _without_none(params: Mapping[str, Any]) -> dict[str, Any]:

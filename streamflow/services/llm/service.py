@@ -21,6 +21,7 @@ from streamflow.services.engines.llamacpp import gguf_path
 from streamflow.services.llm import LLMClient
 from streamflow.services.llm.balancer import Breaker
 from streamflow.services.llm.cache import ResponseCache
+from streamflow.services.llm.relay import RelayTransport, start_relays
 from streamflow.services.sim import PROFILES, SimConfig
 
 __all__ = ["LLMAccess", "LLMService", "engine_spec", "sim_config"]
@@ -35,12 +36,15 @@ class LLMAccess:
     config: LLMConfig
     endpoints: dict[str, list[str]]
     api_key: str | None = field(default=None, repr=False)
+    relays: dict[str, Any] = field(default_factory=dict)
+    """Node id -> the relay actor of that node (``llm.relay=true``)."""
 
     def client(self) -> LLMClient | None:
         """One client for this process; None with ``llm.backend=none``."""
         cfg = self.config
         if cfg.backend == "none":
             return None
+        relay = self.relays.get(ray.get_runtime_context().get_node_id()) if self.relays else None
         return LLMClient(
             self.endpoints,
             model=cfg.model,
@@ -49,6 +53,7 @@ class LLMAccess:
             max_retries=cfg.max_retries,
             breaker=Breaker(cfg.circuit_failures, cfg.circuit_cooldown_s),
             cache=ResponseCache(cfg.cache.path) if cfg.cache.enabled and cfg.cache.path else None,
+            transport=RelayTransport(relay) if relay is not None else None,
         )
 
 
@@ -96,12 +101,19 @@ class LLMService:
     """Starts, tracks and stops the replicas behind ``llm.model``."""
 
     def __init__(
-        self, config: LLMConfig, replicas: dict[str, Any], api_key: str | None, *, engines: bool = False
+        self,
+        config: LLMConfig,
+        replicas: dict[str, Any],
+        api_key: str | None,
+        *,
+        engines: bool = False,
+        relays: dict[str, Any] | None = None,
     ) -> None:
         self.config = config
         self.replicas = replicas  # url -> actor handle, for replicas started by this run
         self.api_key = api_key
         self.engines = engines  # vLLM / SGLang servers, which deserve a graceful stop
+        self.relays = relays or {}
         self.lost: list[str] = []
 
     @classmethod
@@ -125,12 +137,13 @@ class LLMService:
             # No CPU reserved: the servers would otherwise take the cores Ray gives the pipeline's actors.
             urls, started = await start_engine_replicas(spec, config.replicas, log_dir=log_dir, num_gpus=0, num_cpus=0)
             handles = dict(zip(urls, started, strict=True))
-        return cls(config, handles, api_key, engines=config.backend in ("vllm", "sglang", "llamacpp"))
+        relays = start_relays(config.cache.path) if config.relay and config.cache.path else None
+        return cls(config, handles, api_key, engines=config.backend in ("vllm", "sglang", "llamacpp"), relays=relays)
 
     def access(self) -> LLMAccess:
         """Connection details for workers, with the endpoints alive now."""
         endpoints = {**{model: list(urls) for model, urls in self.config.models.items()}, self.config.model: self.urls}
-        return LLMAccess(self.config, endpoints, self.api_key)
+        return LLMAccess(self.config, endpoints, self.api_key, self.relays)
 
     @property
     def urls(self) -> list[str]:
@@ -158,7 +171,7 @@ class LLMService:
         """Stop the replicas this run started (engines gracefully)."""
         if self.engines and self.replicas:
             await stop_engine_replicas(list(self.replicas.values()))
-        for handle in self.replicas.values():
+        for handle in [*self.replicas.values(), *self.relays.values()]:
             try:
                 ray.kill(handle)
             except Exception as exc:  # already gone is fine
