@@ -12,12 +12,14 @@ against a simulated server without prefix caching and one with it (vLLM V1's def
 prompt sent again after its caller died is not prefilled again), each compared with the
 undisturbed run on the same kind of server; ``--prefix-caching off|on`` runs one kind only.
 ``--cache-cost`` adds an undisturbed run with the response cache off to each round, to price
-the cache itself.
+the cache itself. ``--relay on|both`` sends the LLM requests through a relay actor per node
+(``llm.relay=true``), whose calls outlive a killed actor.
 Matrix reports a 5% throughput drop with one kill every 10 minutes; the targets here are at
 most 10% with one kill every 10 s and at most 3% with one every 60 s. Run:
 
     python -m bench.chaos                              # kills every 10 s and every 60 s, 3 rounds, ~25 minutes
     python -m bench.chaos --cache-cost --json chaos.json
+    python -m bench.chaos --every-s 10 --prefix-caching off --relay both
     python -m bench.chaos --limit 500 --every-s 5 --rounds 1
 """
 
