@@ -8,7 +8,6 @@ import pyarrow.parquet as pq
 from streamflow import Flow, Message, Operator
 from streamflow.run import prepare
 from streamflow.runtime.row import driver as driver_module
-from streamflow.runtime.row.admission import Admission
 from streamflow.runtime.row.driver import Driver
 from streamflow.runtime.row.outbox import Peer, Peers
 from streamflow.runtime.row.recovery import Readmit, Resend
@@ -79,10 +78,7 @@ def test_input_rows_admitted_while_every_first_step_replica_restarts_wait_in_the
     first = driver.groups[0].name
     driver._entry_down((first, 0), True)
     driver._entry_down((first, 1), True)
-    admission = Admission(
-        driver.plan, driver.flow.first, 0, frozenset(), driver.ledger, driver.outbox, driver.entry, driver.enter, [], []
-    )
-    asyncio.run(admission.read(driver.plan.partitions[0]))
+    asyncio.run(driver.admission().read(driver.plan.partitions[0]))
     assert sent == []
     assert len(driver.parked) == driver.ledger.admitted == 3
     driver._entry_down((first, 0), False)

@@ -218,22 +218,26 @@ class Driver:
             len(self.stats), time.monotonic() - began, serving - began,
         )  # fmt: skip
 
-    async def stream(self) -> None:
-        """Admit every input row and return once each one is committed."""
-        ledger = self.ledger
-        progress = Progress(self.plan.total_rows - len(self.skip), mode=self.cfg.progress)
-        admission = Admission(
+    def admission(self) -> Admission:
+        """What reads the input and sends each new row in through ``enter``, within ``max_inflight``."""
+        return Admission(
             self.plan,
             self.flow.first,
             self.cfg.seed,
             self.skip,
-            ledger,
+            self.ledger,
             self.outbox,
             self.entry,
             self.enter,
             self.sink_peers,
             self.unreadable,
         )
+
+    async def stream(self) -> None:
+        """Admit every input row and return once each one is committed."""
+        ledger = self.ledger
+        progress = Progress(self.plan.total_rows - len(self.skip), mode=self.cfg.progress)
+        admission = self.admission()
         readers = admission.readers()
         background = [
             asyncio.create_task(admission.finish_reading(readers)),
