@@ -147,7 +147,7 @@ class LLMConfig(msgspec.Struct, forbid_unknown_fields=True):
     circuit_cooldown_s: float = 2.0
     cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
     relay: bool = False
-    """Row mode: send LLM requests through a relay actor per node, so a killed actor's calls finish."""
+    """Send LLM requests through a relay actor per node, so the calls of an actor that dies finish."""
     sim: SimSettings = msgspec.field(default_factory=SimSettings)
     models: dict[
         str, Annotated[list[Url], Meta(min_length=1, description="endpoint URLs like [http://host:8000/v1]")]
