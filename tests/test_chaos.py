@@ -162,11 +162,14 @@ def test_with_recovery_off_a_dead_actor_fails_the_run_naming_the_setting(ray_run
         streamflow.run(flow, overrides)
 
 
-def test_losing_a_node_of_a_cluster_loses_and_duplicates_nothing(tmp_path, undisturbed):
+@pytest.mark.parametrize("relay", [False, True], ids=["direct", "relay"])
+def test_losing_a_node_of_a_cluster_loses_and_duplicates_nothing(tmp_path, undisturbed, relay):
     script = ROOT / "tests" / "cluster_node_loss.py"
     # Steps in actors of their own (not fused): rows hop between nodes, so offloaded values cross them.
+    # With the relay, the lost node's relay goes with it and the other nodes' relays carry on.
     unfused = [f"operators.{step}.fuse=false" for step in ("english", "classify", "score", "question")]
     overrides = [*settings(tmp_path), *unfused, "llm.replicas=2", "output.part_rows=10", "offload_threshold=512"]
+    overrides.append(f"llm.relay={str(relay).lower()}")
     command = [sys.executable, "-P", str(script), str(NR_PIPELINE), "node", *overrides]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
