@@ -154,7 +154,8 @@ def wait_for_cluster(
         shape = ClusterShape.of(nodes())
         gap = shape.missing(want)
         if gap is None:
-            log.info("Ray cluster: %d nodes, %g CPUs, %g GPUs", shape.nodes, shape.cpus, shape.gpus)
+            nodes = "1 node" if shape.nodes == 1 else f"{shape.nodes} nodes"
+            log.info("Ray cluster: %s, %g CPUs, %g GPUs", nodes, shape.cpus, shape.gpus)
             return shape
         waited = clock() - started
         if waited >= want.wait_s:
