@@ -154,8 +154,8 @@ def wait_for_cluster(
         shape = ClusterShape.of(nodes())
         gap = shape.missing(want)
         if gap is None:
-            nodes = "1 node" if shape.nodes == 1 else f"{shape.nodes} nodes"
-            log.info("Ray cluster: %s, %g CPUs, %g GPUs", nodes, shape.cpus, shape.gpus)
+            size = "1 node" if shape.nodes == 1 else f"{shape.nodes} nodes"
+            log.info("Ray cluster: %s, %g CPUs, %g GPUs", size, shape.cpus, shape.gpus)
             return shape
         waited = clock() - started
         if waited >= want.wait_s:
