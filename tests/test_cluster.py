@@ -163,3 +163,29 @@ def test_a_ray_started_for_a_run_keeps_token_authentication_without_warning_abou
     )
     assert not [message for message in warnings if "Token authentication" in message]
     assert mode == "token"
+
+
+def test_a_run_starting_ray_asks_for_its_node_once_the_node_table_has_it(monkeypatch):
+    """Ray's own question retries only every second; the node table is read every few milliseconds first."""
+    from ray._private import services, state
+
+    from streamflow.cluster import _prompt_node_registration
+
+    reads, asked = [], []
+
+    class NodeTable:
+        def _initialize_global_state(self, options):
+            pass
+
+        def node_table(self):
+            reads.append(1)
+            return [{"NodeID": "abc"}] if len(reads) >= 4 else []
+
+    monkeypatch.setattr(state, "GlobalState", NodeTable)
+    monkeypatch.setattr(services, "_get_gcs_client_options", lambda address: address)
+    monkeypatch.setattr(services, "get_node", lambda address, node_id: asked.append(len(reads)) or {"node": node_id})
+    original = services.get_node
+    with _prompt_node_registration(poll_s=0.001):
+        assert services.get_node("gcs:6379", "abc") == {"node": "abc"}
+    assert asked == [4]  # Ray's own question came after the read that found the node
+    assert services.get_node is original
