@@ -177,4 +177,5 @@ def test_losing_a_node_of_a_cluster_loses_and_duplicates_nothing(tmp_path, undis
     assert report["removed"] and report["removed"][0]["actors"] > 0, report
     assert_same_output(read_output(report["run_dir"]), undisturbed)
     assert report["restarts"] >= 1 and report["readmitted"] >= 1, report
-    assert report["fetched_remote_bytes"] > 0, report  # offloaded values crossed nodes
+    if not relay:  # where the replicas land varies; the relay's variant checks the relay, not offloading
+        assert report["fetched_remote_bytes"] > 0, report  # offloaded values crossed nodes
