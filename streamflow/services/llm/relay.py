@@ -15,6 +15,8 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+import ray
+
 from streamflow.services.llm.cache import ResponseCache
 from streamflow.services.llm.client import is_completion
 from streamflow.services.llm.failures import LLMConnectionError, LLMError
@@ -74,8 +76,6 @@ class RelayTransport:
     ) -> Response:
         if key is None:
             return await self._direct.post(url, body, headers, timeout_s)
-        import ray
-
         try:
             answer = await self._relay.post.remote(key, url, body, dict(headers), timeout_s)
         except ray.exceptions.RayActorError as exc:  # restarting: the call is retried like a lost connection
@@ -94,7 +94,6 @@ class RelayTransport:
 
 def start_relays(cache_path: str) -> dict[str, Any]:
     """One relay actor on every alive node (owned by the caller, the driver); node id -> handle."""
-    import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     actor = ray.remote(LLMRelay)
