@@ -18,7 +18,6 @@ the customer's turns and ``state.counters["tool_calls"]`` the tool calls.
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
 from pathlib import Path
@@ -192,13 +191,13 @@ class Score(Operator):
 
     def __init__(self, params: Params) -> None:
         self.params = params
-        self.initial = json.loads(Path(params.database).read_text())
+        self.initial = Path(params.database).read_text()  # parsed afresh per row: 4x cheaper than a deep copy
 
     async def __call__(self, row: Message, ctx: Context) -> Message:
         box = row["sandbox_id"]
         final = json.loads(await ctx.sandbox.read(box, "db.json"))
         await ctx.sandbox.release(box)
-        expected = copy.deepcopy(self.initial)
+        expected = json.loads(self.initial)
         for name, arguments in json.loads(row["expected_actions"]):
             retail.call(expected, name, arguments)
         differences = diff(expected, final)
@@ -226,17 +225,20 @@ def ending(row: Message, params: Params) -> str:
 
 
 def diff(expected: Any, actual: Any, path: str = "") -> list[str]:
-    """Dotted paths where two JSON values differ."""
+    """Dotted paths where two JSON values differ (equal parts are compared whole, not walked)."""
     if isinstance(expected, dict) and isinstance(actual, dict):
-        keys = sorted(set(expected) | set(actual))
         return [
-            found for key in keys for found in diff(expected.get(key), actual.get(key), f"{path}.{key}".lstrip("."))
+            found
+            for key in sorted(set(expected) | set(actual))
+            if expected.get(key) != actual.get(key)
+            for found in diff(expected.get(key), actual.get(key), f"{path}.{key}".lstrip("."))
         ]
     if isinstance(expected, list) and isinstance(actual, list) and len(expected) == len(actual):
         return [
             found
-            for index, pair in enumerate(zip(expected, actual, strict=False))
-            for found in diff(*pair, f"{path}[{index}]")
+            for index, (one, other) in enumerate(zip(expected, actual, strict=True))
+            if one != other
+            for found in diff(one, other, f"{path}[{index}]")
         ]
     return [] if expected == actual else [path or "."]
 

@@ -74,6 +74,8 @@ def test_diff_names_every_field_that_differs(tau2):
     module = __import__(tau2.build.__module__)
     assert module.diff({"a": {"b": 1, "c": [1, 2]}}, {"a": {"b": 2, "c": [1, 3]}}) == ["a.b", "a.c[1]"]
     assert module.diff({"x": 1}, {"x": 1}) == []
+    assert module.diff({"x": 1, "y": [1]}, {"y": [1, 2], "z": None}) == ["x", "y"]  # gone; resized
+    assert module.diff([{"a": 1}, {"a": 1}], [{"a": 1}, {"a": 2}]) == ["[1].a"]
 
 
 # -- the loop, with scripted agents -----------------------------------------------------------
