@@ -11,7 +11,6 @@ import importlib
 import json
 import os
 import sys
-import traceback
 
 
 def main() -> None:
@@ -25,6 +24,8 @@ def main() -> None:
             reply = {"result": function(**request.get("arguments", {}))}
             text = json.dumps(reply, default=str)
         except Exception as exc:
+            import traceback  # only now: importing it costs each sandbox milliseconds of CPU at start
+
             traceback.print_exc()
             text = json.dumps({"error": f"{type(exc).__name__}: {exc}"})
         replies.write(text + "\n")
