@@ -13,7 +13,8 @@ per row it keeps (in flight, or accepted and waiting for its part), the step act
 flight, the sinks per row buffered. At the end it reads the output back: every row id once,
 1,000,000 rows. Run:
 
-    python -m bench.soak                       # 1,000,000 rows, about 10 minutes on 2 cores
+    python -m bench.soak                       # 1,000,000 rows, about a minute on 2 cores
+    python -m bench.soak --rows 3000000        # past the step actors' warm-up, about 3 minutes
     python -m bench.soak --rows 100000 --inflight 5000 --json soak.json
 """
 
@@ -220,7 +221,8 @@ def analyse(samples: list[dict[str, Any]], baseline: int, rows: int) -> dict[str
         "rows_in_flight": inflight,
         "bytes_per_row_held_by_driver": added["driver"] / max(held, 1),
         "bytes_per_row_in_flight_in_steps": added["step"] / max(inflight, 1),
-        "bytes_per_row_buffered_in_sinks": added["sink"] / max(held - inflight, 1),
+        # None when the samples caught too few rows waiting for their part to say (fast runs).
+        "bytes_per_row_buffered_in_sinks": added["sink"] / (held - inflight) if held - inflight >= 1_000 else None,
         "bytes_per_committed_row_in_second_half": sum(p["growth"] for p in processes.values()) / committed_between,
     }
 
@@ -234,7 +236,13 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--inflight", type=int, default=50_000)
     parser.add_argument("--text-bytes", type=int, default=100, help="size of each row's text")
-    parser.add_argument("--sample-s", type=float, default=5.0, help="seconds between two memory samples")
+    parser.add_argument(
+        "--sample-s",
+        type=float,
+        default=1.0,
+        help="seconds between two memory samples (each quarter of the rows needs several: a 1,000,000-row run "
+        "can be over in under a minute)",
+    )
     parser.add_argument("--json", help="write the samples and the analysis to this file")
     args = parser.parse_args()
 
@@ -296,12 +304,13 @@ def show(report: dict[str, Any]) -> None:
             f"{p['last_quarter'] / mib:>7.0f} {p['growth'] / mib:>+7.1f} {p['growth_per_committed_row']:>6.1f}  "
             f"{'yes' if p['flat'] else 'no'}"
         )
+    buffered = analysis["bytes_per_row_buffered_in_sinks"]
     print(
         f"driver: {analysis['bytes_per_row_held_by_driver']:,.0f} B per row it holds "
         f"({analysis['rows_held_by_driver']:,.0f} rows in flight or waiting for their part); "
         f"step actors: {analysis['bytes_per_row_in_flight_in_steps']:,.0f} B per row in flight "
-        f"({analysis['rows_in_flight']:,.0f}); sinks: {analysis['bytes_per_row_buffered_in_sinks']:,.0f} B per row "
-        f"buffered; all processes: {analysis['bytes_per_committed_row_in_second_half']:+,.1f} B per row committed "
+        f"({analysis['rows_in_flight']:,.0f}); sinks: "
+        f"{'too few rows buffered to say' if buffered is None else f'{buffered:,.0f} B per row buffered'}; all processes: {analysis['bytes_per_committed_row_in_second_half']:+,.1f} B per row committed "
         "in the second half of the run"
     )
 
