@@ -31,7 +31,7 @@ from streamflow.services.llm.failures import (
     LLMRateLimited,
     LLMServerError,
 )
-from streamflow.services.llm.transport import HTTPTransport, Response, Transport
+from streamflow.services.llm.transport import HTTPTransport, Response, Transport, caching
 from streamflow.services.llm.usage import LATENCY_BOUNDS_S, ROW_USAGE, Usage
 
 log = logging.getLogger(__name__)
@@ -126,8 +126,8 @@ class LLMClient:
         self._breaker = breaker or Breaker()
         self._cache = cache
         self._transport: Transport = transport or HTTPTransport()
-        self._relayed = getattr(self._transport, "keeps_answers", False)
-        """The transport is a relay: it takes the cache key of each request and writes the answers itself."""
+        self._caching = caching(self._transport)
+        """The transport itself (a relay) when it takes each request's cache key and writes the answers."""
         self._usage: dict[str, Usage] = {}
         self._replica_usage: dict[str, Usage] = {}
         self._latency_counts: dict[str, list[int]] = {}
@@ -250,8 +250,8 @@ class LLMClient:
             per_replica.requests += 1
             replica.inflight += 1
             try:
-                if self._relayed:
-                    reply = await self._transport.post(  # type: ignore[call-arg]
+                if self._caching is not None:
+                    reply = await self._caching.post(
                         replica.url + path, body, self._headers, self._timeout_s, key=cache_key
                     )
                 else:
@@ -289,7 +289,7 @@ class LLMClient:
                 counter.completion_tokens += completion.completion_tokens
                 counter.latency_s += completion.latency_s
             self._count_latency(step, completion.latency_s)
-            if cache_key is not None and self._cache is not None and not self._relayed:
+            if cache_key is not None and self._cache is not None and self._caching is None:
                 self._cache.put(cache_key, reply.body)
             return completion
 

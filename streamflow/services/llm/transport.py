@@ -2,19 +2,21 @@
 
 ``HTTPTransport`` talks HTTP through one aiohttp connection pool per process; a test can
 pass any object with the same ``post`` method (see ``streamflow.testing.ScriptedTransport``).
+A ``CachingTransport`` (the LLM relay's) also takes each request's response-cache key and
+writes the answers to the cache itself.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Protocol, cast
 
 import aiohttp
 import msgspec
 
 from streamflow.services.llm.failures import LLMConnectionError, LLMTimeout
 
-__all__ = ["HTTPTransport", "Response", "Transport"]
+__all__ = ["CachingTransport", "HTTPTransport", "Response", "Transport", "caching"]
 
 
 class Response(msgspec.Struct, frozen=True):
@@ -35,6 +37,22 @@ class Transport(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class CachingTransport(Transport, Protocol):
+    """A transport that takes each request's response-cache key and keeps the answers itself."""
+
+    keeps_answers: bool
+    """True: the client does not write the answers to the cache again."""
+
+    async def post(
+        self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float, key: bytes | None = None
+    ) -> Response: ...
+
+
+def caching(transport: Transport) -> CachingTransport | None:
+    """``transport`` if it keeps the answers to the requests whose cache key it is given, else None."""
+    return cast("CachingTransport", transport) if getattr(transport, "keeps_answers", False) else None
 
 
 class HTTPTransport:
