@@ -125,18 +125,14 @@ def _without_autoscaler_monitor() -> Iterator[None]:
     except ImportError:
         yield
         return
-    original = parameter.RayParams
 
-    class HeadWithoutMonitor(original):  # type: ignore[misc,valid-type]
+    class HeadWithoutMonitor(parameter.RayParams):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs.setdefault("no_monitor", True)
             super().__init__(*args, **kwargs)
 
-    parameter.RayParams = HeadWithoutMonitor  # type: ignore[misc]
-    try:
+    with _replaced(parameter, "RayParams", HeadWithoutMonitor):
         yield
-    finally:
-        parameter.RayParams = original  # type: ignore[misc]
 
 
 @contextlib.contextmanager
@@ -171,11 +167,19 @@ def _prompt_node_registration(poll_s: float = 0.02, patience_s: float = 10.0) ->
             log.debug("could not watch the node table: %s: %s", type(exc).__name__, exc)
         return original(gcs_address, node_id)
 
-    services.get_node = get_node
+    with _replaced(services, "get_node", get_node):
+        yield
+
+
+@contextlib.contextmanager
+def _replaced(owner: Any, name: str, replacement: Any) -> Iterator[None]:
+    """Within, ``owner.name`` is ``replacement`` (how the two above reach into Ray's start)."""
+    original = getattr(owner, name)
+    setattr(owner, name, replacement)
     try:
         yield
     finally:
-        services.get_node = original
+        setattr(owner, name, original)
 
 
 def wait_for_cluster(
