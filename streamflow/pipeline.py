@@ -96,7 +96,8 @@ def load_pipeline(target: str | Path | Flow | ModuleType) -> Pipeline:
 
 def _import_file(path: Path) -> ModuleType:
     if not path.is_file():
-        msg = f"pipeline file {str(path)!r} does not exist; pass a path like pipelines/natural_reasoning.py."
+        why = "is a folder, not a file" if path.is_dir() else "does not exist"
+        msg = f"pipeline file {str(path)!r} {why}; pass a path like pipelines/natural_reasoning.py."
         raise ConfigError(msg)
     name = f"streamflow_pipeline_{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path.resolve())

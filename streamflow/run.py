@@ -145,7 +145,8 @@ def run(pipeline: str | Path | Flow | ModuleType, overrides: Sequence[str] | Map
     """
     flow, cfg, params, plan, spec = prepare(pipeline, overrides)
     run_dir, resuming = _run_dir(cfg, plan, flow.name)
-    _check_writable(run_dir, "resume" if resuming and cfg.resume != "auto" else "output.dir")
+    location_key = "resume" if resuming and cfg.resume != "auto" else "output.dir"
+    _check_writable(run_dir, location_key)
     if resuming:
         refuse_if_running(run_dir, cfg.output.claim_stale_s)
     if cfg.llm.endpoints_dir:
@@ -157,7 +158,11 @@ def run(pipeline: str | Path | Flow | ModuleType, overrides: Sequence[str] | Map
     if cfg.llm.backend == "llamacpp":
         check_llamacpp(cfg.llm.model, cfg.llm.model_path)
     attempt = RunAttempt(run_dir)
-    attempt.begin()  # claims data/ before reading what is committed: writers of a killed run stop here
+    try:
+        attempt.begin()  # claims data/ before reading what is committed: writers of a killed run stop here
+    except OSError as exc:  # what the checks above cannot see: /proc, a full disk, a file system that refuses
+        msg = f"config: {location_key}: cannot write {run_dir}: {exc.strerror or exc}; choose another directory."
+        raise ConfigError(msg) from None
     try:
         result = _attempt(flow, cfg, params, plan, spec, run_dir, resuming, attempt)
     except BaseException as exc:

@@ -1,6 +1,7 @@
 """The command line: help, exit codes, and one-line errors on stderr."""
 
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,15 @@ def test_a_mistyped_key_exits_2_naming_the_closest_key(main):
 def test_missing_pipeline_file_is_named(main):
     done = main("pipelines/nope.py")
     assert done.returncode == 2 and "pipelines/nope.py" in done.stderr and "does not exist" in done.stderr
+
+
+def test_a_folder_given_as_the_pipeline_is_named_a_folder(main):
+    done = main("pipelines")
+    assert done.returncode == 2
+    assert error_lines(done) == [
+        "streamflow: error: pipeline file 'pipelines' is a folder, not a file; "
+        "pass a path like pipelines/natural_reasoning.py."
+    ]
 
 
 def test_unknown_step_in_operators_names_the_steps(main):
@@ -129,6 +139,17 @@ def test_an_output_dir_that_is_a_file_exits_2_in_one_line_and_creates_nothing(ma
         f"streamflow: error: config: output.dir: {target} is a file, not a directory; point output.dir at a directory."
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs.txt"]
+
+
+def test_an_output_dir_the_file_system_refuses_exits_2_in_one_line(main):
+    """/proc takes no new folders, even from root, whom its permissions let write anywhere."""
+    done = main("pipelines/natural_reasoning.py", "output.dir=/proc/streamflow-runs", "run_id=r")
+    assert done.returncode == 2
+    [line] = error_lines(done)
+    assert line.startswith("streamflow: error: config: output.dir: ") and "/proc" in line
+    if os.geteuid() == 0:
+        run_dir = "/proc/streamflow-runs/natural_reasoning/r"
+        assert line.endswith(f"cannot write {run_dir}: No such file or directory; choose another directory.")
 
 
 def test_an_output_dir_on_a_read_only_file_system_exits_2_in_one_line(tmp_path):
