@@ -76,9 +76,11 @@ def connect(cfg: RunConfig) -> bool:
     local = address == "local"
     if not local:
         log.info("joining the Ray cluster at %s", address)
-    preload = {"preload_python_modules": list(ROW_MODE_MODULES)} if local and cfg.mode == "row" else None
+    own_row_mode = local and cfg.mode == "row"
+    preload = {"preload_python_modules": list(ROW_MODE_MODULES)} if own_row_mode else None
     with (
         _without_autoscaler_monitor() if local else contextlib.nullcontext(),
+        _without_api_server() if own_row_mode else contextlib.nullcontext(),
         _prompt_node_registration() if local else contextlib.nullcontext(),
         _quiet_token_auth_notice(),
     ):
@@ -132,6 +134,31 @@ def _without_autoscaler_monitor() -> Iterator[None]:
             super().__init__(*args, **kwargs)
 
     with _replaced(parameter, "RayParams", HeadWithoutMonitor):
+        yield
+
+
+@contextlib.contextmanager
+def _without_api_server() -> Iterator[None]:
+    """Within, ``ray.init`` starts its head node without Ray's API server (the dashboard process).
+
+    ``ray.init`` waits until that process has started and published its address, even with
+    ``include_dashboard=False``: a second of CPU on 2 cores, on the way to the first row. Row mode
+    uses none of what it serves (the state API, jobs); batch mode keeps it, because Ray Data
+    asks it for the state of its tasks. If Ray's internals move, Ray starts as usual.
+    """
+    try:
+        from ray._private import node
+    except ImportError:
+        yield
+        return
+    if not hasattr(node.Node, "start_api_server"):
+        yield
+        return
+
+    def skip(self: Any, **_: Any) -> None:
+        self._webui_url = None
+
+    with _replaced(node.Node, "start_api_server", skip):
         yield
 
 

@@ -117,11 +117,12 @@ def test_a_run_starts_its_own_ray_unless_told_which_cluster_to_join(
     assert (calls[0]["address"], calls[0]["num_cpus"]) == (joins, num_cpus)
 
 
-def after_connect(env, before, after):
+def after_connect(env, before, after, mode="row"):
     """Run ``before``, ``connect`` to a Ray of the run's own, then print ``after`` as JSON, in a fresh process."""
+    overrides = ["input.path=rows.jsonl", "ray.num_cpus=1", f"mode={mode}"]
     script = (
         f"import json, sys, ray; from streamflow.cluster import connect; from streamflow.config import compose; {before}; "
-        f"connect(compose({{}}, ['input.path=rows.jsonl', 'ray.num_cpus=1'])); print(json.dumps({after}))"
+        f"connect(compose({{}}, {overrides!r})); print(json.dumps({after}))"
     )
     done = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, check=True
@@ -139,6 +140,23 @@ def test_a_ray_started_for_a_run_has_no_autoscaler_monitor_to_wait_for_at_shutdo
     assert "raylet" in processes
     assert "monitor" not in processes
     assert restored
+
+
+def test_a_ray_started_for_a_row_mode_run_has_no_api_server_to_wait_for(own_ray_env):
+    """``ray.init`` waits until that process is up, and row mode uses nothing it serves."""
+    processes, restored = after_connect(
+        own_ray_env,
+        "from ray._private import node; before = node.Node.start_api_server",
+        "[sorted(ray._private.worker._global_node.all_processes), node.Node.start_api_server is before]",
+    )
+    assert "raylet" in processes
+    assert "dashboard" not in processes
+    assert restored
+
+
+def test_a_ray_started_for_a_batch_mode_run_keeps_its_api_server_for_ray_data(own_ray_env):
+    processes = after_connect(own_ray_env, "pass", "sorted(ray._private.worker._global_node.all_processes)", "batch")
+    assert "dashboard" in processes
 
 
 def test_the_idle_workers_of_a_ray_started_for_a_row_mode_run_import_the_actors_modules_ahead(own_ray_env):
