@@ -305,13 +305,13 @@ def show(report: dict[str, Any]) -> None:
             f"{'yes' if p['flat'] else 'no'}"
         )
     buffered = analysis["bytes_per_row_buffered_in_sinks"]
+    sinks = "too few rows buffered to say" if buffered is None else f"{buffered:,.0f} B per row buffered"
     print(
         f"driver: {analysis['bytes_per_row_held_by_driver']:,.0f} B per row it holds "
         f"({analysis['rows_held_by_driver']:,.0f} rows in flight or waiting for their part); "
         f"step actors: {analysis['bytes_per_row_in_flight_in_steps']:,.0f} B per row in flight "
-        f"({analysis['rows_in_flight']:,.0f}); sinks: "
-        f"{'too few rows buffered to say' if buffered is None else f'{buffered:,.0f} B per row buffered'}; all processes: {analysis['bytes_per_committed_row_in_second_half']:+,.1f} B per row committed "
-        "in the second half of the run"
+        f"({analysis['rows_in_flight']:,.0f}); sinks: {sinks}; all processes: "
+        f"{analysis['bytes_per_committed_row_in_second_half']:+,.1f} B per row committed in the second half of the run"
     )
 
 

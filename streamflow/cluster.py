@@ -200,7 +200,7 @@ def _prompt_node_registration(poll_s: float = 0.02, patience_s: float = 10.0) ->
 
 @contextlib.contextmanager
 def _replaced(owner: Any, name: str, replacement: Any) -> Iterator[None]:
-    """Within, ``owner.name`` is ``replacement`` (how the two above reach into Ray's start)."""
+    """Within, ``owner.name`` is ``replacement`` (how the context managers above reach into Ray's start)."""
     original = getattr(owner, name)
     setattr(owner, name, replacement)
     try:
