@@ -147,7 +147,7 @@ class LLMConfig(msgspec.Struct, forbid_unknown_fields=True):
     circuit_cooldown_s: float = 2.0
     cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
     relay: bool = False
-    """Send LLM requests through a relay actor per node, so the calls of an actor that dies finish."""
+    """Send LLM requests through a relay process per node, so the calls of an actor that dies finish."""
     sim: SimSettings = msgspec.field(default_factory=SimSettings)
     models: dict[
         str, Annotated[list[Url], Meta(min_length=1, description="endpoint URLs like [http://host:8000/v1]")]
@@ -160,6 +160,11 @@ class LLMConfig(msgspec.Struct, forbid_unknown_fields=True):
         if self.backend == "auto":
             return not (self.base_url or self.endpoints or self.endpoints_dir)
         return self.backend == "sim"
+
+    @property
+    def uses_relay(self) -> bool:
+        """True when requests go through relays: they hand answers on through the response cache, so not without it."""
+        return self.relay and self.cache.enabled and bool(self.cache.path)
 
     @property
     def uses_external(self) -> bool:
@@ -292,9 +297,6 @@ def check(data: Any) -> RunConfig:
         raise ConfigError(msg)
     if cfg.llm.backend == "openai" and not (cfg.llm.urls() or cfg.llm.endpoints_dir):
         msg = "config: llm.backend=openai needs llm.base_url=http://host:port/v1 or llm.endpoints=[...]."
-        raise ConfigError(msg)
-    if cfg.llm.relay and not cfg.llm.cache.enabled:
-        msg = "config: llm.relay=true keeps the answers of killed actors' calls in the response cache; drop llm.cache.enabled=false."
         raise ConfigError(msg)
     if cfg.sandbox.backend == "apptainer" and not cfg.sandbox.image:
         msg = "config: sandbox.backend=apptainer needs sandbox.image=PATH.sif (the image tools run in)."

@@ -213,6 +213,7 @@ class Driver:
         self.stats = await start_step_actors(self.actors, self.wiring, self.service.access())
         for replica, stats in self.stats.items():
             self.recovery.started(replica, stats.incarnation)
+        self.service.start_relays()
         log.info(
             "started %d step actors in %.1f s (LLM service ready after %.1f s)",
             len(self.stats), time.monotonic() - began, serving - began,

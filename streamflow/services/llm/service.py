@@ -21,7 +21,7 @@ from streamflow.services.engines.llamacpp import gguf_path
 from streamflow.services.llm import LLMClient
 from streamflow.services.llm.balancer import Breaker
 from streamflow.services.llm.cache import ResponseCache
-from streamflow.services.llm.relay import RelayTransport, start_relays
+from streamflow.services.llm.relay import RelayTransport, relay_addresses, start_relays
 from streamflow.services.sim import PROFILES, SimConfig
 
 __all__ = ["LLMAccess", "LLMService", "engine_spec", "sim_config"]
@@ -36,14 +36,15 @@ class LLMAccess:
     config: LLMConfig
     endpoints: dict[str, list[str]]
     api_key: str | None = field(default=None, repr=False)
-    relays: dict[str, Any] = field(default_factory=dict)
-    """Node id -> the relay actor of that node (``llm.relay=true``)."""
+    relays: dict[str, str] = field(default_factory=dict)
+    """Node id -> where the relay of that node listens (``llm.relay``)."""
 
     def client(self) -> LLMClient | None:
         """One client for this process; None with ``llm.backend=none``."""
         cfg = self.config
         if cfg.backend == "none":
             return None
+        cache = ResponseCache(cfg.cache.path) if cfg.cache.enabled and cfg.cache.path else None
         relay = self.relays.get(ray.get_runtime_context().get_node_id()) if self.relays else None
         return LLMClient(
             self.endpoints,
@@ -52,8 +53,8 @@ class LLMAccess:
             timeout_s=cfg.timeout_s,
             max_retries=cfg.max_retries,
             breaker=Breaker(cfg.circuit_failures, cfg.circuit_cooldown_s),
-            cache=ResponseCache(cfg.cache.path) if cfg.cache.enabled and cfg.cache.path else None,
-            transport=RelayTransport(relay) if relay is not None else None,
+            cache=cache,
+            transport=RelayTransport(relay, cache) if relay is not None else None,
         )
 
 
@@ -107,13 +108,14 @@ class LLMService:
         api_key: str | None,
         *,
         engines: bool = False,
-        relays: dict[str, Any] | None = None,
+        relay_addresses: dict[str, str] | None = None,
     ) -> None:
         self.config = config
         self.replicas = replicas  # url -> actor handle, for replicas started by this run
         self.api_key = api_key
         self.engines = engines  # vLLM / SGLang servers, which deserve a graceful stop
-        self.relays = relays or {}
+        self.relay_addresses = relay_addresses or {}  # node id -> where its relay listens (once started)
+        self.relays: dict[str, Any] = {}  # node id -> relay actor
         self.lost: list[str] = []
 
     @classmethod
@@ -137,13 +139,23 @@ class LLMService:
             # No CPU reserved: the servers would otherwise take the cores Ray gives the pipeline's actors.
             urls, started = await start_engine_replicas(spec, config.replicas, log_dir=log_dir, num_gpus=0, num_cpus=0)
             handles = dict(zip(urls, started, strict=True))
-        relays = start_relays(config.cache.path) if config.relay and config.cache.path else None
-        return cls(config, handles, api_key, engines=config.backend in ("vllm", "sglang", "llamacpp"), relays=relays)
+        addresses = relay_addresses() if config.uses_relay else None
+        engines = config.backend in ("vllm", "sglang", "llamacpp")
+        return cls(config, handles, api_key, engines=engines, relay_addresses=addresses)
+
+    def start_relays(self) -> None:
+        """Start the relays (``llm.relay``); until one listens, its node's requests go straight to the servers.
+
+        Called once the pipeline's actors are started, so that the relays do not delay them.
+        """
+        cache_path = self.config.cache.path
+        if self.relay_addresses and not self.relays and cache_path:
+            self.relays = start_relays(cache_path, self.relay_addresses)
 
     def access(self) -> LLMAccess:
         """Connection details for workers, with the endpoints alive now."""
         endpoints = {**{model: list(urls) for model, urls in self.config.models.items()}, self.config.model: self.urls}
-        return LLMAccess(self.config, endpoints, self.api_key, self.relays)
+        return LLMAccess(self.config, endpoints, self.api_key, self.relay_addresses)
 
     @property
     def urls(self) -> list[str]:

@@ -1,17 +1,24 @@
 """A relay sends each request once, and its answer outlives the caller that asked for it."""
 
 import asyncio
+import tempfile
 
 import msgspec
 import pytest
 import ray
 
-from streamflow import ConfigError
-from streamflow.config import compose
+from streamflow.config import CacheConfig, LLMConfig
 from streamflow.services.llm import LLMClient
 from streamflow.services.llm.cache import ResponseCache
 from streamflow.services.llm.failures import LLMConnectionError, LLMTimeout
-from streamflow.services.llm.relay import LLMRelay, RelayTransport
+from streamflow.services.llm.relay import (
+    LLMRelay,
+    RelayTransport,
+    listening_socket,
+    relay_address,
+    relay_addresses,
+    start_relays,
+)
 from streamflow.services.llm.transport import Response
 from streamflow.testing import ScriptedTransport
 
@@ -86,45 +93,139 @@ def test_a_failed_request_comes_back_as_a_value_and_is_sent_again_next_time(tmp_
     assert isinstance(failed, LLMTimeout) and answered.status == 200 and len(calls) == 2
 
 
-class FakeHandle:
-    """A relay actor handle that calls the relay in-process (``handle.post.remote(...)``)."""
+def serving(relay, address):
+    """``relay`` answering on ``address`` from this event loop (a task to cancel at the end)."""
+    return asyncio.ensure_future(relay.serve(listening_socket(address)))
 
-    def __init__(self, relay=None, error=None):
-        self.relay, self.error, self.keys = relay, error, []
 
-        class Method:
-            async def remote(inner, key, *args):
-                self.keys.append(key)
-                if self.error is not None:
-                    raise self.error
-                return await self.relay.post(key, *args)
+class NoServer(ScriptedTransport):
+    """A direct transport for clients that must not send anything themselves."""
 
-        self.post = Method()
+    def __init__(self):
+        super().__init__(lambda payload: pytest.fail("the request did not go through the relay"))
 
 
 def test_a_client_on_a_relay_sends_its_cache_keys_and_leaves_the_cache_to_the_relay(tmp_path):
     cache_path = str(tmp_path / "cache.sqlite")
-    handle = FakeHandle(LLMRelay(cache_path, SlowServer(delay_s=0)))
-    client = LLMClient(["http://fake.invalid/v1"], model="fake", cache=ResponseCache(cache_path),
-                       transport=RelayTransport(handle))  # fmt: skip
+    server = SlowServer(delay_s=0)
+    address = relay_address("test", "node-a")
+    cache = ResponseCache(cache_path)
+    client = LLMClient(["http://fake.invalid/v1"], model="fake", cache=cache,
+                       transport=RelayTransport(address, cache, direct=NoServer()))  # fmt: skip
 
     async def body():
+        relaying = serving(LLMRelay(cache_path, server), address)
+        await asyncio.sleep(0)
         first = await client.chat([{"role": "user", "content": "hi"}])
         again = await client.chat([{"role": "user", "content": "hi"}])
+        relaying.cancel()
         return first, again
 
     first, again = asyncio.run(body())
     assert first.text == again.text == "hello"
-    assert len(handle.keys) == 1  # the second call was a cache hit the relay had written
+    assert len(server.requests) == 1  # the second call was a cache hit the relay had written
     assert client.usage()[""].cache_hits == 1
 
 
-def test_a_relay_that_is_restarting_is_a_connection_error_the_client_retries(tmp_path):
-    transport = RelayTransport(FakeHandle(error=ray.exceptions.RayActorError()))
+def test_requests_go_straight_to_the_server_until_the_relay_listens_and_their_answers_are_kept(tmp_path):
+    cache_path = str(tmp_path / "cache.sqlite")
+    direct, relayed = SlowServer(delay_s=0), SlowServer(delay_s=0)
+    address = relay_address("test", "node-b")
+    cache = ResponseCache(cache_path)
+    transport = RelayTransport(address, cache, direct=direct, retry_s=0.05)
+
+    async def body():
+        before = await transport.post(URL, BODY, {}, 5.0, key=b"before")  # nothing listens yet
+        relaying = serving(LLMRelay(cache_path, relayed), address)
+        await asyncio.sleep(0.1)
+        after = await transport.post(URL, BODY, {}, 5.0, key=b"after")
+        relaying.cancel()
+        await transport.close()
+        return before, after
+
+    before, after = asyncio.run(body())
+    assert before.status == after.status == 200
+    assert (len(direct.requests), len(relayed.requests)) == (1, 1)
+    assert cache.get(b"before") == before.body and cache.get(b"after") == after.body
+
+
+def test_many_calls_share_one_connection_and_each_gets_its_own_answer(tmp_path):
+    cache_path = str(tmp_path / "cache.sqlite")
+    server = SlowServer(delay_s=0.01, answer=lambda payload: payload["messages"][0]["content"])
+    address = relay_address("test", "node-c")
+    client = LLMClient(["http://fake.invalid/v1"], model="fake", cache=ResponseCache(cache_path),
+                       transport=RelayTransport(address, ResponseCache(cache_path), direct=NoServer()))  # fmt: skip
+
+    async def body():
+        relaying = serving(LLMRelay(cache_path, server), address)
+        await asyncio.sleep(0)
+        answers = await asyncio.gather(*(client.chat([{"role": "user", "content": f"q{i}"}]) for i in range(50)))
+        relaying.cancel()
+        return [answer.text for answer in answers]
+
+    assert asyncio.run(body()) == [f"q{i}" for i in range(50)]
+
+
+def test_a_relay_failure_comes_back_as_the_same_error():
+    address = relay_address("test", "node-d")
+
+    def answer(payload):
+        raise LLMTimeout("no answer within 5 s")
+
+    async def body(tmp):
+        relaying = serving(LLMRelay(tmp, SlowServer(delay_s=0, answer=answer)), address)
+        await asyncio.sleep(0)
+        try:
+            await RelayTransport(address, None, direct=NoServer()).post(URL, BODY, {}, 5.0, key=b"key")
+        finally:
+            relaying.cancel()
+
+    with tempfile.TemporaryDirectory() as tmp, pytest.raises(LLMTimeout, match="no answer"):
+        asyncio.run(body(f"{tmp}/cache.sqlite"))
+
+
+def test_a_relay_that_goes_away_mid_call_is_a_connection_error_the_client_retries():
+    address = relay_address("test", "node-e")
+
+    async def hang_up(reader, writer):
+        await reader.readexactly(4)
+        writer.close()  # the relay's process died with the call
+
+    async def body():
+        server = await asyncio.start_unix_server(hang_up, sock=listening_socket(address))
+        try:
+            await RelayTransport(address, None, direct=NoServer()).post(URL, BODY, {}, 5.0, key=b"key")
+        finally:
+            server.close()
+
     with pytest.raises(LLMConnectionError, match="relay"):
-        asyncio.run(transport.post(URL, BODY, {}, 5.0, key=b"key"))
+        asyncio.run(body())
 
 
-def test_a_relay_needs_the_response_cache():
-    with pytest.raises(ConfigError, match=r"llm\.relay"):
-        compose({}, ["input.path=rows.jsonl", "llm.relay=true", "llm.cache.enabled=false"])
+def test_a_relay_actor_answers_for_the_steps_of_its_node(ray_runtime, tmp_path):
+    cache_path = str(tmp_path / "cache.sqlite")
+    addresses = relay_addresses()
+    handles = start_relays(cache_path, addresses)
+    node = ray.get_runtime_context().get_node_id()
+    assert ray.get(handles[node].ready.remote()) == addresses[node]
+
+    async def body():
+        # The relay sends to an address nothing serves: its failure comes back through the socket.
+        transport = RelayTransport(addresses[node], ResponseCache(cache_path), direct=NoServer())
+        try:
+            await transport.post("http://127.0.0.1:9/v1/chat/completions", BODY, {}, 5.0, key=b"key")
+        finally:
+            await transport.close()
+
+    try:
+        with pytest.raises(LLMConnectionError, match=r"127\.0\.0\.1:9"):
+            asyncio.run(body())
+    finally:
+        for handle in handles.values():
+            ray.kill(handle)
+
+
+def test_without_the_response_cache_requests_go_straight_to_the_servers():
+    assert LLMConfig(relay=True, cache=CacheConfig(path="run/llm-cache.sqlite")).uses_relay
+    assert not LLMConfig(relay=True, cache=CacheConfig(path="run/llm-cache.sqlite", enabled=False)).uses_relay
+    assert not LLMConfig(relay=False, cache=CacheConfig(path="run/llm-cache.sqlite")).uses_relay
