@@ -146,7 +146,7 @@ class LLMConfig(msgspec.Struct, forbid_unknown_fields=True):
     circuit_failures: Count = 5
     circuit_cooldown_s: float = 2.0
     cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
-    relay: bool = False
+    relay: bool = True
     """Send LLM requests through a relay process per node, so the calls of an actor that dies finish."""
     sim: SimSettings = msgspec.field(default_factory=SimSettings)
     models: dict[
