@@ -209,11 +209,11 @@ class Driver:
         first = self.groups[0].name
         self.entry = Peers([Peer(f"{first}[{i}]", h) for i, h in enumerate(self.actors[first])])
         self.service = await service
+        self.service.start_relays()  # asked for after the pipeline's actors, so Ray starts them first
         serving = time.monotonic()
         self.stats = await start_step_actors(self.actors, self.wiring, self.service.access())
         for replica, stats in self.stats.items():
             self.recovery.started(replica, stats.incarnation)
-        self.service.start_relays()
         log.info(
             "started %d step actors in %.1f s (LLM service ready after %.1f s)",
             len(self.stats), time.monotonic() - began, serving - began,
