@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import secrets
 import socket
@@ -46,6 +47,8 @@ __all__ = [
     "relay_addresses",
     "start_relays",
 ]
+
+log = logging.getLogger(__name__)
 
 
 class LLMRelay:
@@ -115,7 +118,11 @@ class LLMRelay:
         headers: Mapping[str, str],
         timeout_s: float,
     ) -> None:
-        answer = await self.post(key, url, body, headers, timeout_s)
+        try:
+            answer = await self.post(key, url, body, headers, timeout_s)
+        except Exception as exc:  # a bug here must not leave the caller waiting for ever
+            log.exception("the LLM relay failed on a request to %s", url)
+            answer = LLMConnectionError(f"the LLM relay failed: {type(exc).__name__}: {exc}")
         if writer.is_closing():
             return
         if isinstance(answer, Response):
@@ -224,11 +231,14 @@ class _RelayConnection:
 
     async def post(self, key: bytes, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> Response:
         seq = next(self._numbers)
-        answer = self._waiting[seq] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        answer = self._waiting[seq] = loop.create_future()
+        expiry = loop.call_later(timeout_s + _GRACE_S, _expire, answer, timeout_s + _GRACE_S)
         try:
             self._writer.write(_frame(_ENCODER.encode((seq, key, url, body, headers, timeout_s))))
             return await answer
         finally:
+            expiry.cancel()
             self._waiting.pop(seq, None)
 
     def close(self) -> None:
@@ -294,6 +304,15 @@ _decode_request = msgspec.msgpack.Decoder(tuple[int, bytes, str, bytes, dict[str
 _decode_answer = msgspec.msgpack.Decoder(tuple[int, int | None, Any, Any]).decode
 _ERRORS: dict[str, type[LLMError]] = {error.kind: error for error in (LLMConnectionError, LLMTimeout)}
 """The failures a relay's HTTP transport raises; anything else comes back as a connection error."""
+
+
+_GRACE_S = 30.0
+"""How long past a request's own timeout a step actor waits for its relay's answer before giving up."""
+
+
+def _expire(answer: asyncio.Future[Response], after_s: float) -> None:
+    if not answer.done():  # retried by the client like a timeout
+        answer.set_exception(LLMTimeout(f"the LLM relay of this node gave no answer within {after_s:g} s"))
 
 
 def _frame(payload: bytes) -> bytes:

@@ -9,6 +9,7 @@ import ray
 
 from streamflow.config import CacheConfig, LLMConfig
 from streamflow.services.llm import LLMClient
+from streamflow.services.llm import relay as relay_module
 from streamflow.services.llm.cache import ResponseCache
 from streamflow.services.llm.failures import LLMConnectionError, LLMTimeout
 from streamflow.services.llm.relay import (
@@ -199,6 +200,42 @@ def test_a_relay_that_goes_away_mid_call_is_a_connection_error_the_client_retrie
             server.close()
 
     with pytest.raises(LLMConnectionError, match="relay"):
+        asyncio.run(body())
+
+
+def test_a_relay_that_breaks_on_a_request_answers_with_a_connection_error_instead_of_never():
+    address = relay_address("test", "node-f")
+
+    def answer(payload):
+        raise RuntimeError("a bug in the relay")
+
+    async def body(tmp):
+        relaying = serving(LLMRelay(tmp, SlowServer(delay_s=0, answer=answer)), address)
+        await asyncio.sleep(0)
+        try:
+            await RelayTransport(address, None, direct=NoServer()).post(URL, BODY, {}, 5.0, key=b"key")
+        finally:
+            relaying.cancel()
+
+    with tempfile.TemporaryDirectory() as tmp, pytest.raises(LLMConnectionError, match="a bug in the relay"):
+        asyncio.run(body(f"{tmp}/cache.sqlite"))
+
+
+def test_a_relay_that_never_answers_is_a_timeout_the_client_retries(monkeypatch):
+    monkeypatch.setattr(relay_module, "_GRACE_S", 0.05)
+    address = relay_address("test", "node-g")
+
+    async def never_answer(reader, writer):
+        await reader.read()  # reads the request and keeps the connection open, silent
+
+    async def body():
+        server = await asyncio.start_unix_server(never_answer, sock=listening_socket(address))
+        try:
+            await RelayTransport(address, None, direct=NoServer()).post(URL, BODY, {}, 0.05, key=b"key")
+        finally:
+            server.close()
+
+    with pytest.raises(LLMTimeout, match="relay"):
         asyncio.run(body())
 
 
