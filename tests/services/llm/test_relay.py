@@ -1,7 +1,6 @@
 """A relay sends each request once, and its answer outlives the caller that asked for it."""
 
 import asyncio
-import tempfile
 
 import msgspec
 import pytest
@@ -167,76 +166,68 @@ def test_many_calls_share_one_connection_and_each_gets_its_own_answer(tmp_path):
     assert asyncio.run(body()) == [f"q{i}" for i in range(50)]
 
 
-def test_a_relay_failure_comes_back_as_the_same_error():
-    address = relay_address("test", "node-d")
+def ask_once(start_relay, address, timeout_s=5.0):
+    """One request through the relay at ``address``; ``start_relay()`` starts it and returns how to stop it."""
 
-    def answer(payload):
-        raise LLMTimeout("no answer within 5 s")
-
-    async def body(tmp):
-        relaying = serving(LLMRelay(tmp, SlowServer(delay_s=0, answer=answer)), address)
-        await asyncio.sleep(0)
+    async def body():
+        stop = await start_relay()
         try:
-            await RelayTransport(address, None, direct=NoServer()).post(URL, BODY, {}, 5.0, key=b"key")
+            return await RelayTransport(address, None, direct=NoServer()).post(URL, BODY, {}, timeout_s, key=b"key")
         finally:
-            relaying.cancel()
+            stop()
 
-    with tempfile.TemporaryDirectory() as tmp, pytest.raises(LLMTimeout, match="no answer"):
-        asyncio.run(body(f"{tmp}/cache.sqlite"))
+    return asyncio.run(body())
+
+
+def relay_whose_server_answers(answer, tmp_path, address):
+    async def start():
+        return serving(LLMRelay(str(tmp_path / "cache.sqlite"), SlowServer(delay_s=0, answer=answer)), address).cancel
+
+    return start
+
+
+def fake_relay(handler, address):
+    async def start():
+        return (await asyncio.start_unix_server(handler, sock=listening_socket(address))).close
+
+    return start
+
+
+@pytest.mark.parametrize(
+    ("failure", "seen_as", "message"),
+    [
+        (LLMTimeout("no answer within 5 s"), LLMTimeout, "no answer within 5 s"),
+        (RuntimeError("a bug in the relay"), LLMConnectionError, "a bug in the relay"),  # not a wait for ever
+    ],
+    ids=["llm-error", "bug"],
+)
+def test_a_failure_in_the_relay_comes_back_to_its_caller_as_an_llm_error(tmp_path, failure, seen_as, message):
+    def answer(payload):
+        raise failure
+
+    address = relay_address("test", f"node-{type(failure).__name__}")
+    with pytest.raises(seen_as, match=message):
+        ask_once(relay_whose_server_answers(answer, tmp_path, address), address)
 
 
 def test_a_relay_that_goes_away_mid_call_is_a_connection_error_the_client_retries():
-    address = relay_address("test", "node-e")
-
     async def hang_up(reader, writer):
         await reader.readexactly(4)
         writer.close()  # the relay's process died with the call
 
-    async def body():
-        server = await asyncio.start_unix_server(hang_up, sock=listening_socket(address))
-        try:
-            await RelayTransport(address, None, direct=NoServer()).post(URL, BODY, {}, 5.0, key=b"key")
-        finally:
-            server.close()
-
+    address = relay_address("test", "node-e")
     with pytest.raises(LLMConnectionError, match="relay"):
-        asyncio.run(body())
-
-
-def test_a_relay_that_breaks_on_a_request_answers_with_a_connection_error_instead_of_never():
-    address = relay_address("test", "node-f")
-
-    def answer(payload):
-        raise RuntimeError("a bug in the relay")
-
-    async def body(tmp):
-        relaying = serving(LLMRelay(tmp, SlowServer(delay_s=0, answer=answer)), address)
-        await asyncio.sleep(0)
-        try:
-            await RelayTransport(address, None, direct=NoServer()).post(URL, BODY, {}, 5.0, key=b"key")
-        finally:
-            relaying.cancel()
-
-    with tempfile.TemporaryDirectory() as tmp, pytest.raises(LLMConnectionError, match="a bug in the relay"):
-        asyncio.run(body(f"{tmp}/cache.sqlite"))
+        ask_once(fake_relay(hang_up, address), address)
 
 
 def test_a_relay_that_never_answers_is_a_timeout_the_client_retries(monkeypatch):
-    monkeypatch.setattr(relay_module, "_GRACE_S", 0.05)
-    address = relay_address("test", "node-g")
-
     async def never_answer(reader, writer):
         await reader.read()  # reads the request and keeps the connection open, silent
 
-    async def body():
-        server = await asyncio.start_unix_server(never_answer, sock=listening_socket(address))
-        try:
-            await RelayTransport(address, None, direct=NoServer()).post(URL, BODY, {}, 0.05, key=b"key")
-        finally:
-            server.close()
-
+    monkeypatch.setattr(relay_module, "_GRACE_S", 0.05)
+    address = relay_address("test", "node-g")
     with pytest.raises(LLMTimeout, match="relay"):
-        asyncio.run(body())
+        ask_once(fake_relay(never_answer, address), address, timeout_s=0.05)
 
 
 def test_a_relay_actor_answers_for_the_steps_of_its_node(ray_runtime, tmp_path):
