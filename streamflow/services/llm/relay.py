@@ -8,10 +8,11 @@ writes the answer to the run's response cache even when the caller is gone, and 
 the re-admitted row, which asks with the same cache key (``CallScope``) and so joins the
 request still running or finds its answer.
 
-Step actors reach their node's relay over a local Unix socket, not a Ray call: a request
-costs two small framed writes instead of an actor call (about a millisecond of CPU). Until the
-relay listens (while it starts, or restarts), requests go straight to the server and the
-step actor keeps their answers in the cache itself.
+Step actors reach their node's relay over a local Unix socket: a request and its answer are
+two small msgpack frames on one connection that carries many at a time (a Ray actor call per
+request cost about a millisecond of CPU). Until the relay listens (while it starts, or
+restarts), requests go straight to the server and the step actor keeps their answers in the
+cache itself.
 """
 
 from __future__ import annotations
