@@ -11,14 +11,14 @@ that differ from the undisturbed run's are counted by status. Every configuratio
 against a simulated server without prefix caching and one with it (vLLM V1's default: a
 prompt sent again after its caller died is not prefilled again), each compared with the
 undisturbed run on the same kind of server; ``--prefix-caching off|on`` runs one kind only.
-``--cache-cost`` adds an undisturbed run with the response cache off to each round, to price
-the cache itself. The LLM requests go through a relay per node (``llm.relay``, the default),
+``--cache-cost`` (with ``--relay off`` or ``both``) adds an undisturbed run with the response
+cache off to each round, to price the cache itself. The LLM requests go through a relay per node (``llm.relay``, the default),
 whose calls outlive a killed actor; ``--relay off|both`` runs without it (or both ways).
 Matrix reports a 5% throughput drop with one kill every 10 minutes; the targets here are at
 most 10% with one kill every 10 s and at most 3% with one every 60 s. Run:
 
     python -m bench.chaos                              # kills every 10 s and every 60 s, 3 rounds, ~20 minutes
-    python -m bench.chaos --cache-cost --json chaos.json
+    python -m bench.chaos --cache-cost --relay off --json chaos.json
     python -m bench.chaos --every-s 10 --prefix-caching off --relay both
     python -m bench.chaos --limit 500 --every-s 5 --rounds 1
 """
@@ -141,6 +141,10 @@ def main() -> None:
     )
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args()
+    if args.cache_cost and args.relay == "on":
+        parser.error(
+            "--cache-cost is compared with runs without the relay (no cache, no relay): add --relay off or both"
+        )
 
     kinds = {"both": (False, True), "off": (False,), "on": (True,)}
     configs: list[Config] = []
@@ -149,8 +153,8 @@ def main() -> None:
             suffix = (PREFIX if prefix else "") + ("" if relay else NO_RELAY)
             configs.append(Config(CALM + suffix, None, prefix, relay=relay))
             configs.extend(Config(f"kill every {s:g} s{suffix}", s, prefix, relay=relay) for s in args.every_s)
-            if args.cache_cost and relay:  # the cache off turns the relay off too
-                configs.append(Config(NO_CACHE + suffix, None, prefix, response_cache=False))
+            if args.cache_cost and not relay:  # the cache off turns the relay off too
+                configs.append(Config(NO_CACHE + suffix, None, prefix, response_cache=False, relay=False))
     ray.init(include_dashboard=False, logging_level="WARNING")
     rounds: list[dict[str, dict[str, Any]]] = []
     with tempfile.TemporaryDirectory(prefix="sf-chaos-") as out:
