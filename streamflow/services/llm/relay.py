@@ -81,8 +81,7 @@ class LLMRelay:
     async def _send(self, key: bytes, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> Response:
         try:
             reply = await self._transport.post(url, body, headers, timeout_s)
-            if reply.status == 200 and is_completion(reply.body):
-                self._cache.put(key, reply.body)
+            _keep_completion(self._cache, key, reply)
             return reply
         finally:
             del self._sending[key]
@@ -183,8 +182,8 @@ class RelayTransport:
             if connection is not None:
                 return await connection.post(key, url, body, headers, timeout_s)
         reply = await self._direct.post(url, body, headers, timeout_s)
-        if key is not None and self._cache is not None and reply.status == 200 and is_completion(reply.body):
-            self._cache.put(key, reply.body)
+        if key is not None and self._cache is not None:
+            _keep_completion(self._cache, key, reply)
         return reply
 
     async def get(self, url: str, headers: Mapping[str, str], timeout_s: float) -> Response:
@@ -314,6 +313,12 @@ _GRACE_S = 30.0
 def _expire(answer: asyncio.Future[Response], after_s: float) -> None:
     if not answer.done():  # retried by the client like a timeout
         answer.set_exception(LLMTimeout(f"the LLM relay of this node gave no answer within {after_s:g} s"))
+
+
+def _keep_completion(cache: ResponseCache, key: bytes, reply: Response) -> None:
+    """Keep ``reply`` under ``key`` if it is a completion the client accepts (never an error or a proxy's page)."""
+    if reply.status == 200 and is_completion(reply.body):
+        cache.put(key, reply.body)
 
 
 def _frame(payload: bytes) -> bytes:
