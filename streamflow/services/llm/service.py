@@ -146,7 +146,7 @@ class LLMService:
     def start_relays(self) -> None:
         """Start the relays (``llm.relay``); until one listens, its node's requests go straight to the servers.
 
-        Called once the pipeline's actors are started, so that the relays do not delay them.
+        Called once the pipeline's actors have been asked for, so that Ray starts theirs first.
         """
         cache_path = self.config.cache.path
         if self.relay_addresses and not self.relays and cache_path:
