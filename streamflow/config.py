@@ -163,8 +163,10 @@ class LLMConfig(msgspec.Struct, forbid_unknown_fields=True):
 
     @property
     def uses_relay(self) -> bool:
-        """True when requests go through relays: they hand answers on through the response cache, so not without it."""
-        return self.relay and self.cache.enabled and bool(self.cache.path)
+        """True when requests go through relays: they hand answers on through the response cache, so not without it.
+
+        With ``llm.backend=none`` there are no requests, and no relay to start."""
+        return self.relay and self.backend != "none" and self.cache.enabled and bool(self.cache.path)
 
     @property
     def uses_external(self) -> bool:

@@ -257,3 +257,7 @@ def test_without_the_response_cache_requests_go_straight_to_the_servers():
     assert LLMConfig(relay=True, cache=CacheConfig(path="run/llm-cache.sqlite")).uses_relay
     assert not LLMConfig(relay=True, cache=CacheConfig(path="run/llm-cache.sqlite", enabled=False)).uses_relay
     assert not LLMConfig(relay=False, cache=CacheConfig(path="run/llm-cache.sqlite")).uses_relay
+
+
+def test_a_run_without_an_llm_starts_no_relay():
+    assert not LLMConfig(backend="none", relay=True, cache=CacheConfig(path="run/llm-cache.sqlite")).uses_relay
