@@ -132,6 +132,13 @@ def main() -> None:
         "prompt processing and every system that keeps it busy ties",
     )
     parser.add_argument(
+        "--sim-max-num-seqs",
+        type=int,
+        default=256,
+        help="sequences each simulated server runs at once (a vLLM server's max_num_seqs); raise it with "
+        "--sim-replicas to take the LLM out of the way, so that CPU is the limit",
+    )
+    parser.add_argument(
         "--ray-data-llm-limit",
         type=int,
         default=400,
@@ -159,7 +166,8 @@ def main() -> None:
     parser.add_argument("--plot", help="write tokens/s over time and latency CDFs to this PNG")
     args = parser.parse_args(_as_flags(sys.argv[1:]))
     pipeline = PIPELINES[args.pipeline]
-    sim_args = {"time_scale": args.time_scale, "seed": args.seed, "replicas": args.sim_replicas}
+    sim_args = {"time_scale": args.time_scale, "seed": args.seed, "replicas": args.sim_replicas,
+                "max_num_seqs": args.sim_max_num_seqs}  # fmt: skip
     rounds = [systems(pipeline, sim_args, args) for _ in range(args.runs)]
     report(rounds, args)
 
@@ -211,7 +219,7 @@ def report(rounds: list[list[dict[str, Any]]], args: argparse.Namespace) -> None
     plain = first[0]
     print(
         f"{args.pipeline}: {plain['rows']} rows, {args.inflight} in flight, {args.sim_replicas} simulated "
-        f"llama-8b-h100 server(s) (max_num_seqs 256, time_scale {args.time_scale}), {os.cpu_count()} cores, "
+        f"llama-8b-h100 server(s) (max_num_seqs {args.sim_max_num_seqs}, time_scale {args.time_scale}), {os.cpu_count()} cores, "
         f"{len(rounds)} round(s), systems interleaved; median [min-max]"
     )
     print(
