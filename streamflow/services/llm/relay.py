@@ -3,7 +3,7 @@
 When a step actor dies, the requests it had sent die with it: the server aborts them, and the
 rows, re-admitted elsewhere, send them again and wait for the whole answer once more (most of
 a kill's cost in ``bench.chaos``). With the relay, a step actor's requests go through one
-relay process per node, started by the driver as a Ray actor, which sends each request,
+relay per node (a thread of the driver on the driver's node, a Ray actor on the others), which sends each request,
 writes the answer to the run's response cache even when the caller is gone, and hands it to
 the re-admitted row, which asks with the same cache key (``CallScope``) and so joins the
 request still running or finds its answer.
@@ -18,6 +18,7 @@ cache itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -42,7 +43,9 @@ from streamflow.services.llm.transport import HTTPTransport, Response, Transport
 __all__ = [
     "LLMRelay",
     "RelayProcess",
+    "RelayServer",
     "RelayTransport",
+    "Relays",
     "listening_socket",
     "relay_address",
     "relay_addresses",
@@ -105,8 +108,12 @@ class LLMRelay:
                 writer.close()
 
         server = await asyncio.start_unix_server(connection, sock=server_socket)
-        async with server:
-            await server.serve_forever()
+        try:
+            async with server:
+                await server.serve_forever()
+        finally:
+            await self._transport.close()
+            self._cache.close()
 
     async def _answer(
         self,
@@ -131,21 +138,48 @@ class LLMRelay:
             writer.write(_frame(_ENCODER.encode((seq, None, answer.kind, str(answer)))))
 
 
+class RelayServer:
+    """A relay served from a thread of this process: it takes connections once constructed, until ``stop``."""
+
+    def __init__(self, cache_path: str, address: str) -> None:
+        self.address = address
+        server_socket = listening_socket(address)
+        relay = LLMRelay(cache_path)
+        self._serving: tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = None
+        self._started = threading.Event()
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(self._serve(relay, server_socket),), name="llm-relay", daemon=True
+        )
+        self._thread.start()
+
+    async def _serve(self, relay: LLMRelay, server_socket: socket.socket) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._serving = (asyncio.get_running_loop(), task)
+        self._started.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await relay.serve(server_socket)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop listening, close the relay's connections and wait for its thread."""
+        self._started.wait(timeout_s)
+        if self._serving is not None:
+            loop, task = self._serving
+            with contextlib.suppress(RuntimeError):  # its loop has already ended
+                loop.call_soon_threadsafe(task.cancel)
+        self._thread.join(timeout_s)
+
+
 class RelayProcess:
-    """The Ray actor that hosts a node's relay: it listens on ``address`` from a thread of its own.
+    """The Ray actor hosting the relay of a node other than the driver's; Ray restarts it when it dies.
 
     The socket is bound before the constructor returns, so a relay that Ray reports alive takes
-    connections; Ray restarts the actor (and so the relay) when it dies.
+    connections.
     """
 
     def __init__(self, cache_path: str, address: str) -> None:
-        server_socket = listening_socket(address)
         self.address = address
-        relay = LLMRelay(cache_path)
-        self._thread = threading.Thread(
-            target=asyncio.run, args=(relay.serve(server_socket),), name="llm-relay", daemon=True
-        )
-        self._thread.start()
+        self._server = RelayServer(cache_path, address)
 
     def ready(self) -> str:
         """The address it listens on (for tests and tools that wait for it)."""
@@ -280,22 +314,47 @@ def relay_address(run_token: str, node_id: str) -> str:
     return os.path.join(tempfile.gettempdir(), name + ".sock")
 
 
-def start_relays(cache_path: str, addresses: Mapping[str, str]) -> dict[str, Any]:
-    """Start the relay of every node in ``addresses``, owned by the caller (the driver): node id -> handle.
+class Relays:
+    """The relays of a run: the caller's node's in this process, the other nodes' in Ray actors."""
 
-    Not waited for: step actors send their requests directly until their relay listens.
+    def __init__(self, here: RelayServer | None, actors: Mapping[str, Any]) -> None:
+        self.here = here
+        self.actors = dict(actors)
+        """Node id -> the ``RelayProcess`` actor of that node."""
+
+    def stop(self) -> None:
+        """Stop every relay (the run is over)."""
+        if self.here is not None:
+            self.here.stop()
+        for handle in self.actors.values():
+            try:
+                ray.kill(handle)
+            except Exception as exc:  # already gone is fine
+                log.debug("kill %s: %s", handle, exc)
+
+
+def start_relays(cache_path: str, addresses: Mapping[str, str]) -> Relays:
+    """Start the relay of every node in ``addresses``: the caller's (the driver's) node's in this process.
+
+    The driver's node needs no process of its own for it: one process fewer to start. The other
+    nodes' are Ray actors, not waited for: until one listens, its node's step actors send their
+    requests directly.
     """
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    node_here = ray.get_runtime_context().get_node_id()
+    here = RelayServer(cache_path, addresses[node_here]) if node_here in addresses else None
     actor = ray.remote(RelayProcess)
-    return {
+    actors = {
         node_id: actor.options(
             num_cpus=0,
             max_restarts=-1,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
         ).remote(cache_path, address)
         for node_id, address in addresses.items()
+        if node_id != node_here
     }
+    return Relays(here, actors)
 
 
 _LENGTH = struct.Struct(">I")

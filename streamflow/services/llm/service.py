@@ -7,6 +7,7 @@ same service.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from streamflow.services.engines.llamacpp import gguf_path
 from streamflow.services.llm import LLMClient
 from streamflow.services.llm.balancer import Breaker
 from streamflow.services.llm.cache import ResponseCache
-from streamflow.services.llm.relay import RelayTransport, relay_addresses, start_relays
+from streamflow.services.llm.relay import Relays, RelayTransport, relay_addresses, start_relays
 from streamflow.services.sim import PROFILES, SimConfig
 
 __all__ = ["LLMAccess", "LLMService", "engine_spec", "sim_config"]
@@ -115,7 +116,7 @@ class LLMService:
         self.api_key = api_key
         self.engines = engines  # vLLM / SGLang servers, which deserve a graceful stop
         self.relay_addresses = relay_addresses or {}  # node id -> where its relay listens (once started)
-        self.relays: dict[str, Any] = {}  # node id -> relay actor
+        self.relays: Relays | None = None
         self.lost: list[str] = []
 
     @classmethod
@@ -149,7 +150,7 @@ class LLMService:
         Called once the pipeline's actors have been asked for, so that Ray starts theirs first.
         """
         cache_path = self.config.cache.path
-        if self.relay_addresses and not self.relays and cache_path:
+        if self.relay_addresses and self.relays is None and cache_path:
             self.relays = start_relays(cache_path, self.relay_addresses)
 
     def access(self) -> LLMAccess:
@@ -183,7 +184,10 @@ class LLMService:
         """Stop the replicas this run started (engines gracefully)."""
         if self.engines and self.replicas:
             await stop_engine_replicas(list(self.replicas.values()))
-        for handle in [*self.replicas.values(), *self.relays.values()]:
+        if self.relays is not None:
+            await asyncio.to_thread(self.relays.stop)
+            self.relays = None
+        for handle in self.replicas.values():
             try:
                 ray.kill(handle)
             except Exception as exc:  # already gone is fine

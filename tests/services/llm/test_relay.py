@@ -1,6 +1,7 @@
 """A relay sends each request once, and its answer outlives the caller that asked for it."""
 
 import asyncio
+import socket
 
 import msgspec
 import pytest
@@ -13,6 +14,7 @@ from streamflow.services.llm.cache import ResponseCache
 from streamflow.services.llm.failures import LLMConnectionError, LLMTimeout
 from streamflow.services.llm.relay import (
     LLMRelay,
+    RelayProcess,
     RelayTransport,
     listening_socket,
     relay_address,
@@ -230,27 +232,44 @@ def test_a_relay_that_never_answers_is_a_timeout_the_client_retries(monkeypatch)
         ask_once(fake_relay(never_answer, address), address, timeout_s=0.05)
 
 
-def test_a_relay_actor_answers_for_the_steps_of_its_node(ray_runtime, tmp_path):
-    cache_path = str(tmp_path / "cache.sqlite")
-    addresses = relay_addresses()
-    handles = start_relays(cache_path, addresses)
-    node = ray.get_runtime_context().get_node_id()
-    assert ray.get(handles[node].ready.remote()) == addresses[node]
+def answers_through(address: str, cache_path: str) -> None:
+    """A request through the relay at ``address`` to a port nothing serves fails there, and says so."""
 
     async def body():
-        # The relay sends to an address nothing serves: its failure comes back through the socket.
-        transport = RelayTransport(addresses[node], ResponseCache(cache_path), direct=NoServer())
+        transport = RelayTransport(address, ResponseCache(cache_path), direct=NoServer())
         try:
             await transport.post("http://127.0.0.1:9/v1/chat/completions", BODY, {}, 5.0, key=b"key")
         finally:
             await transport.close()
 
+    with pytest.raises(LLMConnectionError, match=r"127\.0\.0\.1:9"):
+        asyncio.run(body())
+
+
+def test_the_drivers_node_has_its_relay_in_the_driver_process(ray_runtime, tmp_path):
+    cache_path = str(tmp_path / "cache.sqlite")
+    addresses = relay_addresses()
+    relays = start_relays(cache_path, addresses)
+    node = ray.get_runtime_context().get_node_id()
     try:
-        with pytest.raises(LLMConnectionError, match=r"127\.0\.0\.1:9"):
-            asyncio.run(body())
+        assert relays.here is not None and relays.here.address == addresses[node]
+        assert relays.actors == {}  # one node: no relay process to start
+        answers_through(addresses[node], cache_path)
     finally:
-        for handle in handles.values():
-            ray.kill(handle)
+        relays.stop()
+    with pytest.raises(OSError):  # stopped: nothing listens any more
+        socket.socket(socket.AF_UNIX).connect(addresses[node])
+
+
+def test_a_relay_actor_answers_for_the_steps_of_its_node(ray_runtime, tmp_path):
+    cache_path = str(tmp_path / "cache.sqlite")
+    address = relay_address("test", "node-actor")
+    handle = ray.remote(RelayProcess).remote(cache_path, address)
+    try:
+        assert ray.get(handle.ready.remote()) == address
+        answers_through(address, cache_path)
+    finally:
+        ray.kill(handle)
 
 
 def test_without_the_response_cache_requests_go_straight_to_the_servers():
