@@ -145,8 +145,8 @@ async def run_batches(
         finally:
             await pool.close()
     service = await LLMService.start(cfg.llm, seed=cfg.seed, api_key=cfg.api_key(), log_dir=f"{run_dir}/logs")
-    service.start_relays()
     try:
+        service.start_relays()
         claim = attempt.claim if attempt is not None else None
         writer = PartWriter(f"{run_dir}/data", schema, prefix="part-000", part_rows=cfg.output.part_rows, claim=claim)
         progress = Progress(plan.total_rows - len(skip), mode=cfg.progress)

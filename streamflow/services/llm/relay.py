@@ -90,10 +90,16 @@ class LLMRelay:
             del self._sending[key]
 
     async def serve(self, server_socket: socket.socket) -> None:
-        """Answer the requests of every connection to ``server_socket`` until cancelled."""
+        """Answer the requests of every connection to ``server_socket`` until cancelled.
+
+        Stopping closes the callers' connections and abandons the requests still running (their
+        callers retry them), so it never waits for a caller to hang up.
+        """
         answering: set[asyncio.Task[None]] = set()
+        connections: set[asyncio.StreamWriter] = set()
 
         async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            connections.add(writer)
             try:
                 while True:
                     seq, key, url, body, headers, timeout_s = _decode_request(await _read_frame(reader))
@@ -105,13 +111,23 @@ class LLMRelay:
             except asyncio.CancelledError:
                 return  # the relay stops (asyncio 3.11 would log a cancelled connection as an error)
             finally:
+                connections.discard(writer)
                 writer.close()
 
-        server = await asyncio.start_unix_server(connection, sock=server_socket)
+        server: asyncio.Server | None = None
         try:
-            async with server:
-                await server.serve_forever()
+            server = await asyncio.start_unix_server(connection, sock=server_socket)
+            await asyncio.Event().wait()  # until cancelled
         finally:
+            if server is not None:
+                server.close()  # not wait_closed(): from Python 3.12.1 it waits for every caller to hang up
+            server_socket.close()
+            for writer in list(connections):
+                writer.close()
+            running: list[asyncio.Future[Any]] = [*answering, *self._sending.values()]
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
             await self._transport.close()
             self._cache.close()
 
@@ -168,6 +184,8 @@ class RelayServer:
             with contextlib.suppress(RuntimeError):  # its loop has already ended
                 loop.call_soon_threadsafe(task.cancel)
         self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            log.warning("the LLM relay at %r did not stop within %g s", self.address, timeout_s)
 
 
 class RelayProcess:
@@ -345,15 +363,20 @@ def start_relays(cache_path: str, addresses: Mapping[str, str]) -> Relays:
     node_here = ray.get_runtime_context().get_node_id()
     here = RelayServer(cache_path, addresses[node_here]) if node_here in addresses else None
     actor = ray.remote(RelayProcess)
-    actors = {
-        node_id: actor.options(
-            num_cpus=0,
-            max_restarts=-1,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-        ).remote(cache_path, address)
-        for node_id, address in addresses.items()
-        if node_id != node_here
-    }
+    try:
+        actors = {
+            node_id: actor.options(
+                num_cpus=0,
+                max_restarts=-1,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+            ).remote(cache_path, address)
+            for node_id, address in addresses.items()
+            if node_id != node_here
+        }
+    except BaseException:
+        if here is not None:
+            here.stop()
+        raise
     return Relays(here, actors)
 
 

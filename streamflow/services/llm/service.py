@@ -109,13 +109,13 @@ class LLMService:
         api_key: str | None,
         *,
         engines: bool = False,
-        relay_addresses: dict[str, str] | None = None,
+        relays_at: dict[str, str] | None = None,
     ) -> None:
         self.config = config
         self.replicas = replicas  # url -> actor handle, for replicas started by this run
         self.api_key = api_key
         self.engines = engines  # vLLM / SGLang servers, which deserve a graceful stop
-        self.relay_addresses = relay_addresses or {}  # node id -> where its relay listens (once started)
+        self.relays_at = relays_at or {}  # node id -> where its relay listens (once started)
         self.relays: Relays | None = None
         self.lost: list[str] = []
 
@@ -142,21 +142,22 @@ class LLMService:
             handles = dict(zip(urls, started, strict=True))
         addresses = relay_addresses() if config.uses_relay else None
         engines = config.backend in ("vllm", "sglang", "llamacpp")
-        return cls(config, handles, api_key, engines=engines, relay_addresses=addresses)
+        return cls(config, handles, api_key, engines=engines, relays_at=addresses)
 
     def start_relays(self) -> None:
-        """Start the relays (``llm.relay``); until one listens, its node's requests go straight to the servers.
+        """Start the relays (``llm.relay``): this node's in this process, listening at once; the others' as actors.
 
-        Called once the pipeline's actors have been asked for, so that Ray starts theirs first.
+        Called once the pipeline's actors have been asked for, so that Ray starts theirs first; until
+        a node's relay listens, its requests go straight to the servers.
         """
         cache_path = self.config.cache.path
-        if self.relay_addresses and self.relays is None and cache_path:
-            self.relays = start_relays(cache_path, self.relay_addresses)
+        if self.relays_at and self.relays is None and cache_path:
+            self.relays = start_relays(cache_path, self.relays_at)
 
     def access(self) -> LLMAccess:
         """Connection details for workers, with the endpoints alive now."""
         endpoints = {**{model: list(urls) for model, urls in self.config.models.items()}, self.config.model: self.urls}
-        return LLMAccess(self.config, endpoints, self.api_key, self.relay_addresses)
+        return LLMAccess(self.config, endpoints, self.api_key, self.relays_at)
 
     @property
     def urls(self) -> list[str]:
@@ -181,12 +182,12 @@ class LLMService:
         return removed
 
     async def stop(self) -> None:
-        """Stop the replicas this run started (engines gracefully)."""
+        """Stop the relays, then the replicas this run started (engines gracefully)."""
+        if self.relays is not None:  # first: an engine's graceful stop may take a minute, or be interrupted
+            relays, self.relays = self.relays, None
+            await asyncio.to_thread(relays.stop)
         if self.engines and self.replicas:
             await stop_engine_replicas(list(self.replicas.values()))
-        if self.relays is not None:
-            await asyncio.to_thread(self.relays.stop)
-            self.relays = None
         for handle in self.replicas.values():
             try:
                 ray.kill(handle)

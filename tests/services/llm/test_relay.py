@@ -15,6 +15,7 @@ from streamflow.services.llm.failures import LLMConnectionError, LLMTimeout
 from streamflow.services.llm.relay import (
     LLMRelay,
     RelayProcess,
+    RelayServer,
     RelayTransport,
     listening_socket,
     relay_address,
@@ -259,6 +260,33 @@ def test_the_drivers_node_has_its_relay_in_the_driver_process(ray_runtime, tmp_p
         relays.stop()
     with pytest.raises(OSError):  # stopped: nothing listens any more
         socket.socket(socket.AF_UNIX).connect(addresses[node])
+
+
+def test_stopping_a_relay_hangs_up_on_its_callers_and_abandons_their_requests(tmp_path):
+    silent = socket.create_server(("127.0.0.1", 0))  # takes the relay's connection, never answers
+    silent.settimeout(10)
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1/chat/completions"
+    address = relay_address("test", "node-stop")
+    relay = RelayServer(str(tmp_path / "cache.sqlite"), address)
+
+    async def body():
+        transport = RelayTransport(address, ResponseCache(str(tmp_path / "cache.sqlite")), direct=NoServer())
+        try:
+            asking = asyncio.ensure_future(transport.post(url, BODY, {}, 60.0, key=b"key"))
+            server_side, _ = await asyncio.to_thread(silent.accept)  # the request is running in the relay
+            await asyncio.to_thread(relay.stop)  # the caller still holds its connection open
+            with pytest.raises(LLMConnectionError, match="went away"):
+                await asyncio.wait_for(asking, 10)  # retried by the client, as a lost connection is
+            server_side.close()
+        finally:
+            await transport.close()
+
+    try:
+        asyncio.run(body())
+    finally:
+        silent.close()
+    with pytest.raises(OSError):
+        socket.socket(socket.AF_UNIX).connect(address)
 
 
 def test_a_relay_actor_answers_for_the_steps_of_its_node(ray_runtime, tmp_path):
