@@ -3,10 +3,10 @@
 When a step actor dies, the requests it had sent die with it: the server aborts them, and the
 rows, re-admitted elsewhere, send them again and wait for the whole answer once more (most of
 a kill's cost in ``bench.chaos``). With the relay, a step actor's requests go through one
-relay per node (a thread of the driver on the driver's node, a Ray actor on the others), which sends each request,
-writes the answer to the run's response cache even when the caller is gone, and hands it to
-the re-admitted row, which asks with the same cache key (``CallScope``) and so joins the
-request still running or finds its answer.
+relay per node (a thread of the driver on the driver's node, a Ray actor on the others), which
+sends each request, writes the answer to the run's response cache even when the caller is
+gone, and hands it to the re-admitted row, which asks with the same cache key (``CallScope``)
+and so joins the request still running or finds its answer.
 
 Step actors reach their node's relay over a local Unix socket: a request and its answer are
 two small msgpack frames on one connection that carries many at a time (a Ray actor call per
@@ -160,7 +160,11 @@ class RelayServer:
     def __init__(self, cache_path: str, address: str) -> None:
         self.address = address
         server_socket = listening_socket(address)
-        relay = LLMRelay(cache_path)
+        try:
+            relay = LLMRelay(cache_path)
+        except BaseException:
+            server_socket.close()
+            raise
         self._serving: tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = None
         self._started = threading.Event()
         self._thread = threading.Thread(
