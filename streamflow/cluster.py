@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import msgspec
@@ -20,7 +20,7 @@ import msgspec
 from streamflow.config import ClusterConfig, RunConfig
 from streamflow.errors import SetupError
 
-__all__ = ["ClusterShape", "connect", "wait_for_cluster"]
+__all__ = ["ClusterShape", "connect", "kill_actors", "wait_for_cluster"]
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +207,17 @@ def _replaced(owner: Any, name: str, replacement: Any) -> Iterator[None]:
         yield
     finally:
         setattr(owner, name, original)
+
+
+def kill_actors(handles: Iterable[Any]) -> None:
+    """Kill these actors for good (no restart), passing over those already gone."""
+    import ray
+
+    for handle in handles:
+        try:
+            ray.kill(handle)
+        except Exception as exc:  # an actor that is already gone is fine
+            log.debug("kill %s: %s", handle, exc)
 
 
 def wait_for_cluster(

@@ -31,6 +31,7 @@ import ray
 
 from streamflow.attempts import RunAttempt
 from streamflow.budget import ErrorBudget
+from streamflow.cluster import kill_actors
 from streamflow.config import RunConfig
 from streamflow.errors import RunError, raised_inside
 from streamflow.events import events_dir
@@ -441,11 +442,7 @@ class Driver:
         """
         if self.service is not None:
             await self.service.stop()
-        for handle in [*self.sinks, *(h for hs in self.actors.values() for h in hs), *self.keepers.values()]:
-            try:
-                ray.kill(handle, no_restart=True)
-            except Exception as exc:  # an actor that is already gone is fine
-                log.debug("kill %s: %s", handle, exc)
+        kill_actors([*self.sinks, *(h for hs in self.actors.values() for h in hs), *self.keepers.values()])
         if self.metrics_server is not None:
             if finished and self.cfg.metrics.linger_s > 0:
                 log.warning(

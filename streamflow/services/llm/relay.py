@@ -35,6 +35,7 @@ from typing import Any
 import msgspec
 import ray
 
+from streamflow.cluster import kill_actors
 from streamflow.services.llm.cache import ResponseCache
 from streamflow.services.llm.client import is_completion
 from streamflow.services.llm.failures import LLMConnectionError, LLMError, LLMTimeout
@@ -200,12 +201,11 @@ class RelayProcess:
     """
 
     def __init__(self, cache_path: str, address: str) -> None:
-        self.address = address
         self._server = RelayServer(cache_path, address)
 
     def ready(self) -> str:
         """The address it listens on (for tests and tools that wait for it)."""
-        return self.address
+        return self._server.address
 
 
 class RelayTransport:
@@ -348,11 +348,7 @@ class Relays:
         """Stop every relay (the run is over)."""
         if self.here is not None:
             self.here.stop()
-        for handle in self.actors.values():
-            try:
-                ray.kill(handle)
-            except Exception as exc:  # already gone is fine
-                log.debug("kill %s: %s", handle, exc)
+        kill_actors(self.actors.values())
 
 
 def start_relays(cache_path: str, addresses: Mapping[str, str]) -> Relays:

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 import ray
 
+from streamflow.cluster import kill_actors
 from streamflow.config import LLMConfig
 from streamflow.services.engines import ServerSpec, start_engine_replicas, stop_engine_replicas
 from streamflow.services.engines.llamacpp import gguf_path
@@ -188,8 +189,4 @@ class LLMService:
             await asyncio.to_thread(relays.stop)
         if self.engines and self.replicas:
             await stop_engine_replicas(list(self.replicas.values()))
-        for handle in self.replicas.values():
-            try:
-                ray.kill(handle)
-            except Exception as exc:  # already gone is fine
-                log.debug("kill %s: %s", handle, exc)
+        kill_actors(self.replicas.values())
