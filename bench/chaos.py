@@ -12,8 +12,9 @@ against a simulated server without prefix caching and one with it (vLLM V1's def
 prompt sent again after its caller died is not prefilled again), each compared with the
 undisturbed run on the same kind of server; ``--prefix-caching off|on`` runs one kind only.
 ``--cache-cost`` (with ``--relay off`` or ``both``) adds an undisturbed run with the response
-cache off to each round, to price the cache itself. The LLM requests go through a relay per node (``llm.relay``, the default),
-whose calls outlive a killed actor; ``--relay off|both`` runs without it (or both ways).
+cache off to each round, to price the cache itself. The LLM requests go through a relay per
+node (``llm.relay``, the default), whose calls outlive a killed actor; ``--relay off|both`` runs
+without it (or both ways).
 Matrix reports a 5% throughput drop with one kill every 10 minutes; the targets here are at
 most 10% with one kill every 10 s and at most 3% with one every 60 s. Run:
 
